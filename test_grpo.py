@@ -1,0 +1,267 @@
+"""Tests of grpo.py: the GRPO math against hand-computed values and an independent restatement
+of TRL's GRPOTrainer formulas."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from grpo import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss
+
+# Two groups of G = 3: group 0 is [1, 0, 0] (mean 1/3), group 1 is all equal.
+REWARDS = [1.0, 0.0, 0.0, 0.5, 0.5, 0.5]
+
+
+def test_group_scale_by_hand():
+    std = 1 / math.sqrt(3)  # sqrt(((2/3)² + 2·(1/3)²) / (3 - 1))
+    expected = [(2 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4), 0, 0, 0]
+    got = group_advantages(torch.tensor(REWARDS, dtype=torch.float64), group_size=3)
+    assert got.tolist() == pytest.approx(expected, abs=1e-9)
+    assert got[0].item() == pytest.approx(1.15450, abs=1e-5)  # the docstring's numbers
+    assert group_advantages(np.array(REWARDS), 3).tolist() == pytest.approx(expected, abs=1e-9)
+
+
+def test_batch_scale_by_hand():
+    # Std of all six raw rewards, Bessel-corrected: mean 5/12, squared deviations
+    # (7/12)² + 2·(5/12)² + 3·(1/12)² = 102/144 = 17/24, divided by 6 - 1.
+    std = math.sqrt(17 / 24 / 5)
+    expected = [(2 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4), 0, 0, 0]
+    got = group_advantages(torch.tensor(REWARDS, dtype=torch.float64), 3, scale="batch")
+    assert got.tolist() == pytest.approx(expected, abs=1e-9)
+
+
+def test_no_scale_is_centred_reward():
+    got = group_advantages(torch.tensor(REWARDS, dtype=torch.float64), 3, scale="none")
+    assert got.tolist() == pytest.approx([2 / 3, -1 / 3, -1 / 3, 0, 0, 0], abs=1e-12)
+
+
+@pytest.mark.parametrize("scale", ADVANTAGE_SCALES)
+def test_all_equal_group_is_exactly_zero(scale):
+    # 0.7 is not exact in float32, so the group mean may round; the result must still be 0.
+    rewards = torch.tensor([0.7] * 8 + [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.3])
+    got = group_advantages(rewards, 8, scale=scale)
+    assert torch.equal(got[:8], torch.zeros(8))
+    assert torch.isfinite(got).all() and (got[8:] != 0).all()
+
+
+@pytest.mark.parametrize("scale", ADVANTAGE_SCALES)
+def test_group_size_one_gives_zeros(scale):
+    for rewards in ([0.3, 0.9, 0.1], [0.5]):
+        got = group_advantages(torch.tensor(rewards), 1, scale=scale)
+        assert torch.equal(got, torch.zeros(len(rewards)))
+
+
+def test_advantage_errors():
+    with pytest.raises(ValueError, match="group_size=4"):
+        group_advantages(torch.zeros(6), 4)
+    with pytest.raises(ValueError, match="group_size=0"):
+        group_advantages(torch.zeros(6), 0)
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(torch.zeros(6), 3, scale="global")
+    with pytest.raises(ValueError, match="1-D"):
+        group_advantages(torch.zeros(2, 3), 3)
+
+
+def _worked_example():
+    """The grpo_loss docstring's example: ρ = [[1.5, 1], [0.5, 1]], A = [1, -1]."""
+    logps = torch.tensor([[math.log(1.5), 0.0], [math.log(0.5), 0.0]]) - 1.0
+    old_logps = torch.full((2, 2), -1.0)
+    mask = torch.tensor([[True, True], [True, False]])
+    return logps, old_logps, torch.tensor([1.0, -1.0]), mask
+
+
+@pytest.mark.parametrize("loss_type, expected", [
+    ("grpo", (-1.1 + 0.8) / 2),        # per-sequence means -1.1 and 0.8
+    ("token", (-1.2 - 1.0 + 0.8) / 3),
+    ("dr_grpo", (-1.2 - 1.0 + 0.8) / (2 * 2)),
+])
+def test_loss_types_by_hand(loss_type, expected):
+    logps, old_logps, advantages, mask = _worked_example()
+    loss, stats = grpo_loss(logps, old_logps, None, advantages, mask, beta=0.0,
+                            loss_type=loss_type, max_new_tokens=2)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats == pytest.approx({"loss": expected, "kl": 0.0, "ratio_mean": 1.0,
+                                   "clip_fraction": 2 / 3}, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_k3_kl_by_hand(loss_type):
+    # ρ = 1 and A = 0, so the loss is β·KL alone; ref - logp = ln 2 on one of two tokens.
+    logps = torch.tensor([[-1.0, -2.0]])
+    ref_logps = logps + torch.tensor([[math.log(2.0), 0.0]])
+    kl = 2 - math.log(2.0) - 1
+    loss, stats = grpo_loss(logps, logps, ref_logps, torch.zeros(1), torch.ones(1, 2),
+                            beta=0.04, loss_type=loss_type, max_new_tokens=4)
+    expected = {"grpo": 0.04 * kl / 2, "token": 0.04 * kl / 2, "dr_grpo": 0.04 * kl / 4}
+    assert loss.item() == pytest.approx(expected[loss_type], abs=1e-7)
+    assert stats["kl"] == pytest.approx(kl / 2, abs=1e-7)
+
+
+def test_kl_zero_when_policy_equals_reference():
+    torch.manual_seed(0)
+    logps = (-3 * torch.rand(4, 5)).requires_grad_()
+    old_logps = logps.detach() + 0.1 * torch.randn(4, 5)
+    advantages, mask = torch.randn(4), torch.ones(4, 5)
+    loss, stats = grpo_loss(logps, old_logps, logps.detach(), advantages, mask, beta=0.5)
+    loss_no_kl, _ = grpo_loss(logps, old_logps, None, advantages, mask, beta=0.0)
+    assert stats["kl"] == 0.0
+    assert loss.item() == pytest.approx(loss_no_kl.item(), abs=1e-7)
+    # The k3 KL also has zero gradient there: d/dlogp [e^(ref-logp) - (ref-logp) - 1] = 1 - 1.
+    grad, = torch.autograd.grad(loss, logps)
+    grad_no_kl, = torch.autograd.grad(loss_no_kl, logps)
+    assert torch.allclose(grad, grad_no_kl, atol=1e-7)
+
+
+@pytest.mark.parametrize("advantage, ratio, clipped", [
+    (1.0, 1.5, True),    # A > 0: pushing ρ past 1+ε earns nothing more
+    (1.0, 0.5, False),   # A > 0, ρ below 1-ε: min keeps ρA, the gradient pulls ρ back up
+    (-1.0, 0.5, True),   # A < 0: pushing ρ below 1-ε earns nothing more
+    (-1.0, 1.5, False),  # A < 0, ρ above 1+ε: min keeps ρA
+    (1.0, 1.1, False),   # inside [1-ε, 1+ε]: never clipped
+    (-1.0, 0.9, False),
+])
+def test_clipping_on_both_signs(advantage, ratio, clipped):
+    logps = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    loss, stats = grpo_loss(logps, torch.zeros(1, 1), None, torch.tensor([advantage]),
+                            torch.ones(1, 1), clip_eps=0.2, beta=0.0)
+    grad, = torch.autograd.grad(loss, logps)
+    assert stats["clip_fraction"] == (1.0 if clipped else 0.0)
+    # Unclipped: loss = -ρA, so d loss / d logp = -ρA.
+    assert grad.item() == pytest.approx(0.0 if clipped else -ratio * advantage, abs=1e-6)
+    expected_surrogate = min(ratio * advantage, min(max(ratio, 0.8), 1.2) * advantage)
+    assert loss.item() == pytest.approx(-expected_surrogate, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_gradient_only_through_completion_tokens(loss_type):
+    torch.manual_seed(1)
+    logps = (-3 * torch.rand(3, 6)).requires_grad_()
+    old_logps = logps.detach() + 0.05 * torch.randn(3, 6)
+    ref_logps = logps.detach() + 0.3 * torch.randn(3, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]]).bool()
+    args = (old_logps, ref_logps, torch.tensor([0.7, -1.2, 0.4]), mask)
+    kwargs = dict(beta=0.04, loss_type=loss_type, max_new_tokens=6)
+    loss, _ = grpo_loss(logps, *args, **kwargs)
+    grad, = torch.autograd.grad(loss, logps)
+    assert torch.equal(grad[~mask], torch.zeros(int((~mask).sum())))
+    assert (grad[mask] != 0).all()
+    # Whatever sits at padding positions does not change the loss.
+    padded = torch.where(mask, logps.detach(), torch.full_like(logps, -50.0))
+    assert grpo_loss(padded, *args, **kwargs)[0].item() == pytest.approx(loss.item(), abs=1e-7)
+
+
+def test_sequence_without_tokens_counts_as_zero_in_grpo_mean():
+    logps, old_logps, advantages, mask = _worked_example()
+    mask = mask.clone()
+    mask[1] = False  # sequence 1 has no completion tokens
+    loss, stats = grpo_loss(logps, old_logps, None, advantages, mask, beta=0.0)
+    assert loss.item() == pytest.approx((-1.1 + 0.0) / 2, abs=1e-6)
+    assert stats["clip_fraction"] == pytest.approx(1 / 2)
+
+
+def test_loss_errors():
+    logps, old_logps, advantages, mask = _worked_example()
+    with pytest.raises(ValueError, match="ref_logps"):
+        grpo_loss(logps, old_logps, None, advantages, mask, beta=0.04)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        grpo_loss(logps, old_logps, None, advantages, mask, beta=0.0, loss_type="dr_grpo")
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(logps, old_logps, None, advantages, mask, beta=0.0, loss_type="seq")
+    with pytest.raises(ValueError, match="shape"):
+        grpo_loss(logps, old_logps, None, advantages, mask[:, :1], beta=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        grpo_loss(logps, old_logps, None, advantages[:1], mask, beta=0.0)
+
+
+def _trl_advantages(rewards, group_size, scale):
+    """TRL GRPOTrainer: A = (r - mean_grouped) / (std_grouped + 1e-4), torch.std unbiased;
+    "batch" divides by the unbiased std of all rewards; "none" does not divide."""
+    batch_std = np.std(rewards, ddof=1) if len(rewards) > 1 else 0.0
+    advantages = []
+    for start in range(0, len(rewards), group_size):
+        group = rewards[start:start + group_size]
+        mean = sum(group) / len(group)
+        std = {"group": np.std(group, ddof=1) if len(group) > 1 else 0.0,
+               "batch": batch_std, "none": None}[scale]
+        for r in group:
+            advantages.append(r - mean if std is None else (r - mean) / (std + 1e-4))
+    return np.array(advantages)
+
+
+def _trl_loss_and_grad(logps, old_logps, ref_logps, advantages, mask, eps, beta, loss_type,
+                       max_completion_length):
+    """TRL GRPOTrainer's loss, token by token, with its gradient wrt logps derived by hand:
+    coef_1 = exp(logp - old), coef_2 = clamp(coef_1, 1-eps, 1+eps),
+    per_token_loss = -(min(coef_1·A, coef_2·A) - beta·(exp(ref - logp) - (ref - logp) - 1)),
+    "grpo": ((ptl·mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean(),
+    "token" (bnpo/dapo): (ptl·mask).sum() / mask.sum().clamp(min=1),
+    "dr_grpo": (ptl·mask).sum() / (N · max_completion_length)."""
+    n, t = logps.shape
+    loss, grad = 0.0, np.zeros((n, t))
+    stats = {"kl": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0}
+    total_tokens = max(mask.sum(), 1)
+    for i in range(n):
+        length = mask[i].sum()
+        for j in range(t):
+            if not mask[i, j]:
+                continue
+            a = advantages[i]
+            coef_1 = math.exp(logps[i, j] - old_logps[i, j])
+            coef_2 = min(max(coef_1, 1 - eps), 1 + eps)
+            low = coef_1 < 1 - eps and a < 0
+            high = coef_1 > 1 + eps and a > 0
+            d = ref_logps[i, j] - logps[i, j]
+            kl = math.exp(d) - d - 1 if beta > 0 else 0.0
+            token_loss = -(min(coef_1 * a, coef_2 * a) - beta * kl)
+            # d/dlogp: the unclipped branch gives coef_1·A, the clipped one 0; KL gives 1 - e^d.
+            token_grad = -((0.0 if low or high else coef_1 * a) - beta * (1 - math.exp(d)))
+            weight = {"grpo": 1 / (n * max(length, 1)), "token": 1 / total_tokens,
+                      "dr_grpo": 1 / (n * max_completion_length)}[loss_type]
+            loss += weight * token_loss
+            grad[i, j] = weight * token_grad
+            stats["kl"] += kl / total_tokens
+            stats["ratio_mean"] += coef_1 / total_tokens
+            stats["clip_fraction"] += (low or high) / total_tokens
+    return loss, grad, stats
+
+
+class TestAgainstTRLRestatement:
+    """group_advantages + grpo_loss equal TRL's GRPO math (values and gradients)."""
+
+    @staticmethod
+    def random_batch(seed, groups=3, group_size=4, t=7):
+        rng = np.random.default_rng(seed)
+        n = groups * group_size
+        rewards = rng.uniform(0, 1, n).round(2)
+        rewards[:group_size] = 1.0  # an all-equal group
+        logps = -3 * rng.uniform(size=(n, t))
+        old_logps = logps + 0.3 * rng.normal(size=(n, t))  # ratios on both sides of the clip
+        ref_logps = logps + 0.5 * rng.normal(size=(n, t))
+        lengths = rng.integers(0, t + 1, n)
+        lengths[1] = 0  # a sequence without completion tokens
+        mask = np.arange(t)[None, :] < lengths[:, None]
+        return rewards, logps, old_logps, ref_logps, mask
+
+    @pytest.mark.parametrize("scale", ADVANTAGE_SCALES)
+    @pytest.mark.parametrize("loss_type", LOSS_TYPES)
+    @pytest.mark.parametrize("beta", [0.0, 0.04])
+    def test_values_and_gradients(self, scale, loss_type, beta):
+        group_size, max_len = 4, 9
+        for seed in range(5):
+            rewards, logps, old_logps, ref_logps, mask = self.random_batch(seed, group_size=4)
+            expected_adv = _trl_advantages(rewards, group_size, scale)
+            advantages = group_advantages(torch.tensor(rewards), group_size, scale=scale)
+            assert advantages.numpy() == pytest.approx(expected_adv, abs=1e-6)
+
+            expected_loss, expected_grad, expected_stats = _trl_loss_and_grad(
+                logps, old_logps, ref_logps, expected_adv, mask, 0.2, beta, loss_type, max_len)
+            logps_t = torch.tensor(logps, requires_grad=True)
+            loss, stats = grpo_loss(logps_t, torch.tensor(old_logps), torch.tensor(ref_logps),
+                                    advantages, torch.tensor(mask), clip_eps=0.2, beta=beta,
+                                    loss_type=loss_type, max_new_tokens=max_len)
+            grad, = torch.autograd.grad(loss, logps_t)
+            assert loss.item() == pytest.approx(expected_loss, abs=1e-6)
+            assert grad.numpy() == pytest.approx(expected_grad, abs=1e-6)
+            assert stats == pytest.approx({"loss": expected_loss, **expected_stats}, abs=1e-6)
+            assert 0 < stats["clip_fraction"] < 1
