@@ -1,0 +1,383 @@
+"""The vision-language model: loading, prompts, sampling and completion log-probs.
+
+Every script goes through this file to touch the model:
+
+    model, processor = load_model("tiny")               # offline default, built from a config
+    model, processor = load_model("Qwen/Qwen2.5-VL-3B-Instruct", max_pixels=401408)
+    batch = processor.prompts(questions, images)        # left-padded prompts + pixel values
+    completions = sample_completions(model, processor, batch, num_samples=8, temperature=0.7)
+    logps = completion_logprobs(model, batch, completions.ids, completions.mask, temperature=0.7)
+
+`tiny` is a Qwen2.5-VL with a few hundred thousand parameters and a byte-level BPE tokenizer
+trained on the phantom dataset's text: it runs on a laptop CPU and learns the phantom task in
+minutes. Every other name loads with `from_pretrained` (a local directory or a hub id; Qwen2-VL
+and Qwen2.5-VL alike), and every checkpoint this project writes reloads with plain transformers:
+
+    Qwen2_5_VLForConditionalGeneration.from_pretrained("runs/sft")
+    AutoTokenizer.from_pretrained("runs/sft")
+
+The image side does not use transformers' stock Qwen2-VL *processor*, which needs torchvision for
+video even when there is none; it uses the stock *image* processor (the PIL one where torchvision
+is missing) and expands the image placeholder itself: one `<|image_pad|>` per merged 2x2 patch.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import (AutoConfig, AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
+                          Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration)
+
+SYSTEM_PROMPT = ("You are a medical imaging assistant. Look at the image and answer the question. "
+                 "First reason inside <think> </think>, then give a short final answer inside "
+                 "<answer> </answer>.")
+THINK_ANSWER_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+# The Qwen2-VL chat layout, written out for the tiny tokenizer (real checkpoints bring their own).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+# [reconstructed] Size of the offline default model; nothing here is from the papers, which use
+# Qwen2.5-VL-3B-Instruct. Small enough that SFT + GRPO on the phantom data fit in minutes on CPU.
+TINY_TEXT = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                  "mrope_section": [4, 6, 6]})  # sums to head_dim / 2 = 16
+TINY_VISION = dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, patch_size=14,
+                   spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                   fullatt_block_indexes=[1])
+TINY_VOCAB_SIZE = 1024
+
+
+def build_tiny_tokenizer(corpus=None, vocab_size=TINY_VOCAB_SIZE):
+    """A byte-level BPE tokenizer trained on the phantom dataset's text (deterministic, offline).
+
+    Byte-level, so it encodes any text; the think/answer tags are single tokens, as are Qwen's
+    special tokens, so the tiny model's prompts have the same layout as Qwen2.5-VL's.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    if corpus is None:
+        from data import phantom_corpus
+        corpus = phantom_corpus()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(list(corpus) + [SYSTEM_PROMPT], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
+    tokenizer.add_tokens(THINK_ANSWER_TOKENS)
+    return tokenizer
+
+
+def tiny_config(tokenizer):
+    """Qwen2.5-VL config of the offline default model, with token ids taken from `tokenizer`."""
+    ids = tokenizer.convert_tokens_to_ids
+    text = dict(TINY_TEXT, vocab_size=len(tokenizer), eos_token_id=ids("<|im_end|>"),
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=None, tie_word_embeddings=True)
+    vision = dict(TINY_VISION, out_hidden_size=TINY_TEXT["hidden_size"])
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
+                            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                            vision_start_token_id=ids("<|vision_start|>"),
+                            vision_end_token_id=ids("<|vision_end|>"))
+
+
+def _image_processor(source=None, **pixels):
+    """The stock Qwen2-VL image processor: the default one where torchvision exists, else PIL."""
+    try:
+        import torchvision  # noqa: F401
+        from transformers import AutoImageProcessor as cls
+    except ImportError:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import \
+            Qwen2VLImageProcessorPil as cls
+    if source is None:
+        return cls(patch_size=14, merge_size=2, temporal_patch_size=2, **pixels)
+    return cls.from_pretrained(source, **pixels)
+
+
+class VLProcessor:
+    """Tokenizer + image processor: turns (question, image) pairs into model inputs.
+
+    A prompt is the chat template's text with the single `<|image_pad|>` expanded to one token per
+    merged patch: a 112x112 image is an 8x8 grid of 14-px patches, merged 2x2, so 16 tokens.
+    Prompts are left-padded (batched generation appends on the right) and never truncated, so
+    image tokens always match the pixel values.
+    """
+
+    def __init__(self, tokenizer, image_processor, system_prompt=SYSTEM_PROMPT):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.system_prompt = system_prompt
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = "<|endoftext|>"
+        self.image_token = "<|image_pad|>"
+        self.merge_size = image_processor.merge_size
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        # Qwen's generation config stops at <|im_end|> or <|endoftext|>; so does the mask.
+        self.eos_token_ids = sorted({im_end, tokenizer.convert_tokens_to_ids("<|endoftext|>")})
+        self.pad_token_id = tokenizer.pad_token_id
+
+    def prompt_text(self, question):
+        messages = [{"role": "system", "content": self.system_prompt},
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if text.count(self.image_token) != 1:
+            raise ValueError("model.py: the tokenizer's chat template did not place exactly one "
+                             f"{self.image_token} for the image; is this a Qwen2-VL tokenizer?")
+        return text
+
+    def _images(self, images):
+        out = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        return out["pixel_values"], out["image_grid_thw"]
+
+    def _expand(self, text, grid_thw):
+        n = int(grid_thw.prod()) // self.merge_size ** 2
+        return text.replace(self.image_token, self.image_token * n)
+
+    def prompts(self, questions, images):
+        """Left-padded prompt batch: input_ids, attention_mask (B, P), pixel_values, image_grid_thw."""
+        pixel_values, grid = self._images(images)
+        texts = [self._expand(self.prompt_text(q), g) for q, g in zip(questions, grid)]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    pixel_values=pixel_values, image_grid_thw=grid)
+
+    def training_batch(self, questions, images, targets):
+        """Prompt + target, left-padded; labels are -100 everywhere but the target tokens.
+
+        targets are the assistant's text, e.g. "<think>…</think><answer>…</answer>"; the end-of-turn
+        token is appended so the model learns to stop.
+        """
+        pixel_values, grid = self._images(images)
+        tok = self.tokenizer
+        rows, labels = [], []
+        for q, g, target in zip(questions, grid, targets):
+            p = tok(self._expand(self.prompt_text(q), g), add_special_tokens=False)["input_ids"]
+            t = tok(target + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            rows.append(p + t)
+            labels.append([-100] * len(p) + t)
+        width = max(map(len, rows))
+        pad = lambda seq, value: [value] * (width - len(seq)) + seq  # noqa: E731
+        return dict(input_ids=torch.tensor([pad(r, self.pad_token_id) for r in rows]),
+                    attention_mask=torch.tensor([pad([1] * len(r), 0) for r in rows]),
+                    labels=torch.tensor([pad(l, -100) for l in labels]),
+                    pixel_values=pixel_values, image_grid_thw=grid)
+
+    def decode(self, ids):
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=False)
+
+    def save_pretrained(self, path):
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
+
+
+def load_model(name_or_path="tiny", device=None, dtype=None, gradient_checkpointing=False,
+               freeze_vision=False, min_pixels=None, max_pixels=None, seed=0):
+    """Load (model, processor). `tiny` builds the offline default; anything else is from_pretrained.
+
+    bf16 on CUDA and fp32 on CPU unless `dtype` says otherwise. `max_pixels` caps the image size
+    fed to the vision tower (the image processor resizes larger scans down) so that one large
+    scan cannot exhaust memory.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    pixels = {k: v for k, v in dict(min_pixels=min_pixels, max_pixels=max_pixels).items() if v}
+    if name_or_path == "tiny":
+        tokenizer = build_tiny_tokenizer()
+        image_processor = _image_processor(None, **{"min_pixels": 56 * 56, "max_pixels": 112 * 112, **pixels})
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+    else:
+        if not os.path.isdir(name_or_path) and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FileNotFoundError(f"model.py: '{name_or_path}' is not a directory and "
+                                    "HF_HUB_OFFLINE=1; give a local checkpoint (e.g. runs/sft).")
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        _chat_template_from_processor_files(tokenizer, name_or_path)
+        image_processor = _image_processor(name_or_path, **pixels)
+        model_type = AutoConfig.from_pretrained(name_or_path).model_type
+        cls = Qwen2VLForConditionalGeneration if model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+        model = cls.from_pretrained(name_or_path, dtype=dtype)
+    model.to(device=device, dtype=dtype)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if freeze_vision:
+        model.model.visual.requires_grad_(False)
+    return model, VLProcessor(tokenizer, image_processor)
+
+
+def _chat_template_from_processor_files(tokenizer, path):
+    """Older Qwen2-VL repos keep the chat template in chat_template.json, beside the tokenizer."""
+    file = os.path.join(path, "chat_template.json")
+    if tokenizer.chat_template is None and os.path.isfile(file):
+        with open(file) as f:
+            tokenizer.chat_template = json.load(f)["chat_template"]
+
+
+def add_model_args(parser, default_model="tiny"):
+    parser.add_argument("--model", default=default_model,
+                        help="'tiny' (offline default), a checkpoint directory, or a hub id")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="cap on image pixels fed to the vision tower (e.g. 401408 = 512*28*28)")
+    parser.add_argument("--min-pixels", type=int, default=None, help="floor on image pixels")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in backward to save memory")
+    parser.add_argument("--freeze-vision", action="store_true", help="do not train the vision tower")
+
+
+def model_from_args(args, seed=0):
+    return load_model(args.model, device=args.device, gradient_checkpointing=args.gradient_checkpointing,
+                      freeze_vision=args.freeze_vision, min_pixels=args.min_pixels,
+                      max_pixels=args.max_pixels, seed=seed)
+
+
+def vision_token_ids(config):
+    """Image/video placeholder ids: never sampled, since a completion holding one would no
+    longer match the pixel values when it is scored."""
+    return [config.image_token_id, config.video_token_id, config.vision_start_token_id,
+            config.vision_end_token_id]
+
+
+def to_device(batch, device):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def completion_mask(ids, eos_token_ids):
+    """1 for every token up to and including the first EOS, 0 after; never read from pad ids.
+
+    ids (N, T) -> mask (N, T). A row with no EOS (cut at max_new_tokens) is all ones.
+        ids  = [[5, 7, EOS, PAD], [5, EOS, 9, 9]]  ->  [[1, 1, 1, 0], [1, 1, 0, 0]]
+    """
+    is_eos = torch.isin(ids, torch.as_tensor(eos_token_ids, device=ids.device))
+    seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # an EOS strictly before this token
+    return (~seen_before).long()
+
+
+@dataclass
+class Completions:
+    ids: torch.Tensor    # (B*G, T) generated tokens; rows b*G .. b*G+G-1 answer prompt b
+    mask: torch.Tensor   # (B*G, T) completion_mask(ids)
+    texts: list          # B*G decoded strings, cut at the first EOS
+
+
+@torch.no_grad()
+def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, top_p=1.0,
+                       max_new_tokens=128, greedy=False):
+    """Sample `num_samples` completions per prompt (greedy when `greedy`), grouped by prompt."""
+    was_training = model.training
+    model.eval()
+    batch = to_device(batch, model.device)
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
+                                                         top_p=top_p, top_k=0)
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
+                         eos_token_id=processor.eos_token_ids, pad_token_id=processor.pad_token_id,
+                         suppress_tokens=vision_token_ids(model.config), use_cache=True, **sampling)
+    model.train(was_training)
+    ids = out[:, batch["input_ids"].shape[1]:]               # (B*G, T): drop the prompt
+    mask = completion_mask(ids, processor.eos_token_ids)
+    texts = [processor.tokenizer.decode(row[m.bool()], skip_special_tokens=True)
+             for row, m in zip(ids, mask)]
+    return Completions(ids, mask, texts)
+
+
+def repeat_prompts(batch, times):
+    """Repeat each prompt `times` times (row order p0,p0,…,p1,p1,…) to match grouped completions."""
+    grid = batch["image_grid_thw"]
+    per_image = grid.prod(dim=1).tolist()                     # patch rows of each image
+    pixels = torch.split(batch["pixel_values"], per_image)
+    return dict(input_ids=batch["input_ids"].repeat_interleave(times, 0),
+                attention_mask=batch["attention_mask"].repeat_interleave(times, 0),
+                pixel_values=torch.cat([p for p in pixels for _ in range(times)]),
+                image_grid_thw=grid.repeat_interleave(times, 0))
+
+
+def completion_logprobs(model, prompts, completion_ids, mask, temperature=1.0, chunk_size=4):
+    """Per-token log-probs of the completion tokens under `model`: (N, T), zero where mask is 0.
+
+    prompts: a prompt batch with N rows (use repeat_prompts for G samples per prompt);
+    completion_ids, mask: (N, T). The model runs on prompt + completion once; the vocabulary
+    projection and log-softmax run only on the T positions that predict completion tokens, a
+    few rows at a time, recomputed in backward (checkpointed), so the (N, T, V) logits tensor is
+    never held whole. Logits are divided by the sampling temperature, as in sampling.
+
+    Alignment: the hidden state at position P-1+t predicts completion token t, so
+        hidden[:, P-1 : P-1+T]  ->  logits for completion_ids[:, 0:T]
+    (no torch.roll: rolling would wrap the last logit onto the first token).
+    """
+    prompts = to_device(prompts, model.device)
+    P = prompts["input_ids"].shape[1]
+    T = completion_ids.shape[1]
+    input_ids = torch.cat([prompts["input_ids"], completion_ids], dim=1)             # (N, P+T)
+    attention = torch.cat([prompts["attention_mask"], mask.to(prompts["attention_mask"])], dim=1)
+    hidden = model.model(input_ids=input_ids, attention_mask=attention, use_cache=False,
+                         pixel_values=prompts["pixel_values"],
+                         image_grid_thw=prompts["image_grid_thw"]).last_hidden_state
+    hidden = hidden[:, P - 1:P - 1 + T]                                              # (N, T, H)
+
+    banned = vision_token_ids(model.config)  # the sampler suppresses them: same policy here
+
+    def token_logps(h, ids):
+        logits = model.lm_head(h).float() / temperature                              # (n, T, V)
+        logits[..., banned] = float("-inf")
+        return torch.gather(F.log_softmax(logits, dim=-1), 2, ids.unsqueeze(-1)).squeeze(-1)
+
+    chunks = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, ids = hidden[start:start + chunk_size], completion_ids[start:start + chunk_size]
+        if torch.is_grad_enabled():
+            chunks.append(torch.utils.checkpoint.checkpoint(token_logps, h, ids, use_reentrant=False))
+        else:
+            chunks.append(token_logps(h, ids))
+    return torch.cat(chunks) * mask                                                  # (N, T)
+
+
+def save_checkpoint(model, processor, path, trainer_state=None, meta=None):
+    """Write a Hugging Face checkpoint (+ trainer_state.pt, meta.json) to `path` atomically.
+
+    Everything goes to a temporary sibling directory first, which then replaces `path` with
+    renames: an interrupted save leaves the previous checkpoint intact.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if trainer_state is not None:
+            torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
+        if meta is not None:
+            with open(os.path.join(tmp, "meta.json"), "w") as f:
+                json.dump(meta, f, indent=2)
+        old = path + ".old"
+        if os.path.exists(path):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_trainer_state(path):
+    file = os.path.join(path, "trainer_state.pt")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"model.py: {file} not found; --resume needs a checkpoint "
+                                "written by this project's training scripts")
+    return torch.load(file, weights_only=False)

@@ -1,0 +1,157 @@
+"""Tests for model.py: the tiny model, prompts, masks, log-probs and checkpoints."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+import model as M
+
+CORPUS = ["Is there a lesion in the left lung? <think>A bright round spot lies in the left upper "
+          "field.</think><answer>yes</answer>", "What imaging modality is this? magnetic resonance "
+          "imaging MRI CT computed tomography X-ray radiograph ultrasound"] * 5
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = M.build_tiny_tokenizer(CORPUS, vocab_size=400)
+    processor = M.VLProcessor(tokenizer, M._image_processor(None, min_pixels=56 * 56, max_pixels=112 * 112))
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(M.tiny_config(tokenizer))
+    return model.eval(), processor
+
+
+def images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    sizes = [(112, 112), (84, 140), (112, 56)]
+    return [Image.fromarray((rng.random((sizes[i % 3][1], sizes[i % 3][0], 3)) * 255).astype(np.uint8))
+            for i in range(n)]
+
+
+def test_tiny_model_is_small_qwen25vl(tiny):
+    model, processor = tiny
+    n = sum(p.numel() for p in model.parameters())
+    assert 2e5 < n < 5e6
+    assert model.config.model_type == "qwen2_5_vl"
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for tag in M.THINK_ANSWER_TOKENS:  # one token each
+        assert len(processor.tokenizer(tag, add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_prompts_are_left_padded_with_one_token_per_merged_patch(tiny):
+    _, processor = tiny
+    batch = processor.prompts(["Is this an MRI?", "What imaging modality is this examination?"], images(2))
+    ids, att, grid = batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"]
+    assert grid.tolist() == [[1, 8, 8], [1, 10, 6]]          # (t, h, w): 140 high x 84 wide -> 10x6
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert (ids == image_id).sum(1).tolist() == [16, 15]     # 64/4 and 60/4 merged patches
+    assert batch["pixel_values"].shape == (64 + 60, 3 * 2 * 14 * 14)
+    shorter = int(att.sum(1).argmin())
+    assert att[shorter, 0] == 0 and att[shorter, -1] == 1    # padding on the left
+    assert (ids[shorter][att[shorter] == 0] == processor.pad_token_id).all()
+    assert processor.tokenizer.decode(ids[0]).endswith("<|im_start|>assistant\n")
+
+
+def test_training_batch_labels_only_the_target(tiny):
+    _, processor = tiny
+    target = "<think>A bright spot.</think><answer>yes</answer>"
+    batch = processor.training_batch(["Is there a lesion?", "Is this an MRI scan of the head?"],
+                                     images(2), [target, target])
+    for row in range(2):
+        labelled = batch["input_ids"][row][batch["labels"][row] != -100]
+        assert processor.tokenizer.decode(labelled) == target + "<|im_end|>"
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+def test_completion_mask_runs_to_first_eos_inclusive():
+    eos, pad = 2, 0
+    ids = torch.tensor([[5, 7, eos, pad], [5, eos, 9, eos], [5, 6, 7, 8], [eos, pad, pad, pad]])
+    expected = [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert M.completion_mask(ids, [eos]).tolist() == expected
+    # pad id equal to EOS must not matter: the mask comes from the first EOS only
+    assert M.completion_mask(torch.tensor([[5, eos, eos, eos]]), [eos]).tolist() == [[1, 1, 0, 0]]
+
+
+def test_completion_logprobs_equal_direct_full_computation(tiny):
+    model, processor = tiny
+    prompts = processor.prompts(["Is there a lesion?", "What imaging modality is this?"], images(2, seed=1))
+    torch.manual_seed(1)
+    out = M.sample_completions(model, processor, prompts, num_samples=3, temperature=0.9, max_new_tokens=10)
+    assert out.ids.shape[0] == 6
+    rep = M.repeat_prompts(prompts, 3)
+    logps = M.completion_logprobs(model, rep, out.ids, out.mask, temperature=0.9, chunk_size=4)
+    with torch.no_grad():
+        full = model(input_ids=torch.cat([rep["input_ids"], out.ids], 1),
+                     attention_mask=torch.cat([rep["attention_mask"], out.mask], 1),
+                     pixel_values=rep["pixel_values"], image_grid_thw=rep["image_grid_thw"]).logits
+    P = rep["input_ids"].shape[1]
+    full[..., M.vision_token_ids(model.config)] = float("-inf")
+    direct = torch.log_softmax(full[:, P - 1:-1].float() / 0.9, -1)
+    direct = direct.gather(2, out.ids.unsqueeze(-1)).squeeze(-1) * out.mask
+    assert torch.allclose(logps, direct, atol=1e-5)
+    assert (logps[out.mask == 0] == 0).all()
+
+
+def test_completion_logprobs_match_the_sampler(tiny):
+    """The sampler's own temperature-scaled scores give the same log-probs: alignment, grouping
+    (repeat_prompts order = generate's num_return_sequences order) and temperature all agree."""
+    model, processor = tiny
+    prompts = M.to_device(processor.prompts(["Is there a lesion?", "Is this a CT?"], images(2, seed=2)),
+                          model.device)
+    torch.manual_seed(2)
+    gen = model.generate(**prompts, max_new_tokens=8, do_sample=True, temperature=0.7, top_k=0,
+                         top_p=1.0, num_return_sequences=2, output_scores=True,
+                         return_dict_in_generate=True, eos_token_id=processor.eos_token_ids,
+                         suppress_tokens=M.vision_token_ids(model.config),
+                         pad_token_id=processor.pad_token_id)
+    ids = gen.sequences[:, prompts["input_ids"].shape[1]:]
+    mask = M.completion_mask(ids, processor.eos_token_ids)
+    sampler = torch.stack([torch.log_softmax(s.float(), -1) for s in gen.scores], 1)
+    sampler = sampler.gather(2, ids.unsqueeze(-1)).squeeze(-1) * mask
+    with torch.no_grad():
+        ours = M.completion_logprobs(model, M.repeat_prompts(prompts, 2), ids, mask, temperature=0.7)
+    assert torch.allclose(ours, sampler, atol=1e-4)
+
+
+def test_gradients_reach_the_model_through_logprobs(tiny):
+    model, processor = tiny
+    prompts = processor.prompts(["Is there a lesion?"], images(1))
+    words = processor.tokenizer("yes no", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([words + [processor.tokenizer.eos_token_id] + words])
+    mask = M.completion_mask(ids, processor.eos_token_ids)
+    model.zero_grad()
+    M.completion_logprobs(model, prompts, ids, mask).sum().backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0
+    assert model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0
+    model.zero_grad()
+
+
+def test_checkpoint_reloads_with_plain_transformers_and_same_answers(tiny, tmp_path):
+    model, processor = tiny
+    path = str(tmp_path / "ckpt")
+    M.save_checkpoint(model, processor, path, trainer_state={"step": 7}, meta={"step": 7})
+    assert M.load_trainer_state(path)["step"] == 7
+    plain = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
+    assert AutoTokenizer.from_pretrained(path).get_vocab() == processor.tokenizer.get_vocab()
+    reloaded, reprocessor = M.load_model(path, device="cpu")
+    batch = processor.prompts(["Is there a lesion?", "What imaging modality is this?"], images(2, seed=3))
+    answers = [M.sample_completions(m, p, batch, greedy=True, max_new_tokens=12).texts
+               for m, p in [(model, processor), (plain, processor), (reloaded, reprocessor)]]
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tiny, tmp_path, monkeypatch):
+    model, processor = tiny
+    path = str(tmp_path / "ckpt")
+    M.save_checkpoint(model, processor, path, trainer_state={"step": 1})
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(processor, "save_pretrained", broken)
+    with pytest.raises(OSError):
+        M.save_checkpoint(model, processor, path, trainer_state={"step": 2})
+    assert M.load_trainer_state(path)["step"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]          # no temporary directory left behind
