@@ -1,0 +1,349 @@
+"""Tests for data.py: the phantom dataset, each loader on fixture files in the real formats, and
+every bad-input message. Run: python -m pytest test_data.py -q"""
+
+import argparse
+import collections
+import csv
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+from data import DataError, load_dataset, load_image
+
+
+def image_bytes(records):
+    return [load_image(record).tobytes() for record in records]
+
+
+def texts(records):
+    return [(r.id, r.question, r.answer, r.answer_type, r.cot) for r in records]
+
+
+# phantom
+
+
+@pytest.fixture(scope="module")
+def train():
+    start = time.perf_counter()
+    records = data.phantom_dataset("train")
+    return records, time.perf_counter() - start
+
+
+def test_phantom_default_sizes_and_generation_time(train):
+    records, seconds = train
+    assert len(records) == 3000 and seconds < 5
+    assert len(data.phantom_dataset("val")) == 100 and len(data.phantom_dataset("test")) == 300
+    assert len(load_dataset("phantom", "test", limit=7)) == 7
+    image = load_image(records[0])
+    assert image.mode == "RGB" and image.size == (112, 112)
+    assert load_image(data.phantom_dataset("val", size=1, image_size=56)[0]).size == (56, 56)
+
+
+def test_phantom_is_deterministic_per_seed():
+    first, again = data.phantom_dataset("val", seed=3, size=40), data.phantom_dataset("val", seed=3, size=40)
+    assert texts(first) == texts(again) and image_bytes(first) == image_bytes(again)
+    other = data.phantom_dataset("val", seed=4, size=40)
+    assert texts(other) != texts(first)
+    assert not set(image_bytes(other)) & set(image_bytes(first))
+    # a smaller size is a prefix of a larger one
+    assert texts(data.phantom_dataset("val", seed=3, size=15)) == texts(first)[:15]
+
+
+def test_phantom_splits_share_no_image():
+    splits = {split: set(image_bytes(data.phantom_dataset(split, size=150))) for split in data.SPLITS}
+    assert not splits["train"] & splits["val"] and not splits["train"] & splits["test"]
+    assert not splits["val"] & splits["test"]
+
+
+def test_phantom_answers_are_balanced_and_not_given_by_the_question(train):
+    records, _ = train
+    closed = [r for r in records if r.answer_type == "closed"]
+    assert 0.4 < len(closed) / len(records) < 0.6
+    assert {r.answer for r in closed} == {"yes", "no"}
+    assert 0.45 < sum(r.answer == "yes" for r in closed) / len(closed) < 0.55
+    # each closed question alone is a coin flip: its yes count within 3 binomial sd of n/2
+    by_question = collections.defaultdict(collections.Counter)
+    for record in closed:
+        by_question[record.question][record.answer] += 1
+    for question, counts in by_question.items():
+        n = sum(counts.values())
+        assert abs(counts["yes"] - n / 2) <= 3 * (n / 4) ** 0.5, (question, counts)
+
+
+def test_phantom_answers_use_both_synonyms(train):
+    records, _ = train
+    answers = {r.answer for r in records if r.answer_type == "open"}
+    for pair in (("MRI", "magnetic resonance imaging"), ("CT", "computed tomography"),
+                 ("X-ray", "radiograph"), ("ultrasound", "sonography"), ("chest", "thorax"),
+                 ("nodule", "small nodule"), ("two", "2"), ("left upper", "upper left")):
+        assert set(pair) <= answers, pair
+
+
+def test_phantom_rationales_are_short_and_name_what_the_answer_needs(train):
+    records, _ = train
+    assert all(20 <= len(r.cot.split()) <= 45 for r in records)
+    for record in records[:300]:
+        if record.question == "What imaging modality is this?":
+            modality = next(m for m, names in data.SYNONYMS.items() if record.answer in names)
+            assert data.MODALITY_CUES[modality] in record.cot
+
+
+def test_left_is_the_patients_left_on_the_image_right():
+    # a bright MRI nodule drawn by hand in the image's upper RIGHT quadrant
+    scene = data.PhantomScene("mri", "chest", (56.0, 56.0, 49.0, 42.0), [(80.0, 35.0, 8.0)], "nodule")
+    image = np.asarray(data.render_phantom(scene, 112, np.random.default_rng(0)))[..., 0]
+    assert image[31:39, 76:84].mean() > 200 and image[31:39, 28:36].mean() < 120
+    questions = {q: a for q, a, _ in data._phantom_questions(scene, 112, np.random.default_rng(0))}
+    assert questions["Where is the lesion located?"] in ("left upper", "upper left")
+    side_question = next(q for q in questions if q.startswith("Is the lesion on the"))
+    assert questions[side_question] == ("yes" if "left" in side_question else "no")
+    assert "the image's upper right, the patient's left upper side, a nodule" in data.phantom_cot(scene, 112)
+
+
+def test_phantom_corpus_covers_every_text(train):
+    corpus = set(data.phantom_corpus())
+    records, _ = train
+    assert {r.question for r in records} <= corpus and {r.answer for r in records} <= corpus
+    words = {word for text in corpus for word in text.split()}
+    assert all(set(r.cot.split()) <= words for r in records)
+
+
+# loaders on fixture files in the real formats
+
+
+def png(path, shade=0):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("L" if shade % 2 else "RGB", (6, 4), shade).save(path)
+
+
+def write_json(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as file:
+        json.dump(rows, file)
+
+
+def write_jsonl(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as file:
+        file.writelines((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
+
+
+def vqa_rad(tmp_path, rows=None):
+    root = tmp_path / "vqa_rad"
+    if rows is None:
+        rows = [{"qid": i, "image_name": f"synpic{i}.jpg", "question": f"Is there a mass {i}?",
+                 "answer": "Yes" if i % 2 else "left lung", "answer_type": "CLOSED" if i % 2 else "OPEN",
+                 "image_organ": "CHEST", "phrase_type": "freeform"} for i in range(40)]
+    for row in rows:
+        if "image_name" in row:
+            png(str(root / "images" / row["image_name"]), row["qid"])
+    write_json(str(root / "train.json"), rows)
+    write_json(str(root / "test.json"), rows[:3])
+    return str(root)
+
+
+def test_vqa_rad_and_held_out_val(tmp_path):
+    root = vqa_rad(tmp_path)
+    train, val = load_dataset("vqa_rad", "train", root), load_dataset("vqa_rad", "val", root)
+    assert [r.id for r in val] == ["vqa_rad-val-19", "vqa_rad-val-39"]  # every 20th
+    assert len(train) == 38 and not {r.question for r in train} & {r.question for r in val}
+    first = train[0]
+    assert (first.id, first.question, first.answer, first.answer_type, first.dataset, first.cot) == \
+        ("vqa_rad-train-0", "Is there a mass 0?", "left lung", "open", "vqa_rad", None)
+    assert train[1].answer_type == "closed" and first.image == os.path.join(root, "images", "synpic0.jpg")
+    assert load_image(train[1]).mode == "RGB" and load_image(train[1]).size == (6, 4)
+    assert len(load_dataset("vqa_rad", "test", root)) == 3
+    assert [r.id for r in load_dataset("vqa_rad", "train", root, limit=2)] == ["vqa_rad-train-0", "vqa_rad-train-1"]
+
+
+def test_slake_keeps_english_and_reads_validate(tmp_path):
+    root = tmp_path / "slake"
+    rows = [{"img_id": 1, "img_name": "xmlab1/source.jpg", "question": "Is the lung healthy?",
+             "answer": "No", "q_lang": "en", "answer_type": "CLOSED", "qid": 7, "modality": "CT"},
+            {"img_id": 1, "img_name": "xmlab1/source.jpg", "question": "肺健康吗?", "answer": "否",
+             "q_lang": "zh", "answer_type": "CLOSED", "qid": 8},
+            {"img_id": 1, "img_name": "xmlab1/source.jpg", "question": "Which organ is abnormal?",
+             "answer": "Lung", "q_lang": "en", "answer_type": "OPEN", "qid": 9}]
+    png(str(root / "imgs" / "xmlab1" / "source.jpg"))
+    for name in ("train.json", "validate.json", "test.json"):
+        write_json(str(root / name), rows)
+    records = load_dataset("slake", "val", str(root))
+    assert [(r.id, r.answer, r.answer_type) for r in records] == [("slake-val-7", "No", "closed"),
+                                                                   ("slake-val-9", "Lung", "open")]
+    assert records[0].source == "slake/validate.json record 0 (qid 7)"
+
+
+def test_pathvqa_jsonl_infers_answer_type_and_image_extension(tmp_path):
+    root = tmp_path / "pvqa"
+    png(str(root / "images" / "test" / "test_0001.jpg"))
+    write_jsonl(str(root / "test.jsonl"), [
+        {"image": "test_0001", "question": "Are these neutrophils?", "answer": "yes"},
+        {"image": "test_0001", "question": "What have lost their nuclei?", "answer": "neutrophils"}])
+    records = load_dataset("pathvqa", "test", str(root))
+    assert [(r.id, r.answer_type) for r in records] == [("pathvqa-test-line1", "closed"),
+                                                        ("pathvqa-test-line2", "open")]
+    assert records[0].image.endswith(os.path.join("images", "test", "test_0001.jpg"))
+
+
+def test_pmc_vqa_csv_is_open_ended(tmp_path):
+    root = tmp_path / "pmc"
+    png(str(root / "images" / "PMC1_Fig2_41.jpg"))
+    os.makedirs(root, exist_ok=True)
+    with open(root / "test.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C",
+                         "Choice D", "Answer_label"])
+        writer.writerow(["PMC1_Fig2_41.jpg", "What imaging was used?", "MRI", "A:CT", "B:MRI",
+                         "C:X-ray", "D:PET", "B"])
+        writer.writerow(["PMC1_Fig2_41.jpg", "Is it a CT?", "", "A:yes", "B:no", "", "", "B"])
+    with pytest.raises(DataError) as error:
+        load_dataset("pmc_vqa", "test", str(root))
+    assert str(error.value) == "data.py: pmc/test.csv line 3: missing field 'Answer'"
+    records = load_dataset("pmc_vqa", "test", str(root), skip_bad=True)
+    assert [(r.id, r.question, r.answer, r.answer_type) for r in records] == [
+        ("pmc_vqa-test-line2", "What imaging was used?", "MRI", "open")]
+    records = load_dataset("pmc_vqa", "test", str(root), skip_bad=True, pmc_choices=True)
+    assert [(r.question, r.answer_type) for r in records] == [
+        ("What imaging was used? Choices: A:CT B:MRI C:X-ray D:PET", "closed")]
+    # PMC-VQA ships no validation file: val is every val_every-th train record
+    os.rename(root / "test.csv", root / "train.csv")
+    assert [r.id for r in load_dataset("pmc_vqa", "val", str(root), skip_bad=True, val_every=1)] == [
+        "pmc_vqa-val-line2"]
+
+
+def test_generic_json_with_field_map_cot_and_single_file(tmp_path):
+    root = tmp_path / "mine"
+    png(str(root / "pics" / "a.png"))
+    write_jsonl(str(root / "train.jsonl"), [
+        {"q": "Is it normal?", "a": "No.", "img": "pics/a.png", "rationale": "A dark spot."},
+        {"q": "Where?", "a": "apex", "img": "pics/a.png", "why": "Top.", "answer_type": "OPEN"}])
+    records = load_dataset("json", "train", str(root), field_map=data.parse_field_map(
+        "question=q, answer=a,image=img"))
+    assert [(r.question, r.answer, r.answer_type, r.cot) for r in records] == [
+        ("Is it normal?", "No.", "closed", "A dark spot."), ("Where?", "apex", "open", None)]
+    records = load_dataset("json", "test", str(root / "train.jsonl"),
+                           field_map={"question": "q", "answer": "a", "image": "img", "cot": "why"})
+    assert [r.cot for r in records] == [None, "Top."]
+
+
+def test_infer_answer_type():
+    assert [data.infer_answer_type(a) for a in ("yes", "No.", " YES ", "left", "no effusion", "3")] == \
+        ["closed", "closed", "closed", "open", "open", "open"]
+
+
+# bad input: every message names the file, the record and the field
+
+
+def load_error(*args, **kwargs):
+    with pytest.raises(DataError) as error:
+        load_dataset(*args, **kwargs)
+    return str(error.value)
+
+
+def test_missing_image_and_missing_field(tmp_path):
+    rows = [{"qid": 1, "image_name": "synpic1.jpg", "question": "Q?", "answer": "yes"},
+            {"qid": 2, "question": "Q?", "answer": "yes"},
+            {"qid": 3, "image_name": "synpic3.jpg", "question": "Q?"}]
+    root = vqa_rad(tmp_path, rows)
+    os.remove(os.path.join(root, "images", "synpic1.jpg"))
+    assert load_error("vqa_rad", "test", root) == \
+        "data.py: vqa_rad/test.json record 0 (qid 1): image_name 'synpic1.jpg' not found under images/"
+    png(os.path.join(root, "images", "synpic1.jpg"))
+    assert load_error("vqa_rad", "test", root) == \
+        "data.py: vqa_rad/test.json record 1 (qid 2): missing field 'image_name'"
+    write_json(os.path.join(root, "test.json"), rows[2:])
+    assert load_error("vqa_rad", "test", root) == \
+        "data.py: vqa_rad/test.json record 0 (qid 3): missing field 'answer'"
+
+
+def test_malformed_lines_files_and_values(tmp_path):
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    good = {"image": "a.png", "question": "Q?", "answer": "no"}
+    write_jsonl(str(root / "train.jsonl"), [good, '{"image": "a.png", "question": ', "[1, 2]",
+                                            dict(good, answer_type="maybe", id="x9")])
+    assert load_error("json", "train", str(root)) == \
+        "data.py: mine/train.jsonl line 2: not valid JSON (Expecting value, column 31)"
+    with open(root / "train.jsonl") as file:
+        lines = file.readlines()
+    write_jsonl(str(root / "train.jsonl"), [lines[2].strip(), lines[3].strip()])
+    assert load_error("json", "train", str(root)) == "data.py: mine/train.jsonl line 1: expected a JSON object, got list"
+    write_jsonl(str(root / "train.jsonl"), [lines[3].strip()])
+    assert load_error("json", "train", str(root)) == \
+        "data.py: mine/train.jsonl line 1 (id x9): field 'answer_type' is 'maybe', expected open or closed"
+    with open(root / "test.json", "w") as file:
+        file.write('[{"image": "a.png",\n "question": }]')
+    assert load_error("json", "test", str(root)) == \
+        "data.py: mine/test.json: not valid JSON (line 2, column 14: Expecting value)"
+    write_jsonl(str(root / "test.json"), [good, good])
+    assert load_error("json", "test", str(root)) == ("data.py: mine/test.json: not valid JSON (line 2, "
+                                                     "column 1: Extra data; one object per line? then name the file .jsonl)")
+
+
+def test_unreadable_image_fails_at_load_image(tmp_path):
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    (root / "broken.png").write_bytes(b"not a png")
+    write_jsonl(str(root / "train.jsonl"), [{"image": "broken.png", "question": "Q?", "answer": "no"},
+                                            {"image": "a.png", "question": "Q?", "answer": "no", "id": 5}])
+    broken, good = load_dataset("json", "train", str(root))
+    with pytest.raises(DataError) as error:
+        load_image(broken)
+    message = str(error.value)
+    assert message.startswith(f"data.py: mine/train.jsonl line 1: image '{root / 'broken.png'}' "
+                              "is not a readable image (cannot identify image file")
+    os.remove(root / "a.png")
+    with pytest.raises(DataError) as error:
+        load_image(good)
+    assert str(error.value) == f"data.py: mine/train.jsonl line 2 (id 5): image '{root / 'a.png'}' not found"
+
+
+def test_skip_bad_counts_and_reports(tmp_path, capsys):
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    good = {"image": "a.png", "question": "Q?", "answer": "no"}
+    write_jsonl(str(root / "train.jsonl"), [good, dict(good, image="gone.png"), good, "{oops", good])
+    records = load_dataset("json", "train", str(root), skip_bad=True)
+    assert len(records) == 3
+    assert capsys.readouterr().err == ("data.py: mine/train.jsonl: skipped 2 bad records of 5 (first: "
+                                       "mine/train.jsonl line 2: image 'gone.png' not found under mine/)\n")
+    assert load_dataset("json", "train", str(root), skip_bad=True, limit=1) == records[:1]
+
+
+def test_dataset_level_errors(tmp_path):
+    root = vqa_rad(tmp_path)
+    assert load_error("vqa_rad", "train", str(tmp_path)) == \
+        f"data.py: vqa_rad: no train.json or trainset.json in {tmp_path}"
+    assert load_error("slake", "val", str(tmp_path)) == f"data.py: slake: no validate.json in {tmp_path}"
+    assert load_error("kvasir", "train", root).startswith("data.py: unknown dataset 'kvasir'")
+    assert load_error("vqa_rad", "dev", root).startswith("data.py: vqa_rad: unknown split 'dev'")
+    assert load_error("slake", "train") == "data.py: slake: give the folder of its files with --data-root"
+    with pytest.raises(DataError, match="'question' is not NAME=FIELD"):
+        data.parse_field_map("question")
+    with pytest.raises(DataError, match="'prompt=q' is not NAME=FIELD"):
+        data.parse_field_map("prompt=q")
+
+
+def test_command_line_options(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    data.add_data_args(parser)
+    assert all(action.help for action in parser._actions if action.dest != "help")
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    write_jsonl(str(root / "val.jsonl"), [{"q": "Q?", "a": "yes", "image": "a.png"}] * 3)
+    args = parser.parse_args(["--dataset", "json", "--data-root", str(root), "--field-map",
+                              "question=q,answer=a", "--skip-bad", "--limit", "2"])
+    records = data.dataset_from_args(args, "val")
+    assert len(records) == 2 and records[0].answer_type == "closed"
+    assert len(data.dataset_from_args(parser.parse_args([]), "val")) == 100  # phantom by default
+    data.main(["--split", "val", "--limit", "20", "--grid", str(tmp_path / "grid.png")])
+    assert capsys.readouterr().out.startswith("phantom val: 20 records")
+    assert Image.open(tmp_path / "grid.png").size == (448, 448)
+    write_jsonl(str(root / "val.jsonl"), [{"q": "Q?", "image": "a.png"}])
+    with pytest.raises(SystemExit, match="mine/val.jsonl line 1: missing field 'question'"):
+        data.main(["--dataset", "json", "--data-root", str(root), "--split", "val"])
