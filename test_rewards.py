@@ -1,0 +1,475 @@
+"""Tests of rewards.py and evaluate.py's predictions mode: values computed by hand or by an
+independent implementation (nltk's sentence_bleu, the rouge-score package, math/statistics).
+
+    python -m pytest test_rewards.py -q
+"""
+import argparse
+import json
+import math
+import random
+import statistics
+import warnings
+
+import numpy as np
+import pytest
+
+import evaluate
+import rewards
+from rewards import (AdaptiveSemanticReward, JudgeReward, RewardWeights, SemanticScorer, bleu1,
+                     collapse_diagnostics, compute_rewards, cwr_length_reward, ecr_length_reward, exact_match,
+                     extract_answer, format_reward, normalize, rouge1_f1, textual_reward, think_text, token_recall)
+
+
+def completion(answer, think="The image shows it."):
+    return f"<think>{think}</think><answer>{answer}</answer>"
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return SemanticScorer()  # all-MiniLM-L6-v2, loaded once for the module (a few seconds)
+
+
+class FixedScorer:
+    """Stands in for SemanticScorer where a test needs exact values: 1.0 for the same normalised
+    tokens, 0.5 otherwise, 0 for an empty prediction."""
+
+    def score(self, predictions, references):
+        return np.array([0.0 if not normalize(p) else 1.0 if normalize(p) == normalize(r) else 0.5
+                         for p, r in zip(predictions, references)])
+
+
+# ---- text normalisation and answer extraction
+
+@pytest.mark.parametrize("text, tokens", [
+    ("The MRI, of the Brain!", ["mri", "of", "brain"]),
+    ("left-sided effusion.", ["left", "sided", "effusion"]),
+    ("An apple a day", ["apple", "day"]),
+    ("T2_weighted (axial)", ["t2", "weighted", "axial"]),
+    ("Épanchement  PLEURAL", ["épanchement", "pleural"]),
+    ("", []), ("  ... ", []), (None, []), ("the a an", []),
+])
+def test_normalize(text, tokens):
+    assert normalize(text) == tokens
+
+
+def test_extract_answer_and_think():
+    c = "<think> opacity at the base </think>\n<answer> Pneumonia </answer>"
+    assert extract_answer(c) == "Pneumonia" and think_text(c) == "opacity at the base"
+    assert extract_answer("<answer>a\nb</answer><answer>c</answer>") == "a\nb"  # the first one
+    assert extract_answer("  just pneumonia ") == "just pneumonia"  # no tags: the whole completion
+    assert extract_answer("just pneumonia", strict=True) == ""  # METHOD.md §3, for rewards
+    assert extract_answer("<answer>cut off by max tokens", strict=True) == ""
+    assert think_text("<answer>x</answer>") == "" and extract_answer(None) == ""
+
+
+@pytest.mark.parametrize("text, reward", [
+    ("<think>reasoning</think><answer>yes</answer>", 1.0),
+    ("  <think>a\nb</think>\n\n<answer> left lung </answer>\n", 1.0),
+    ("<answer>yes</answer>", 0.0),
+    ("<think></think><answer>yes</answer>", 0.0),
+    ("<think>r</think><answer>  </answer>", 0.0),
+    ("<think>r</think><answer>yes</answer> and more", 0.0),
+    ("preamble <think>r</think><answer>yes</answer>", 0.0),
+    ("<think>r</think><answer>yes</answer><answer>no</answer>", 0.0),
+    ("<think>r<think>s</think><answer>yes</answer>", 0.0),
+    ("<answer>yes</answer><think>r</think>", 0.0),
+    ("", 0.0), (None, 0.0),
+])
+def test_format_reward(text, reward):
+    assert format_reward(text) == reward
+
+
+# ---- textual rewards, by hand
+
+def test_textual_rewards_by_hand():
+    # hyp [left, lung, effusion] c=3, ref [effusion, in, left, lung] r=4, 3 matches
+    assert bleu1("Left lung effusion.", "effusion in the left lung") == pytest.approx(math.exp(1 - 4 / 3))
+    assert rouge1_f1("Left lung effusion.", "effusion in the left lung") == pytest.approx(2 * 0.75 / 1.75)
+    assert token_recall("Left lung effusion.", "effusion in the left lung") == pytest.approx(0.75)
+    assert textual_reward("Left lung effusion.", "effusion in the left lung", "open") == pytest.approx(
+        (math.exp(-1 / 3) + 6 / 7) / 2)
+    # repeated words are clipped: 1 match of 3, c > r so no brevity penalty
+    assert bleu1("lung lung lung", "lung") == pytest.approx(1 / 3)
+    assert rouge1_f1("lung lung lung", "lung") == pytest.approx(0.5)  # P 1/3, R 1
+    assert token_recall("lung", "lung lung") == 0.5
+    # articles and punctuation do not count
+    assert textual_reward("The effusion!", "effusion", "open") == 1.0
+    # a synonym shares no token: textual reward 0 (the semantic reward is for this)
+    assert textual_reward("MRI", "magnetic resonance imaging", "open") == 0.0
+    assert token_recall("there is a left pleural effusion", "left effusion") == 1.0
+
+
+def test_bleu1_brevity_penalty():
+    assert bleu1("effusion", "left pleural effusion") == pytest.approx(math.exp(1 - 3))  # c=1, r=3
+    assert bleu1("pleural effusion", "left pleural effusion") == pytest.approx(math.exp(1 - 3 / 2))
+    assert bleu1("left pleural effusion", "left pleural effusion") == 1.0  # c = r: BP = exp(0)
+    assert bleu1("big left pleural effusion", "left pleural effusion") == pytest.approx(3 / 4)  # c > r
+
+
+@pytest.mark.parametrize("prediction, reference, reward", [
+    ("Yes.", "yes", 1.0), ("YES", "Yes", 1.0), ("no", "yes", 0.0), ("yes, there is", "yes", 0.0),
+    ("the left lung", "Left lung", 1.0), ("", "yes", 0.0), (None, "no", 0.0), ("", "", 0.0), ("the", "the", 0.0),
+])
+def test_closed_exact_match(prediction, reference, reward):
+    assert textual_reward(prediction, reference, "closed") == reward == exact_match(prediction, reference)
+
+
+def test_empty_answers_score_zero():
+    for metric in (bleu1, rouge1_f1, token_recall, exact_match):
+        assert metric("", "pneumonia") == 0.0 and metric("pneumonia", "") == 0.0 and metric(None, None) == 0.0
+    assert textual_reward("", "pneumonia", "open") == 0.0
+
+
+def _random_answer(rng):
+    words = ["left", "right", "lung", "Lung", "effusion", "pleural", "the", "a", "an", "mass", "MRI", "CT",
+             "T2", "lobe,", "upper", "lower", "(axial)", "no", "yes", "x-ray", "brain."]
+    return " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))
+
+
+def test_bleu1_and_rouge1_agree_with_nltk_and_rouge_score():
+    from nltk.translate.bleu_score import sentence_bleu
+    from rouge_score import rouge_scorer
+
+    rng = random.Random(0)
+    cases = [(_random_answer(rng), _random_answer(rng)) for _ in range(400)]
+    cases += [("left lung effusion", "effusion in the left lung"), ("lung lung lung", "lung"),
+              ("effusion", "left pleural effusion"), ("MRI", "magnetic resonance imaging"),
+              ("the brain", "brain"), ("a b c d e", "a b c d e f g h")]
+    rouge = rouge_scorer.RougeScorer(["rouge1"])
+    checked = 0
+    for prediction, reference in cases:
+        hyp, ref = normalize(prediction), normalize(reference)
+        if not hyp or not ref:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nltk warns about the zero 2..4-gram counts it ignores
+            expected_bleu = sentence_bleu([ref], hyp, weights=(1, 0, 0, 0))
+        expected_rouge = rouge.score(" ".join(ref), " ".join(hyp))["rouge1"].fmeasure
+        assert bleu1(prediction, reference) == pytest.approx(expected_bleu, abs=1e-6), (prediction, reference)
+        assert rouge1_f1(prediction, reference) == pytest.approx(expected_rouge, abs=1e-6), (prediction, reference)
+        checked += 1
+    assert checked > 350
+
+
+def test_length_rewards():
+    words = " ".join(["word"] * 64)
+    assert ecr_length_reward(completion("x", think=words), target_length=128) == 0.5
+    assert ecr_length_reward(completion("x", think=words * 3), target_length=128) == 1.0
+    assert ecr_length_reward("<answer>x</answer>") == 0.0
+    assert cwr_length_reward(completion("x", think=words), 0.5, target_length=128) == 0.25
+    with pytest.raises(ValueError):
+        ecr_length_reward("x", target_length=0)
+    with pytest.raises(ValueError):
+        cwr_length_reward("x", float("nan"))
+
+
+# ---- bad inputs: defined values or a clear ValueError, never NaN
+
+def test_bad_inputs():
+    long_text = "effusion " * 200_000
+    for value in (None, "", "   ", long_text, "脑部 MRI 显示", "épanchement pleural", "\x00\ufffd"):
+        for metric in (bleu1, rouge1_f1, token_recall, exact_match):
+            result = metric(value, "pleural effusion")
+            assert 0.0 <= result <= 1.0 and not math.isnan(result)
+        assert format_reward(value) in (0.0, 1.0)
+    for value in (5, 3.2, ["yes"], {"a": 1}, b"yes"):
+        with pytest.raises(ValueError, match="must be a string"):
+            bleu1(value, "yes")
+        with pytest.raises(ValueError, match="must be a string"):
+            format_reward(value)
+    with pytest.raises(ValueError, match="answer_type"):
+        textual_reward("yes", "yes", "free-text")
+
+
+# ---- adaptive semantic reward
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _linear_quantile(values, q):  # the definition numpy.quantile's default "linear" method implements
+    values = sorted(values)
+    position = q * (len(values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (position - low) * (values[high] - values[low])
+
+
+def test_adaptive_by_hand():
+    adaptive = AdaptiveSemanticReward()
+    rewards = adaptive([0.2, 0.4, 0.9])
+    sigma = statistics.pstdev([0.2, 0.4, 0.9])  # population std = sqrt(0.26 / 3)
+    assert sigma == pytest.approx(math.sqrt(0.26 / 3))
+    expected = [_sigmoid(2 * (s - 0.4) / (sigma + 1e-6)) for s in (0.2, 0.4, 0.9)]
+    assert rewards == pytest.approx(expected, abs=1e-12)
+    assert rewards == pytest.approx([0.2045, 0.5, 0.9676], abs=1e-4)  # the docstring's example
+
+
+def test_adaptive_buffer_is_fifo_and_appends_first():
+    adaptive = AdaptiveSemanticReward(buffer_size=4, quantile=0.25, k=3.0)
+    adaptive([0.1, 0.2, 0.3])
+    rewards = adaptive([0.5, 0.8])
+    history = [0.2, 0.3, 0.5, 0.8]  # 0.1 evicted; the current batch is already in the buffer
+    assert list(adaptive.buffer) == history
+    tau, sigma = _linear_quantile(history, 0.25), statistics.pstdev(history)
+    assert adaptive.tau == pytest.approx(tau) and adaptive.sigma == pytest.approx(sigma)
+    assert rewards == pytest.approx([_sigmoid(3 * (s - tau) / (sigma + 1e-6)) for s in (0.5, 0.8)], abs=1e-12)
+
+
+def test_adaptive_is_monotone():
+    rng = np.random.default_rng(1)
+    adaptive = AdaptiveSemanticReward()
+    adaptive(rng.uniform(0, 1, 300))
+    scores = np.sort(rng.uniform(0.3, 0.9, 64))
+    rewards = adaptive(scores)
+    assert np.all(np.diff(rewards) > 0) and np.all((rewards >= 0) & (rewards <= 1))
+
+
+def test_adaptive_lifts_variance_of_a_collapsed_band():
+    raw = np.random.default_rng(0).uniform(0.82, 0.95, 1024)
+    adapted = AdaptiveSemanticReward()(raw)
+    assert raw.var() < 0.002 and adapted.var() > 0.08
+
+
+def test_adaptive_state_round_trip():
+    rng = np.random.default_rng(2)
+    original = AdaptiveSemanticReward(buffer_size=50, quantile=0.7, k=1.5)
+    for _ in range(4):
+        original(rng.uniform(0.5, 1.0, 16))
+    state = json.loads(json.dumps(original.state_dict()))  # survives a JSON checkpoint
+    assert len(state["buffer"]) == 50 and all(isinstance(x, float) for x in state["buffer"])
+    resumed = AdaptiveSemanticReward()
+    resumed.load_state_dict(state)
+    batch = rng.uniform(0.5, 1.0, 16)
+    assert np.array_equal(original(batch), resumed(batch))
+    assert resumed.state_dict() == original.state_dict()
+
+
+def test_adaptive_bad_inputs():
+    adaptive = AdaptiveSemanticReward()
+    assert adaptive([]).shape == (0,) and len(adaptive.buffer) == 0
+    for bad in ([0.5, float("nan")], [[0.5]], ["high"], [float("inf")]):
+        with pytest.raises(ValueError):
+            adaptive(bad)
+    assert len(adaptive.buffer) == 0
+    one = adaptive([0.7])  # sigma = 0: s = tau gives sigmoid(0)
+    assert one.tolist() == [0.5]
+    with pytest.raises(ValueError):
+        AdaptiveSemanticReward(buffer_size=0)
+    with pytest.raises(ValueError):
+        AdaptiveSemanticReward().load_state_dict({"buffer_size": 4, "quantile": 0.5, "k": 2, "eps": 1e-6,
+                                                   "buffer": [0.1, None]})
+
+
+# ---- semantic scorer (real encoder)
+
+def test_semantic_scorer_matches_direct_cosine(scorer):
+    predictions = ["magnetic resonance imaging", "MRI", "cardiomegaly", "yes", "MRI"]
+    references = ["MRI", "MRI", "enlarged heart", "no", "fracture of the femur"]
+    scores = scorer.score(predictions, references)
+    embeddings = scorer.encoder.encode(predictions + references)  # not normalised: cos by hand
+    for i, (p, r) in enumerate(zip(embeddings[:5], embeddings[5:])):
+        cos = float(np.dot(p, r) / np.linalg.norm(p) / np.linalg.norm(r))
+        assert scores[i] == pytest.approx(max(0.0, min(1.0, cos)), abs=1e-5)
+    assert scores[1] == pytest.approx(1.0, abs=1e-6)  # identical strings
+    assert scores[0] > 0.7 > scores[4]  # METHOD.md §1: cos(MRI, magnetic resonance imaging) = 0.78
+
+
+def test_semantic_scorer_one_encode_per_call_and_cache(scorer, monkeypatch):
+    calls = []
+    encode = scorer.encoder.encode
+    monkeypatch.setattr(scorer.encoder, "encode",
+                        lambda texts, **kw: calls.append(list(texts)) or encode(texts, **kw))
+    scorer.reference_cache.clear()
+    first = scorer.score(["left lung", "left lung", "right lung", ""], ["lung", "lung", "pleura", "lung"])
+    assert calls == [["left lung", "right lung", "lung", "pleura"]]  # unique predictions + new references
+    second = scorer.score(["left lung"], ["lung"])
+    assert calls[1] == ["left lung"]  # the reference comes from the cache
+    assert second[0] == pytest.approx(first[0]) and first[3] == 0.0  # empty prediction scores 0
+    assert scorer.score([], []).shape == (0,) and len(calls) == 2
+
+
+def test_semantic_scorer_bad_inputs(scorer):
+    scores = scorer.score([None, "", "x" * 50_000, "脑部", "épanchement"], ["yes", "yes", "yes", "brain", ""])
+    assert scores.shape == (5,) and np.all((scores >= 0) & (scores <= 1)) and not np.isnan(scores).any()
+    assert scores[0] == scores[1] == scores[4] == 0.0
+    with pytest.raises(ValueError, match="must be a string"):
+        scorer.score([3], ["yes"])
+    with pytest.raises(ValueError, match="references"):
+        scorer.score(["a", "b"], ["a"])
+
+
+# ---- combining rewards and collapse diagnostics
+
+def test_compute_rewards_exact_values():
+    completions = [completion("Yes"), completion("no"), completion("left lung effusion"), "left lung effusion"]
+    references = ["yes", "yes", "effusion in the left lung", "effusion in the left lung"]
+    types = ["closed", "closed", "open", "open"]
+    total, parts = compute_rewards(completions, references, types, semantic="plain", scorer=FixedScorer(),
+                                   weights=RewardWeights(format=1, textual=2, semantic=0.5))
+    open_textual = (math.exp(-1 / 3) + 6 / 7) / 2
+    assert parts["format"].tolist() == [1, 1, 1, 0]
+    assert parts["textual"] == pytest.approx([1, 0, open_textual, 0])  # no <answer>: empty answer
+    assert parts["semantic_raw"].tolist() == [1, 0, 0.5, 0]  # closed: exact match; open: scorer
+    assert total == pytest.approx([1 + 2 + 0.5, 1, 1 + 2 * open_textual + 0.25, 0])
+    assert set(parts) == {"format", "textual", "semantic_raw", "semantic"}
+
+
+def test_compute_rewards_adaptive_sees_open_answers_only():
+    adaptive = AdaptiveSemanticReward()
+    completions = [completion("yes"), completion("lung"), completion("left lung"), completion("")]
+    references = ["yes", "left lung", "left lung", "left lung"]
+    types = ["closed", "open", "open", "open"]
+    _, parts = compute_rewards(completions, references, types, scorer=FixedScorer(), adaptive=adaptive,
+                               closed_semantic="zero")
+    assert list(adaptive.buffer) == [0.5, 1.0, 0.0]
+    assert parts["semantic_raw"].tolist() == [0.0, 0.5, 1.0, 0.0]
+    assert parts["semantic"][0] == 0.0 and parts["semantic"][1:] == pytest.approx(
+        AdaptiveSemanticReward()([0.5, 1.0, 0.0]))
+
+
+def test_compute_rewards_length_and_options():
+    c = [completion("x", think=" ".join(["w"] * 32))] * 2
+    total, parts = compute_rewards(c, ["x", "y"], ["open", "open"], semantic="none", target_length=64,
+                                   weights=RewardWeights(format=0, textual=0, ecr=1, cwr=1))
+    assert parts["ecr"].tolist() == [0.5, 0.5] and parts["cwr"].tolist() == [0.5, 0.0]
+    assert total.tolist() == [1.0, 0.5]
+    with pytest.raises(ValueError, match="scorer"):
+        compute_rewards(c, ["x", "y"], ["open", "open"])
+    with pytest.raises(ValueError, match="judge"):
+        compute_rewards(c, ["x", "y"], ["open", "open"], semantic="none", weights=RewardWeights(judge=1))
+    with pytest.raises(ValueError, match="same length"):
+        compute_rewards(c, ["x"], ["open", "open"], semantic="none")
+
+
+def test_compute_rewards_with_real_encoder(scorer):
+    answers = ("the heart is enlarged", "cardiomegaly", "small heart", "femur fracture")
+    completions = [completion(a) for a in answers]
+    total, parts = compute_rewards(completions, ["enlarged heart"] * 4, ["open"] * 4, scorer=scorer,
+                                   adaptive=AdaptiveSemanticReward())
+    assert np.all(np.isfinite(total)) and parts["semantic_raw"][0] > 0.9 > parts["semantic_raw"][3]
+    assert parts["semantic"].var() > parts["semantic_raw"].var()
+
+
+def test_collapse_diagnostics_by_hand():
+    parts = {"semantic_raw": np.array([0.8, 0.9, 1.0, 0.5]), "semantic": np.array([0.2, 0.5, 0.8, 0.0])}
+    totals = np.array([1.0, 1.0, 2.0, 0.0])
+    d = collapse_diagnostics(parts, totals, group_size=2, answer_types=["open", "open", "open", "closed"])
+    assert d["equal_total_group_fraction"] == 0.5
+    assert d["total_std_within_group"] == pytest.approx((0 + math.sqrt(2)) / 2)  # Bessel std of (2, 0)
+    assert d["semantic_raw_var"] == pytest.approx(statistics.pvariance([0.8, 0.9, 1.0]))
+    assert d["semantic_var"] == pytest.approx(statistics.pvariance([0.2, 0.5, 0.8]))
+    with pytest.raises(ValueError):
+        collapse_diagnostics(parts, totals, group_size=3)
+
+
+def test_reward_options_and_demo(scorer, monkeypatch, capsys):
+    monkeypatch.setattr(rewards, "SemanticScorer", lambda *args, **kwargs: scorer)
+    parser = argparse.ArgumentParser()
+    rewards.add_reward_args(parser)
+    kwargs = rewards.rewards_from_args(parser.parse_args([]))
+    assert kwargs["weights"] == RewardWeights() and kwargs["semantic"] == "adaptive" and kwargs["judge"] is None
+    assert kwargs["adaptive"].state_dict() == AdaptiveSemanticReward().state_dict()
+    kwargs = rewards.rewards_from_args(parser.parse_args(["--semantic", "none", "--ecr-weight", "0.5"]))
+    assert kwargs["scorer"] is None and kwargs["adaptive"] is None and kwargs["weights"].ecr == 0.5
+    with pytest.raises(ValueError, match="--judge-model"):
+        rewards.rewards_from_args(parser.parse_args(["--judge-weight", "1"]))
+    rewards.main([])  # the worked example of reward collapse
+    out = capsys.readouterr().out
+    assert "cardiomegaly" in out and "variance" in out and "adaptive" in out
+
+
+# ---- clinical judge with a tiny random causal LM
+
+def test_judge_returns_zero_or_one(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<unk>", "</s>", "yes", "no", "Yes", "No", "the", "heart", "is", "enlarged"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
+                            eos_token="</s>").save_pretrained(tmp_path)
+    config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+
+    judge = JudgeReward(str(tmp_path), device="cpu", batch_size=2)
+    completions = [completion("yes", think="the heart is enlarged"), completion("no", think="heart"),
+                   "<answer>yes</answer>", completion("enlarged", think="is " * 40)]
+    rewards = judge(["is the heart enlarged?"] * 4, completions)
+    assert rewards.shape == (4,) and set(rewards.tolist()) <= {0.0, 1.0} and rewards[2] == 0.0  # no reasoning
+
+
+# ---- evaluate.py, predictions mode
+
+def _write_jsonl(path, rows):
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return str(path)
+
+
+PREDICTIONS = [
+    {"question": "Is there a fracture?", "answer": "yes", "prediction": completion("Yes."),
+     "answer_type": "CLOSED", "dataset": "vqa_rad"},
+    {"question": "Is it normal?", "answer": "no", "prediction": "yes", "answer_type": "closed",
+     "dataset": "slake"},
+    {"question": "Where?", "answer": "effusion in the left lung", "prediction": completion("left lung effusion"),
+     "answer_type": "open", "dataset": "vqa_rad", "id": 7},
+    {"question": "What?", "answer": "cardiomegaly", "prediction": "<think>x</think> Cardiomegaly",
+     "answer_type": "open", "dataset": "slake"},
+]
+
+
+def test_score_predictions_exact_values(tmp_path):
+    rows = evaluate.read_predictions(_write_jsonl(tmp_path / "p.jsonl", PREDICTIONS))
+    metrics = evaluate.score_predictions(rows, scorer=FixedScorer())
+    # open row 3: bleu exp(-1/3), rouge 6/7, recall 3/4, semantic 0.5 (FixedScorer: tokens differ).
+    # open row 4 has no <answer>: the whole prediction "<think>x</think> Cardiomegaly" is the answer,
+    # tokens [think, x, think, cardiomegaly]: bleu 1/4, rouge 2 * (1/4) / (5/4) = 0.4, recall 1.
+    assert metrics["open"] == pytest.approx({"n": 2, "bleu1": (math.exp(-1 / 3) + 0.25) / 2,
+                                             "rouge1": (6 / 7 + 0.4) / 2, "recall": (0.75 + 1) / 2,
+                                             "semantic": 0.5})
+    assert metrics["closed"] == {"n": 2, "accuracy": 0.5} and metrics["format"] == 0.5 and metrics["n"] == 4
+    assert metrics["by_dataset"]["vqa_rad"]["closed"] == {"n": 1, "accuracy": 1.0}
+    assert metrics["by_dataset"]["slake"]["format"] == 0.0
+    assert metrics["by_dataset"]["vqa_rad"]["open"]["recall"] == 0.75
+    assert rows[2]["id"] == "7" and rows[0]["answer_type"] == "closed"
+    table = evaluate.format_table(metrics)
+    assert "vqa_rad" in table and "50.0" in table
+
+
+def test_evaluate_main_end_to_end(tmp_path, scorer, monkeypatch, capsys):
+    monkeypatch.setattr(evaluate, "SemanticScorer", lambda *args, **kwargs: scorer)  # reuse the loaded encoder
+    rows = [dict(PREDICTIONS[0], dataset="a"),
+            {"question": "q", "answer": "pleural effusion", "answer_type": "open",
+             "prediction": completion("pleural effusion")}]
+    out = tmp_path / "metrics.json"
+    evaluate.main(["--predictions", _write_jsonl(tmp_path / "p.jsonl", rows), "--out", str(out)])
+    metrics = json.loads(out.read_text())
+    assert metrics["open"]["bleu1"] == metrics["open"]["rouge1"] == metrics["open"]["recall"] == 1.0
+    assert metrics["open"]["semantic"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["closed"] == {"n": 1, "accuracy": 1.0} and metrics["format"] == 1.0
+    assert set(metrics["by_dataset"]) == {"a", "unknown"} and metrics["by_dataset"]["a"]["open"]["bleu1"] is None
+    assert "100.0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ('{"question": "q", "answer": "a", "prediction": "p", "answer_type": "open"', "line 2: not valid JSON"),
+    ('{"question": "q", "prediction": "p", "answer_type": "open"}', "line 2: missing field 'answer'"),
+    ('{"question": "q", "answer": "a", "prediction": "p", "answer_type": "free"}', "line 2: field 'answer_type'"),
+    ('{"question": "q", "answer": 5, "prediction": "p", "answer_type": "open"}', "line 2: field 'answer' must be"),
+    ('["not", "an", "object"]', "line 2: expected a JSON object"),
+])
+def test_malformed_predictions_name_file_line_and_field(tmp_path, bad_line, message):
+    path = _write_jsonl(tmp_path / "bad.jsonl", [PREDICTIONS[1], bad_line])
+    with pytest.raises(evaluate.PredictionsError) as error:
+        evaluate.read_predictions(path)
+    assert str(error.value).startswith(path) and message in str(error.value)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--predictions", path])
+    assert path in str(exit_info.value.code) and message in str(exit_info.value.code)
+
+
+def test_empty_predictions_file(tmp_path):
+    with pytest.raises(evaluate.PredictionsError, match="no predictions"):
+        evaluate.read_predictions(_write_jsonl(tmp_path / "empty.jsonl", [""]))
