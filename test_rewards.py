@@ -370,7 +370,7 @@ def test_reward_options_and_demo(scorer, monkeypatch, capsys):
     kwargs = rewards.rewards_from_args(parser.parse_args([]))
     assert kwargs["weights"] == RewardWeights() and kwargs["semantic"] == "adaptive" and kwargs["judge"] is None
     assert kwargs["adaptive"].state_dict() == AdaptiveSemanticReward().state_dict()
-    kwargs = rewards.rewards_from_args(parser.parse_args(["--semantic", "none", "--ecr-weight", "0.5"]))
+    kwargs = rewards.rewards_from_args(parser.parse_args(["--reward", "text", "--ecr-weight", "0.5"]))
     assert kwargs["scorer"] is None and kwargs["adaptive"] is None and kwargs["weights"].ecr == 0.5
     with pytest.raises(ValueError, match="--judge-model"):
         rewards.rewards_from_args(parser.parse_args(["--judge-weight", "1"]))

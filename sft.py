@@ -1,0 +1,199 @@
+"""Chain-of-thought supervised fine-tuning: teach the <think>…</think><answer>…</answer> format.
+
+    python sft.py                                   # tiny model, phantom data, writes runs/sft
+    python sft.py --model Qwen/Qwen2.5-VL-3B-Instruct --dataset slake --data-root data/Slake1.0 \\
+        --batch-size 4 --grad-accum 8 --lr 1e-5 --gradient-checkpointing --max-pixels 401408
+    python sft.py --resume runs/sft                 # continue an interrupted run
+
+ARMed stage 2 (knowledge-enhanced fine-tuning, ARMed-A): with --cot-from CKPT the training
+questions are first answered by that checkpoint (e.g. the stage-1 GRPO model); the generated
+rationales whose answers score as correct are kept, --cot-select K representative ones are chosen
+by k-means over their sentence embeddings, and the model in --model is fine-tuned on them.
+
+The loss is next-token cross-entropy on the assistant's tokens only (the prompt and the image
+are context, labelled -100). Target: "<think>{cot}</think><answer>{answer}</answer><|im_end|>".
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data import add_data_args, batch_order, dataset_from_args, load_image
+from evaluate import evaluate_model, format_table
+from model import (add_model_args, learning_rate, load_model, load_trainer_state, model_from_args,
+                   sample_completions, save_checkpoint)
+from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--out", default="runs/sft", help="checkpoint directory (Hugging Face format)")
+    p.add_argument("--resume", default=None, help="checkpoint directory written by sft.py to continue from")
+    p.add_argument("--steps", type=int, default=500, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    # [reconstructed] the papers publish no SFT hyper-parameters; 2e-3 suits the tiny model,
+    # use ~1e-5 for a 3B model.
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps of linear warmup")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor, as a fraction of --lr")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--eval-every", type=int, default=250, help="validate every N steps (0: only at the end)")
+    p.add_argument("--eval-size", type=int, default=100, help="validation records per evaluation")
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="generation length at validation")
+    p.add_argument("--encoder", default=None, help="sentence-transformers model for the semantic metric")
+    p.add_argument("--missing-cot", choices=["skip", "answer"], default="skip",
+                   help="records without a rationale: skip them, or train with <think> restating "
+                        "the answer [reconstructed]")
+    p.add_argument("--cot-from", default=None, help="ARMed-A: checkpoint that writes the rationales")
+    p.add_argument("--cot-select", type=int, default=0,
+                   help="ARMed-A: keep K representative rationales by k-means (0: keep all correct)")
+    p.add_argument("--cot-samples", type=int, default=4, help="ARMed-A: rationales sampled per question")
+    p.add_argument("--cot-min-score", type=float, default=1.0,
+                   help="ARMed-A: textual reward an answer needs to count as correct [reconstructed]")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    return p.parse_args(argv)
+
+
+def sft_target(record, missing_cot="skip"):
+    """The assistant text SFT teaches, or None if the record has no rationale and we skip those."""
+    cot = record.cot
+    if not cot:
+        if missing_cot == "skip":
+            return None
+        cot = f"The answer is {record.answer}."  # [reconstructed] see --missing-cot
+    return f"<think>{cot}</think><answer>{record.answer}</answer>"
+
+
+def kmeans(x, k, seed=0, iters=50):
+    """Plain Lloyd's k-means on rows of x (n, d); returns the index of the row nearest each centre."""
+    rng = np.random.default_rng(seed)
+    centres = x[rng.choice(len(x), size=k, replace=False)]
+    for _ in range(iters):
+        assign = ((x[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        new = np.stack([x[assign == j].mean(0) if (assign == j).any() else centres[j] for j in range(k)])
+        if np.allclose(new, centres):
+            break
+        centres = new
+    nearest = ((x[:, None] - centres[None]) ** 2).sum(-1).argmin(0)
+    return sorted(set(nearest.tolist()))
+
+
+def generate_cot(records, ckpt, args):
+    """ARMed-A data: rationales written by `ckpt`, kept when format and answer are right."""
+    model, processor = load_model(ckpt, device=args.device, max_pixels=args.max_pixels)
+    kept = []
+    for start in tqdm(range(0, len(records), args.batch_size), desc="writing CoT", file=sys.stdout):
+        chunk = records[start:start + args.batch_size]
+        batch = processor.prompts([r.question for r in chunk], [load_image(r) for r in chunk])
+        out = sample_completions(model, processor, batch, num_samples=args.cot_samples,
+                                 temperature=0.7, max_new_tokens=args.max_new_tokens)
+        for i, r in enumerate(chunk):
+            for text in out.texts[i * args.cot_samples:(i + 1) * args.cot_samples]:
+                score = textual_reward(extract_answer(text), r.answer, r.answer_type)
+                if format_reward(text) == 1.0 and score >= args.cot_min_score:
+                    kept.append(type(r)(**{**vars(r), "cot": think_text(text).strip()}))
+                    break  # one rationale per question
+    print(f"ARMed-A: {len(kept)}/{len(records)} questions got a correct rationale from {ckpt}")
+    if args.cot_select and len(kept) > args.cot_select:
+        emb = SemanticScorer(args.encoder).encode([f"{r.question} {r.cot}" for r in kept])
+        kept = [kept[i] for i in kmeans(np.asarray(emb), args.cot_select, seed=args.seed)]
+        print(f"ARMed-A: k-means kept {len(kept)} representative rationales")
+    del model
+    return kept
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    train = dataset_from_args(args, "train")
+    if args.cot_from:
+        train = generate_cot(train, args.cot_from, args)
+    examples = [(r, t) for r in train if (t := sft_target(r, args.missing_cot)) is not None]
+    if not examples:
+        sys.exit("sft.py: no training record has a rationale (cot); use --missing-cot answer "
+                 "or a dataset with a cot field")
+    val = dataset_from_args(args, "val")[:args.eval_size]
+    print(f"sft.py: {len(examples)} training examples ({len(train) - len(examples)} without CoT "
+          f"skipped), {len(val)} validation records")
+
+    start_step, state = 0, None
+    if args.resume:
+        state = load_trainer_state(args.resume)
+        args.model = args.resume
+        start_step = state["step"]
+    model, processor = model_from_args(args, seed=args.seed)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+    scorer = SemanticScorer(args.encoder)
+    os.makedirs(args.out, exist_ok=True)
+    log = open(os.path.join(args.out + ".log.jsonl"), "a")
+    print(f"sft.py: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters on {model.device}")
+
+    def checkpoint(step, metrics=None):
+        trainer_state = dict(step=step, optimizer=optimizer.state_dict(),
+                             torch_rng=torch.get_rng_state(), args=vars(args))
+        save_checkpoint(model, processor, args.out, trainer_state,
+                        meta=dict(script="sft.py", step=step, val=metrics))
+
+    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, file=sys.stdout,
+               desc="sft")
+    metrics = None
+    for step in bar:
+        t0 = time.time()
+        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total_loss, n_tokens = 0.0, 0
+        for micro in range(args.grad_accum):
+            idx = batch_order(len(examples), args.batch_size, step * args.grad_accum + micro, args.seed)
+            rs = [examples[i][0] for i in idx]
+            batch = processor.training_batch([r.question for r in rs], [load_image(r) for r in rs],
+                                             [examples[i][1] for i in idx])
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            loss = model(**batch).loss
+            (loss / args.grad_accum).backward()
+            total_loss += loss.item() / args.grad_accum
+            n_tokens += int(batch["attention_mask"].sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip).item()
+        if math.isfinite(total_loss) and math.isfinite(grad_norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        dt = time.time() - t0
+        bar.set_postfix(loss=f"{total_loss:.3f}", tok_s=f"{n_tokens / dt:.0f}")
+        row = dict(step=step + 1, loss=total_loss, lr=lr, grad_norm=grad_norm, step_time=dt,
+                   tokens_per_s=n_tokens / dt, skipped=not math.isfinite(total_loss))
+        done = step + 1 == args.steps
+        if (args.eval_every and (step + 1) % args.eval_every == 0) or done:
+            metrics, _ = evaluate_model(model, processor, val, scorer=scorer,
+                                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+            model.train()
+            row["val"] = metrics
+            tqdm.write(format_table(metrics))
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        if (args.save_every and (step + 1) % args.save_every == 0) or done:
+            checkpoint(step + 1, metrics)
+    log.close()
+    print(f"sft.py: wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
