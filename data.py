@@ -1,6 +1,6 @@
 """Medical VQA data: one record type, a built-in synthetic dataset, and loaders for public sets.
 
-    records = load_dataset("phantom", "train")              # 3000 synthetic records, no files
+    records = load_dataset("phantom", "train")              # 6000 synthetic records, no files
     records = load_dataset("slake", "test", "/data/slake")  # SLAKE's English test questions
     records[0] -> VQARecord(id='slake-test-5', image='/data/slake/imgs/xmlab1/source.jpg',
                             question='Is the lung healthy?', answer='No', answer_type='closed', ...)
@@ -86,7 +86,7 @@ def load_image(record: VQARecord) -> Image.Image:
 MODALITIES = ("xray", "ct", "mri", "ultrasound")
 REGIONS = ("head", "chest", "abdomen")
 LESION_COUNT_PROBS = (0.5, 0.25, 0.15, 0.10)  # P(0..3 lesions): half the images are normal
-PHANTOM_SIZES = {"train": 3000, "val": 100, "test": 300}
+PHANTOM_SIZES = {"train": 6000, "val": 100, "test": 300}
 
 # Reference answers name things either way, chosen per record, so text overlap alone misjudges.
 SYNONYMS = {
@@ -256,7 +256,8 @@ def _quadrant(x: float, y: float, size: int) -> tuple[str, str]:
 
 
 def phantom_cot(scene: PhantomScene, size: int) -> str:
-    """Rationale grounded in the drawing: modality cue, region cue, lesion cue (~30-40 words)."""
+    """What the image shows: modality cue, region cue, lesion cue (~30-40 words). A record's
+    rationale adds one sentence that ties this to its question (_phantom_questions)."""
     tone = "dark" if scene.modality == "ultrasound" else "bright"
     n, big = len(scene.lesions), "large" if scene.kind == "mass" else "small"
     if n == 0:
@@ -288,36 +289,46 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator)
     n, modality, region = len(scene.lesions), scene.modality, scene.region
     asked_modality, asked_region = other(modality, MODALITIES), other(region, REGIONS)
     presence, multiple = QUESTIONS["presence"], QUESTIONS["multiple"]
+    it_is = f"It is {NAMED[modality]}"
+    lesions = "no lesion" if n == 0 else "one lesion" if n == 1 else f"{NUMBER_WORDS[n].lower()} lesions"
+    # Each rationale ends with a conclusion that ties the image evidence to the question asked.
     questions = [
-        pick([(presence[0], n > 0), (presence[1], n == 0)]),
-        (ASK_MODALITY.format(NAMED[asked_modality]), asked_modality == modality),
-        (ASK_REGION.format(asked_region), asked_region == region),
+        pick([(presence[0], n > 0, f"There is {lesions}."),
+              (presence[1], n == 0, f"There is {lesions}, so the scan is {'' if n == 0 else 'not '}normal.")]),
+        (ASK_MODALITY.format(NAMED[asked_modality]), asked_modality == modality,
+         f"{it_is}." if asked_modality == modality else f"{it_is}, not {NAMED[asked_modality]}."),
+        (ASK_REGION.format(asked_region), asked_region == region,
+         f"It shows the {region}." if asked_region == region else f"It shows the {region}, not the {asked_region}."),
     ]
     if n >= 1:
-        questions.append(pick([(multiple[0], n > 1), (multiple[1], n == 1)]))
+        questions.append(pick([(multiple[0], n > 1, f"There {'are' if n > 1 else 'is'} {lesions}."),
+                               (multiple[1], n == 1, f"There {'are' if n > 1 else 'is'} {lesions}.")]))
     if n == 1:
         side, height = _quadrant(*scene.lesions[0][:2], size)
         asked_side = pick(("left", "right"))
-        questions.append((ASK_SIDE.format(asked_side), asked_side == side))
-    closed = [(q, "yes" if a else "no", "closed") for q, a in questions]
+        questions.append((ASK_SIDE.format(asked_side), asked_side == side,
+                          f"The lesion is on the {side}" + (" side." if asked_side == side else f", not the {asked_side}.")))
+    closed = [(q, "yes" if a else "no", "closed", why) for q, a, why in questions]
     finding = "normal" if n == 0 else scene.kind if n == 1 else PLURAL[scene.kind]
-    open_ = [(pick(QUESTIONS["modality"]), pick(SYNONYMS[modality])),
-             (pick(QUESTIONS["region"]), pick(SYNONYMS[region])),
-             (pick(QUESTIONS["finding"]), pick(SYNONYMS[finding])),
-             (pick(QUESTIONS["count"]), pick(SYNONYMS[str(n)]))]
+    open_ = [(pick(QUESTIONS["modality"]), pick(SYNONYMS[modality]), f"The modality is {SYNONYMS[modality][0]}."),
+             (pick(QUESTIONS["region"]), pick(SYNONYMS[region]), f"The region is the {region}."),
+             (pick(QUESTIONS["finding"]), pick(SYNONYMS[finding]), f"The finding is {finding}."),
+             (pick(QUESTIONS["count"]), pick(SYNONYMS[str(n)]), f"There is {lesions}." if n < 2 else f"There are {lesions}.")]
     if n == 1:
-        open_.append((pick(QUESTIONS["location"]), pick((f"{side} {height}", f"{height} {side}"))))
-    return closed + [(q, a, "open") for q, a in open_]
+        open_.append((pick(QUESTIONS["location"]), pick((f"{side} {height}", f"{height} {side}")),
+                      f"The lesion is {side} {height}."))
+    return closed + [(q, a, "open", why) for q, a, why in open_]
 
 
 def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None, *,
                     image_size: int = 112, question_rate: float = 0.375) -> list[VQARecord]:
-    """`size` SYNTHETIC records (default train 3000, val 100, test 300), identical for a seed.
+    """`size` SYNTHETIC records (default train 6000, val 100, test 300), identical for a seed.
 
         phantom_dataset("train")[0] -> VQARecord(id='phantom-train-0-0', image=<112x112 RGB>,
             question='Is this an ultrasound image?', answer='yes', answer_type='closed',
             cot='A fan-shaped sector filled with speckle, typical of ultrasound. Two lung fields
-            beside the heart show the chest. Three large dark spots lie on both sides, masses.')
+            beside the heart show the chest. Three large dark spots lie on both sides, masses.
+            It is an ultrasound image.')
 
     Not real anatomy or pathology: it lets the whole pipeline run, and be checked, on a laptop CPU
     with nothing downloaded. Each image is a scene: a modality style, a body region, 0-3 lesions.
@@ -347,10 +358,11 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
         scene = _sample_scene(rng, image_size)
         questions = [q for q in _phantom_questions(scene, image_size, rng) if rng.random() < question_rate]
         if questions:
-            image, cot = render_phantom(scene, image_size, rng), phantom_cot(scene, image_size)
-            for slot, (question, answer, answer_type) in enumerate(questions):
+            image, seen = render_phantom(scene, image_size, rng), phantom_cot(scene, image_size)
+            for slot, (question, answer, answer_type, conclusion) in enumerate(questions):
                 records.append(VQARecord(f"phantom-{split}-{index}-{slot}", image, question, answer,
-                                         answer_type, "phantom", cot, f"phantom {split} image {index}"))
+                                         answer_type, "phantom", f"{seen} {conclusion}",
+                                         f"phantom {split} image {index}"))
         index += 1
     return records[:size]
 
@@ -366,7 +378,10 @@ def phantom_corpus(samples: int = 2000, image_size: int = 112) -> list[str]:
     texts.update(f"{a} {b}" for side in ("left", "right") for height in ("upper", "lower")
                  for a, b in ((side, height), (height, side)))
     rng = np.random.default_rng(12345)
-    texts.update(phantom_cot(_sample_scene(rng, image_size), image_size) for _ in range(samples))
+    for _ in range(samples):
+        scene = _sample_scene(rng, image_size)
+        seen = phantom_cot(scene, image_size)
+        texts.update(f"{seen} {q[3]}" for q in _phantom_questions(scene, image_size, rng))
     return sorted(texts)
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from evaluate import evaluate_model, format_table
 from model import (Completions, add_model_args, learning_rate, load_model, load_trainer_state,
-                   model_from_args, repeat_prompts, sample_completions, save_checkpoint,
+                   model_from_args, open_log, repeat_prompts, sample_completions, save_checkpoint,
                    select_prompts, completion_logprobs)
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 
@@ -325,7 +325,7 @@ def main(argv=None):
         if reward_fn.adaptive is not None:
             reward_fn.adaptive.load_state_dict(state["adaptive"])
         start = state["step"]
-    log = open(os.path.abspath(args.out) + ".log.jsonl", "a")
+    log = open_log(args.out, resume=bool(args.resume))
 
     def checkpoint(step, metrics=None):
         trainer_state = dict(step=step, optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(),

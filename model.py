@@ -371,6 +371,9 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None):
     renames: an interrupted save leaves the previous checkpoint intact.
     """
     path = os.path.abspath(path)
+    if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileExistsError(f"model.py: {path} exists and is not a checkpoint; saving would replace "
+                              "it whole: choose another --out")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
@@ -391,6 +394,14 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def open_log(out, resume=False):
+    """The JSONL training log beside the checkpoint (<out>.log.jsonl: outside the directory that
+    each save replaces); a fresh run starts it anew, a resumed one appends."""
+    path = os.path.abspath(out) + ".log.jsonl"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return open(path, "a" if resume else "w")
 
 
 def load_trainer_state(path):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from evaluate import evaluate_model, format_table
-from model import (add_model_args, learning_rate, load_model, load_trainer_state, model_from_args,
+from model import (add_model_args, learning_rate, load_model, load_trainer_state, model_from_args, open_log,
                    sample_completions, save_checkpoint)
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     add_data_args(p)
     p.add_argument("--out", default="runs/sft", help="checkpoint directory (Hugging Face format)")
     p.add_argument("--resume", default=None, help="checkpoint directory written by sft.py to continue from")
-    p.add_argument("--steps", type=int, default=500, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=32, help="examples per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     # [reconstructed] the papers publish no SFT hyper-parameters; 2e-3 suits the tiny model,
@@ -49,9 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps of linear warmup")
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor, as a fraction of --lr")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
-    p.add_argument("--eval-every", type=int, default=250, help="validate every N steps (0: only at the end)")
+    p.add_argument("--eval-every", type=int, default=500, help="validate every N steps (0: only at the end)")
     p.add_argument("--eval-size", type=int, default=100, help="validation records per evaluation")
-    p.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--max-new-tokens", type=int, default=96, help="generation length at validation")
     p.add_argument("--encoder", default=None, help="sentence-transformers model for the semantic metric")
     p.add_argument("--missing-cot", choices=["skip", "answer"], default="skip",
@@ -143,8 +143,7 @@ def main(argv=None):
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
     scorer = SemanticScorer(args.encoder)
-    os.makedirs(args.out, exist_ok=True)
-    log = open(os.path.join(args.out + ".log.jsonl"), "a")
+    log = open_log(args.out, resume=bool(args.resume))
     print(f"sft.py: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters on {model.device}")
 
     def checkpoint(step, metrics=None):

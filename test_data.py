@@ -36,7 +36,7 @@ def train():
 
 def test_phantom_default_sizes_and_generation_time(train):
     records, seconds = train
-    assert len(records) == 3000 and seconds < 5
+    assert len(records) == 6000 and seconds < 5
     assert len(data.phantom_dataset("val")) == 100 and len(data.phantom_dataset("test")) == 300
     assert len(load_dataset("phantom", "test", limit=7)) == 7
     image = load_image(records[0])
@@ -86,7 +86,7 @@ def test_phantom_answers_use_both_synonyms(train):
 
 def test_phantom_rationales_are_short_and_name_what_the_answer_needs(train):
     records, _ = train
-    assert all(20 <= len(r.cot.split()) <= 45 for r in records)
+    assert all(25 <= len(r.cot.split()) <= 55 for r in records)
     for record in records[:300]:
         if record.question == "What imaging modality is this?":
             modality = next(m for m, names in data.SYNONYMS.items() if record.answer in names)
@@ -98,11 +98,22 @@ def test_left_is_the_patients_left_on_the_image_right():
     scene = data.PhantomScene("mri", "chest", (56.0, 56.0, 49.0, 42.0), [(80.0, 35.0, 8.0)], "nodule")
     image = np.asarray(data.render_phantom(scene, 112, np.random.default_rng(0)))[..., 0]
     assert image[31:39, 76:84].mean() > 200 and image[31:39, 28:36].mean() < 120
-    questions = {q: a for q, a, _ in data._phantom_questions(scene, 112, np.random.default_rng(0))}
+    questions = {q: a for q, a, _, _ in data._phantom_questions(scene, 112, np.random.default_rng(0))}
     assert questions["Where is the lesion located?"] in ("left upper", "upper left")
     side_question = next(q for q in questions if q.startswith("Is the lesion on the"))
     assert questions[side_question] == ("yes" if "left" in side_question else "no")
     assert "the image's upper right, the patient's left upper side, a nodule" in data.phantom_cot(scene, 112)
+
+
+def test_rationales_end_with_a_conclusion_that_decides_the_answer(train):
+    records, _ = train
+    for record in records[:400]:
+        last = record.cot.rsplit(". ", 1)[-1]
+        if record.question.startswith("Is this ") and record.question != "Is this scan normal?":
+            asked = record.question[len("Is this "):-1]
+            assert (", not " + asked in last) == (record.answer == "no"), (record.question, last)
+        if record.question.startswith("Is the lesion on the"):
+            assert last.startswith("The lesion is on the") and (", not the" in last) == (record.answer == "no")
 
 
 def test_phantom_corpus_covers_every_text(train):

@@ -265,3 +265,77 @@ class TestAgainstTRLRestatement:
             assert grad.numpy() == pytest.approx(expected_grad, abs=1e-6)
             assert stats == pytest.approx({"loss": expected_loss, **expected_stats}, abs=1e-6)
             assert 0 < stats["clip_fraction"] < 1
+
+
+# ---- the training loop on the tiny model -------------------------------------------------------
+
+import json  # noqa: E402
+
+from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
+
+import grpo  # noqa: E402
+import model as model_lib  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def start_checkpoint(tmp_path_factory):
+    """A tiny model after a short SFT (sft.py), so that rollouts earn different rewards."""
+    import sft
+    path = str(tmp_path_factory.mktemp("sft") / "sft")
+    sft.main(["--out", path, "--steps", "60", "--batch-size", "16", "--limit", "96", "--lr", "3e-3",
+              "--eval-every", "0", "--save-every", "0", "--eval-size", "2", "--max-new-tokens", "8"])
+    return path
+
+
+def _grpo_args(start, out, steps, *extra):
+    return ["--model", start, "--out", out, "--steps", str(steps), "--limit", "16",
+            "--prompts-per-step", "2", "--num-generations", "4", "--max-new-tokens", "48",
+            "--micro-batch", "3", "--eval-size", "2", "--save-every", "0", *extra]
+
+
+def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_path):
+    out = str(tmp_path / "grpo")
+    grpo.main(_grpo_args(start_checkpoint, out, 2, "--mu", "2"))
+    rows = [json.loads(line) for line in open(out + ".log.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward", "reward_format", "reward_textual", "reward_semantic", "kl", "clip_fraction",
+                "total_std_within_group", "equal_total_group_fraction", "completion_length",
+                "tokens_per_s", "step_time", "grad_norm"):
+        assert key in rows[-1] and np.isfinite(rows[-1][key])
+    assert 0 < rows[-1]["completion_length"] <= 48
+    assert "val" in rows[-1] and rows[-1]["val"]["n"] == 2
+    state = model_lib.load_trainer_state(out)
+    assert state["step"] == 2 and len(state["adaptive"]["buffer"]) > 0
+
+
+def test_grpo_resume_gives_the_same_weights_as_an_uninterrupted_run(start_checkpoint, tmp_path,
+                                                                    kill_after_first_checkpoint):
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    grpo.main(_grpo_args(start_checkpoint, straight, 4))
+    with pytest.raises(kill_after_first_checkpoint(grpo)):
+        grpo.main(_grpo_args(start_checkpoint, split, 4, "--save-every", "2"))
+    assert model_lib.load_trainer_state(split)["step"] == 2
+    grpo.main(_grpo_args(start_checkpoint, split, 4, "--resume", split))
+    a = Qwen2_5_VLForConditionalGeneration.from_pretrained(straight).state_dict()
+    b = Qwen2_5_VLForConditionalGeneration.from_pretrained(split).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = Qwen2_5_VLForConditionalGeneration.from_pretrained(start_checkpoint).state_dict()
+    assert not all(torch.equal(a[k], start[k]) for k in a)            # training did move the weights
+    sa, sb = model_lib.load_trainer_state(straight), model_lib.load_trainer_state(split)
+    assert sa["adaptive"] == sb["adaptive"]
+
+
+def test_non_finite_loss_skips_the_step_and_never_reaches_the_weights(start_checkpoint, tmp_path, monkeypatch):
+    real = grpo.grpo_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+    monkeypatch.setattr(grpo, "grpo_loss", nan_loss)
+    out = str(tmp_path / "nan")
+    grpo.main(_grpo_args(start_checkpoint, out, 1, "--beta", "0"))
+    rows = [json.loads(line) for line in open(out + ".log.jsonl")]
+    assert rows[0]["skipped"] is True
+    a = Qwen2_5_VLForConditionalGeneration.from_pretrained(out).state_dict()
+    start = Qwen2_5_VLForConditionalGeneration.from_pretrained(start_checkpoint).state_dict()
+    assert all(torch.equal(a[k], start[k]) for k in a)

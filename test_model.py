@@ -155,3 +155,11 @@ def test_interrupted_save_keeps_previous_checkpoint(tiny, tmp_path, monkeypatch)
         M.save_checkpoint(model, processor, path, trainer_state={"step": 2})
     assert M.load_trainer_state(path)["step"] == 1
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]          # no temporary directory left behind
+
+
+def test_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tiny, tmp_path):
+    model, processor = tiny
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a checkpoint"):
+        M.save_checkpoint(model, processor, str(tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

@@ -1,0 +1,99 @@
+"""The reward ablation (ARMed Table 3 / Figure 4 at toy scale): one SFT checkpoint, three rewards.
+
+    python ablation.py                       # from runs/sft, seeds 0 1 2, phantom test split
+    python ablation.py --seeds 0 --steps 20  # a quicker look
+
+For each seed and each reward (text, text+semantic, text+adaptive) it runs grpo.py from the same
+SFT checkpoint with the same seed, scores the result on the held-out split with evaluate.py's
+metrics, and prints mean ± std over seeds beside the SFT starting point, with the semantic-reward
+variances logged during training (raw cosine vs what was weighted): reward collapse in numbers.
+Results go to <out>/ablation.json; every run's checkpoint and log stay under <out>.
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+import grpo
+from data import load_dataset
+from evaluate import evaluate_model
+from model import load_model
+from rewards import SemanticScorer
+
+REWARDS = ("text", "text+semantic", "text+adaptive")
+COLUMNS = (("closed acc", ("closed", "accuracy")), ("open sem", ("open", "semantic")),
+           ("ROUGE-1", ("open", "rouge1")), ("BLEU-1", ("open", "bleu1")), ("format", ("format",)))
+TRAINING = ("semantic_raw_var", "semantic_var", "total_std_within_group", "equal_total_group_fraction")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sft", default="runs/sft", help="SFT checkpoint every run starts from")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    p.add_argument("--rewards", nargs="+", choices=REWARDS, default=list(REWARDS), help="rewards to compare")
+    p.add_argument("--split", default="test", help="held-out phantom split to score")
+    p.add_argument("--out", default="runs/ablation", help="directory for checkpoints, logs and ablation.json")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="generation length at evaluation")
+    args, grpo_args = p.parse_known_args(argv)
+    return args, grpo_args  # anything else (--steps, --lr, ...) goes to grpo.py unchanged
+
+
+def held_out(path, records, scorer, max_new_tokens):
+    model, processor = load_model(path)
+    metrics, _ = evaluate_model(model, processor, records, scorer, batch_size=64, max_new_tokens=max_new_tokens)
+    return metrics
+
+
+def pick(metrics, keys):
+    for key in keys:
+        metrics = metrics[key]
+    return metrics
+
+
+def main(argv=None):
+    args, grpo_args = parse_args(argv)
+    if not os.path.isdir(args.sft):
+        raise SystemExit(f"ablation.py: {args.sft} not found: run `python sft.py` first (or pass --sft)")
+    records = load_dataset("phantom", args.split)
+    scorer = SemanticScorer()
+    results = {"sft": {"metrics": [held_out(args.sft, records, scorer, args.max_new_tokens)]}}
+    for reward in args.rewards:
+        results[reward] = {"metrics": [], "training": []}
+        for seed in args.seeds:
+            out = os.path.join(args.out, f"{reward}-seed{seed}")
+            grpo.main(["--model", args.sft, "--reward", reward, "--seed", str(seed), "--out", out,
+                       "--save-every", "0", *grpo_args])
+            rows = [json.loads(line) for line in open(out + ".log.jsonl")]
+            results[reward]["training"].append({k: float(np.mean([r[k] for r in rows if k in r]))
+                                                for k in TRAINING if any(k in r for r in rows)})
+            results[reward]["metrics"].append(held_out(out, records, scorer, args.max_new_tokens))
+    print(format_results(results, args))
+    with open(os.path.join(args.out, "ablation.json"), "w") as f:
+        json.dump(dict(args=vars(args), grpo_args=grpo_args, results=results), f, indent=2)
+
+
+def format_results(results, args):
+    def cell(values):
+        values = [100 * v for v in values if v is not None]
+        return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+    lines = [f"phantom {args.split} split ({len(results['sft']['metrics'][0]) and results['sft']['metrics'][0]['n']} "
+             f"records), mean ± std over seeds {args.seeds}; metrics in %",
+             f"{'start / reward':<16}" + "".join(f"{title:>14}" for title, _ in COLUMNS)]
+    for name, result in results.items():
+        lines.append(f"{name:<16}" + "".join(f"{cell([pick(m, keys) for m in result['metrics']]):>14}"
+                                             for _, keys in COLUMNS))
+    lines.append("\nduring training (mean over steps; semantic variances over open questions)")
+    lines.append(f"{'reward':<16}" + "".join(f"{k:>28}" for k in TRAINING))
+    for name, result in results.items():
+        if name != "sft":
+            lines.append(f"{name:<16}" + "".join(
+                f"{np.mean([t[k] for t in result['training'] if k in t]):>28.4f}"
+                if any(k in t for t in result["training"]) else f"{'-':>28}" for k in TRAINING))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
