@@ -264,9 +264,10 @@ def phantom_cot(scene: PhantomScene, size: int) -> str:
         lesion = "No focal spot stands out, so there is no lesion."
     elif n == 1:
         side, height = _quadrant(*scene.lesions[0][:2], size)
-        image_side = "right" if side == "left" else "left"
-        lesion = (f"One {big} {tone} spot lies in the image's {height} {image_side}, the "
-                  f"patient's {side} {height} side, a {scene.kind}.")
+        # Only the patient's side is named (the image shows it mirrored: see phantom_dataset).
+        # Naming the image's side too would put both "left" and "right" in every rationale,
+        # and a small model then cannot tell which of them the question asked about.
+        lesion = f"One {big} {tone} spot lies on the patient's {side} {height} side, a {scene.kind}."
     else:
         sides = {_quadrant(x, y, size)[0] for x, y, _ in scene.lesions}
         where = f"the patient's {sides.pop()} side" if len(sides) == 1 else "both sides"

@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from evaluate import evaluate_model, format_table
-from model import (Completions, add_model_args, learning_rate, load_model, load_trainer_state,
-                   model_from_args, open_log, repeat_prompts, sample_completions, save_checkpoint,
-                   select_prompts, completion_logprobs)
+from model import (Completions, add_model_args, add_optimizer_args, completion_logprobs, due, load_model,
+                   load_trainer_state, model_from_args, open_log, repeat_prompts, sample_completions,
+                   save_checkpoint, select_prompts, set_learning_rate)
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
@@ -195,11 +195,7 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=96, help="completion length limit")
     p.add_argument("--micro-batch", type=int, default=16, help="completions per forward/backward (gradient accumulation)")
     p.add_argument("--mu", type=int, default=1, help="policy updates per rollout batch")
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW) [reconstructed]")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps of linear warmup")
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor, as a fraction of --lr")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    add_optimizer_args(p, lr=2e-4)
     p.add_argument("--beta", type=float, default=0.04, help="KL weight (0 skips the reference model)")
     p.add_argument("--clip-eps", type=float, default=0.2, help="PPO ratio clip epsilon")
     p.add_argument("--loss-type", choices=LOSS_TYPES, default="grpo", help="token aggregation of the loss")
@@ -340,9 +336,7 @@ def main(argv=None):
     metrics = None
     for step in bar:
         t0 = time.time()
-        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_learning_rate(optimizer, step, args)
         records = [train[i] for i in batch_order(len(train), args.prompts_per_step, step, args.seed)]
         rollout = collect_rollout(model, ref_model, processor, records, reward_fn, args)
         t_rollout = time.time() - t0
@@ -359,8 +353,7 @@ def main(argv=None):
         if row["skipped"]:
             tqdm.write(f"grpo.py: step {step + 1}: non-finite loss or gradient; update skipped")
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0):.4f}", s_step=f"{dt:.1f}")
-        done = step + 1 == args.steps
-        if (args.eval_every and (step + 1) % args.eval_every == 0) or done:
+        if due(step + 1, args.eval_every, args.steps):
             metrics, _ = evaluate_model(model, processor, val, scorer=reward_fn.scorer,
                                         batch_size=args.prompts_per_step * 4,
                                         max_new_tokens=args.max_new_tokens)
@@ -369,7 +362,7 @@ def main(argv=None):
             tqdm.write(format_table(metrics))
         log.write(json.dumps(row) + "\n")
         log.flush()
-        if (args.save_every and (step + 1) % args.save_every == 0) or done:
+        if due(step + 1, args.save_every, args.steps):
             checkpoint(step + 1, metrics)
     log.close()
     print(f"grpo.py: wrote {args.out}")

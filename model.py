@@ -52,7 +52,11 @@ CHAT_TEMPLATE = (
 # Qwen2.5-VL-3B-Instruct. Small enough that SFT + GRPO on the phantom data fit in minutes on CPU.
 TINY_TEXT = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=4096,
-                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                 # M-RoPE splits the 16 rotary frequencies into (time, height, width) blocks, highest
+                 # first: with theta 10^4 the width block turns by < 0.01 rad across a 4-token-wide
+                 # image and the model cannot tell left from right. theta 10 keeps every block
+                 # turning by 0.1-1 rad per image position; fine for prompts of a few hundred tokens.
+                 rope_parameters={"rope_type": "default", "rope_theta": 10.0,
                                   "mrope_section": [4, 6, 6]})  # sums to head_dim / 2 = 16
 TINY_VISION = dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, patch_size=14,
                    spatial_merge_size=2, temporal_patch_size=2, window_size=56,
@@ -313,6 +317,27 @@ def repeat_prompts(batch, times):
     """Each prompt `times` times in a row (p0,p0,…,p1,p1,…), the order of grouped completions."""
     n = batch["input_ids"].shape[0]
     return select_prompts(batch, torch.arange(n).repeat_interleave(times))
+
+
+def add_optimizer_args(parser, lr):
+    """AdamW and schedule options shared by sft.py and grpo.py."""
+    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW) [reconstructed]")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    parser.add_argument("--warmup", type=float, default=0.05, help="fraction of steps of linear warmup")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor, as a fraction of --lr")
+    parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+
+
+def set_learning_rate(optimizer, step, args):
+    lr = learning_rate(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def due(step, every, total):
+    """Whether a periodic action (validation, checkpoint) runs after `step`: every N and at the end."""
+    return bool(every and step % every == 0) or step == total
 
 
 def learning_rate(step, total, peak, warmup_frac, min_ratio):

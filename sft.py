@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from evaluate import evaluate_model, format_table
-from model import (add_model_args, learning_rate, load_model, load_trainer_state, model_from_args, open_log,
-                   sample_completions, save_checkpoint)
+from model import (add_model_args, add_optimizer_args, due, load_model, load_trainer_state, model_from_args,
+                   open_log, sample_completions, save_checkpoint, set_learning_rate)
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 
 
@@ -44,11 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     # [reconstructed] the papers publish no SFT hyper-parameters; 2e-3 suits the tiny model,
     # use ~1e-5 for a 3B model.
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps of linear warmup")
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor, as a fraction of --lr")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    add_optimizer_args(p, lr=2e-3)
     p.add_argument("--eval-every", type=int, default=500, help="validate every N steps (0: only at the end)")
     p.add_argument("--eval-size", type=int, default=100, help="validation records per evaluation")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: only at the end)")
@@ -157,9 +153,7 @@ def main(argv=None):
     metrics = None
     for step in bar:
         t0 = time.time()
-        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_learning_rate(optimizer, step, args)
         total_loss, n_tokens = 0.0, 0
         for micro in range(args.grad_accum):
             idx = batch_order(len(examples), args.batch_size, step * args.grad_accum + micro, args.seed)
@@ -179,8 +173,7 @@ def main(argv=None):
         bar.set_postfix(loss=f"{total_loss:.3f}", tok_s=f"{n_tokens / dt:.0f}")
         row = dict(step=step + 1, loss=total_loss, lr=lr, grad_norm=grad_norm, step_time=dt,
                    tokens_per_s=n_tokens / dt, skipped=not math.isfinite(total_loss))
-        done = step + 1 == args.steps
-        if (args.eval_every and (step + 1) % args.eval_every == 0) or done:
+        if due(step + 1, args.eval_every, args.steps):
             metrics, _ = evaluate_model(model, processor, val, scorer=scorer,
                                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
             model.train()
@@ -188,7 +181,7 @@ def main(argv=None):
             tqdm.write(format_table(metrics))
         log.write(json.dumps(row) + "\n")
         log.flush()
-        if (args.save_every and (step + 1) % args.save_every == 0) or done:
+        if due(step + 1, args.save_every, args.steps):
             checkpoint(step + 1, metrics)
     log.close()
     print(f"sft.py: wrote {args.out}")

@@ -102,7 +102,7 @@ def test_left_is_the_patients_left_on_the_image_right():
     assert questions["Where is the lesion located?"] in ("left upper", "upper left")
     side_question = next(q for q in questions if q.startswith("Is the lesion on the"))
     assert questions[side_question] == ("yes" if "left" in side_question else "no")
-    assert "the image's upper right, the patient's left upper side, a nodule" in data.phantom_cot(scene, 112)
+    assert "spot lies on the patient's left upper side, a nodule" in data.phantom_cot(scene, 112)
 
 
 def test_rationales_end_with_a_conclusion_that_decides_the_answer(train):

@@ -57,3 +57,32 @@ def test_sft_target_and_missing_cot():
     assert sft.sft_target(record) is None
     assert sft.sft_target(record, "answer") == (f"<think>The answer is {record.answer}.</think>"
                                                 f"<answer>{record.answer}</answer>")
+
+
+def test_armed_a_keeps_correct_rationales_then_k_representatives(tmp_path, monkeypatch):
+    """--cot-from: rationales the checkpoint writes are kept only when well formed and correct;
+    --cot-select K keeps K of them (k-means over sentence embeddings)."""
+    from model import Completions
+    records = phantom_dataset("train", size=6)
+    start = tmp_path / "start"
+    sft.main(FAST + ["--out", str(start), "--steps", "1", "--save-every", "0"])
+    calls = iter(range(100))
+
+    def fake_sampler(model, processor, batch, num_samples, **kwargs):
+        texts = []
+        for i in range(batch["input_ids"].shape[0]):
+            r = records[next(calls)]
+            right = f"<think>rationale {i} for {r.question}</think><answer>{r.answer}</answer>"
+            wrong = "<think>x</think><answer>definitely not it</answer>"
+            # record 0: only a wrong answer; record 1: right but unformatted; the rest: right
+            texts += [wrong] * num_samples if r is records[0] else \
+                [right.replace("<think>", "")] * num_samples if r is records[1] else [wrong, right]
+        return Completions(None, None, texts)
+    monkeypatch.setattr(sft, "sample_completions", fake_sampler)
+    args = sft.parse_args(["--batch-size", "3", "--cot-samples", "2", "--cot-select", "0"])
+    kept = sft.generate_cot(records, str(start), args)
+    assert [r.id for r in kept] == [r.id for r in records[2:]]
+    assert all(r.cot.startswith("rationale") and r.question in r.cot for r in kept)
+    calls = iter(range(100))
+    args.cot_select = 2
+    assert len(sft.generate_cot(records, str(start), args)) == 2
