@@ -79,8 +79,8 @@ def format_results(results, args):
         values = [100 * v for v in values if v is not None]
         return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
-    lines = [f"phantom {args.split} split ({len(results['sft']['metrics'][0]) and results['sft']['metrics'][0]['n']} "
-             f"records), mean ± std over seeds {args.seeds}; metrics in %",
+    lines = [f"phantom {args.split} split ({results['sft']['metrics'][0]['n']} records), "
+             f"mean ± std over seeds {args.seeds}; metrics in %",
              f"{'start / reward':<16}" + "".join(f"{title:>14}" for title, _ in COLUMNS)]
     for name, result in results.items():
         lines.append(f"{name:<16}" + "".join(f"{cell([pick(m, keys) for m in result['metrics']]):>14}"

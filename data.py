@@ -121,6 +121,9 @@ QUESTIONS = {  # phrasings of each question; the closed pairs ask a positive and
 }
 ASK_MODALITY, ASK_REGION, ASK_SIDE = "Is this {}?", "Does this image show the {}?", "Is the lesion on the {} side?"
 NUMBER_WORDS = ("No", "One", "Two", "Three")
+# Laterality applies to one-lesion images only (a quarter of them) and is the hardest question:
+# it is always asked where it applies, whatever its answer. [reconstructed] data design choice.
+SIDE_QUESTIONS = {ASK_SIDE.format(side) for side in ("left", "right")}
 PLURAL = {"nodule": "nodules", "mass": "masses"}
 
 # Tissue classes of the label map, then the grey level each modality gives them.
@@ -290,25 +293,27 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator)
     n, modality, region = len(scene.lesions), scene.modality, scene.region
     asked_modality, asked_region = other(modality, MODALITIES), other(region, REGIONS)
     presence, multiple = QUESTIONS["presence"], QUESTIONS["multiple"]
-    it_is = f"It is {NAMED[modality]}"
     lesions = "no lesion" if n == 0 else "one lesion" if n == 1 else f"{NUMBER_WORDS[n].lower()} lesions"
-    # Each rationale ends with a conclusion that ties the image evidence to the question asked.
+    there = f"there {'are' if n > 1 else 'is'} {lesions}"
+    # Each rationale ends by restating what the question asks beside what the image shows, so
+    # the yes/no compares two neighbouring phrases. [reconstructed] phantom data design choice.
+    asks = "The question asks"
     questions = [
-        pick([(presence[0], n > 0, f"There is {lesions}."),
-              (presence[1], n == 0, f"There is {lesions}, so the scan is {'' if n == 0 else 'not '}normal.")]),
+        pick([(presence[0], n > 0, f"{asks} about a lesion; {there}."),
+              (presence[1], n == 0, f"{asks} if the scan is normal; {there}.")]),
         (ASK_MODALITY.format(NAMED[asked_modality]), asked_modality == modality,
-         f"{it_is}." if asked_modality == modality else f"{it_is}, not {NAMED[asked_modality]}."),
+         f"{asks} about {NAMED[asked_modality]}; it is {NAMED[modality]}."),
         (ASK_REGION.format(asked_region), asked_region == region,
-         f"It shows the {region}." if asked_region == region else f"It shows the {region}, not the {asked_region}."),
+         f"{asks} about the {asked_region}; it shows the {region}."),
     ]
     if n >= 1:
-        questions.append(pick([(multiple[0], n > 1, f"There {'are' if n > 1 else 'is'} {lesions}."),
-                               (multiple[1], n == 1, f"There {'are' if n > 1 else 'is'} {lesions}.")]))
+        questions.append(pick([(multiple[0], n > 1, f"{asks} about multiple lesions; {there}."),
+                               (multiple[1], n == 1, f"{asks} about only one lesion; {there}.")]))
     if n == 1:
         side, height = _quadrant(*scene.lesions[0][:2], size)
         asked_side = pick(("left", "right"))
         questions.append((ASK_SIDE.format(asked_side), asked_side == side,
-                          f"The lesion is on the {side}" + (" side." if asked_side == side else f", not the {asked_side}.")))
+                          f"{asks} about the {asked_side} side; the lesion is on the {side}."))
     closed = [(q, "yes" if a else "no", "closed", why) for q, a, why in questions]
     finding = "normal" if n == 0 else scene.kind if n == 1 else PLURAL[scene.kind]
     open_ = [(pick(QUESTIONS["modality"]), pick(SYNONYMS[modality]), f"The modality is {SYNONYMS[modality][0]}."),
@@ -345,8 +350,8 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
 
     Image i of a split is drawn from numpy's generator seeded with (seed, split number, i), so
     the splits never share an image and a smaller size is a prefix of a larger one. Each question
-    an image supports is asked with probability `question_rate` (3 per image on average, about
-    half of them closed): how often a question is asked never depends on its answer, so yes and
+    an image supports is asked with probability `question_rate` (laterality always; about 3 per
+    image, half of them closed): how often a question is asked never depends on its answer, so yes and
     no are balanced and a question alone does not give its answer away. At 112 px the vision
     tower's 14-px patches, merged 2x2, give 16 image tokens.
     """
@@ -357,7 +362,8 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
     while len(records) < size:
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
         scene = _sample_scene(rng, image_size)
-        questions = [q for q in _phantom_questions(scene, image_size, rng) if rng.random() < question_rate]
+        questions = [q for q in _phantom_questions(scene, image_size, rng)
+                     if rng.random() < (1.0 if q[0] in SIDE_QUESTIONS else question_rate)]
         if questions:
             image, seen = render_phantom(scene, image_size, rng), phantom_cot(scene, image_size)
             for slot, (question, answer, answer_type, conclusion) in enumerate(questions):
