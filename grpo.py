@@ -186,7 +186,7 @@ def parse_args(argv=None):
     add_reward_args(p)
     p.add_argument("--out", default="runs/grpo", help="checkpoint directory (Hugging Face format)")
     p.add_argument("--resume", default=None, help="checkpoint directory written by grpo.py to continue from")
-    p.add_argument("--steps", type=int, default=60, help="rollout batches (each followed by --mu updates)")
+    p.add_argument("--steps", type=int, default=200, help="rollout batches (each followed by --mu updates)")
     # [reconstructed] batch size, learning rate, beta and clip epsilon are not published (METHOD.md §2).
     p.add_argument("--prompts-per-step", type=int, default=8, help="prompts B per rollout batch")
     p.add_argument("--num-generations", type=int, default=8, help="completions G per prompt (ARMed: 8)")
@@ -195,7 +195,7 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=96, help="completion length limit")
     p.add_argument("--micro-batch", type=int, default=16, help="completions per forward/backward (gradient accumulation)")
     p.add_argument("--mu", type=int, default=1, help="policy updates per rollout batch")
-    add_optimizer_args(p, lr=2e-4)
+    add_optimizer_args(p, lr=5e-5)
     p.add_argument("--beta", type=float, default=0.04, help="KL weight (0 skips the reference model)")
     p.add_argument("--clip-eps", type=float, default=0.2, help="PPO ratio clip epsilon")
     p.add_argument("--loss-type", choices=LOSS_TYPES, default="grpo", help="token aggregation of the loss")

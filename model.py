@@ -287,8 +287,12 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
     was_training = model.training
     model.eval()
     batch = to_device(batch, model.device)
+    # Every sampling setting is explicit: a checkpoint's generation_config (Qwen2.5-VL ships
+    # top_k=1, repetition_penalty=1.05) would otherwise change the sampler behind our back, and
+    # the log-probs of the loss would no longer be those of the policy that sampled.
     sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
                                                          top_p=top_p, top_k=0)
+    sampling["repetition_penalty"] = 1.0
     out = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
                          eos_token_id=processor.eos_token_ids, pad_token_id=processor.pad_token_id,
                          suppress_tokens=vision_token_ids(model.config), use_cache=True, **sampling)
