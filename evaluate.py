@@ -148,6 +148,15 @@ def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_ne
     return score_predictions(rows, scorer), rows
 
 
+def validate(model, processor, records, scorer, batch_size, max_new_tokens):
+    """Held-out metrics during training (sft.py, grpo.py): score, print the table, resume training."""
+    from tqdm import tqdm
+    metrics, _ = evaluate_model(model, processor, records, scorer, batch_size, max_new_tokens)
+    model.train()
+    tqdm.write(format_table(metrics))
+    return metrics
+
+
 def format_table(metrics):
     """One line per dataset and one for all; metrics in percent, '-' where a group is empty."""
     lines = [("all", metrics)] + sorted(metrics.get("by_dataset", {}).items())

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from data import add_data_args, batch_order, dataset_from_args, load_image
-from evaluate import evaluate_model, format_table
+from evaluate import validate
 from model import (Completions, add_model_args, add_optimizer_args, completion_logprobs, due, load_model,
                    load_trainer_state, model_from_args, open_log, repeat_prompts, sample_completions,
                    save_checkpoint, select_prompts, set_learning_rate)
@@ -354,12 +354,8 @@ def main(argv=None):
             tqdm.write(f"grpo.py: step {step + 1}: non-finite loss or gradient; update skipped")
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0):.4f}", s_step=f"{dt:.1f}")
         if due(step + 1, args.eval_every, args.steps):
-            metrics, _ = evaluate_model(model, processor, val, scorer=reward_fn.scorer,
-                                        batch_size=args.prompts_per_step * 4,
-                                        max_new_tokens=args.max_new_tokens)
-            model.train()
-            row["val"] = metrics
-            tqdm.write(format_table(metrics))
+            row["val"] = metrics = validate(model, processor, val, reward_fn.scorer,
+                                            args.prompts_per_step * 4, args.max_new_tokens)
         log.write(json.dumps(row) + "\n")
         log.flush()
         if due(step + 1, args.save_every, args.steps):

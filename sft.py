@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from data import add_data_args, batch_order, dataset_from_args, load_image
-from evaluate import evaluate_model, format_table
+from evaluate import validate
 from model import (add_model_args, add_optimizer_args, due, load_model, load_trainer_state, model_from_args,
                    open_log, sample_completions, save_checkpoint, set_learning_rate)
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
@@ -174,11 +174,7 @@ def main(argv=None):
         row = dict(step=step + 1, loss=total_loss, lr=lr, grad_norm=grad_norm, step_time=dt,
                    tokens_per_s=n_tokens / dt, skipped=not math.isfinite(total_loss))
         if due(step + 1, args.eval_every, args.steps):
-            metrics, _ = evaluate_model(model, processor, val, scorer=scorer,
-                                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-            model.train()
-            row["val"] = metrics
-            tqdm.write(format_table(metrics))
+            row["val"] = metrics = validate(model, processor, val, scorer, args.batch_size, args.max_new_tokens)
         log.write(json.dumps(row) + "\n")
         log.flush()
         if due(step + 1, args.save_every, args.steps):
