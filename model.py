@@ -103,7 +103,7 @@ def _image_processor(source=None, **pixels):
     """The stock Qwen2-VL image processor: the default one where torchvision exists, else PIL."""
     try:
         import torchvision  # noqa: F401
-        from transformers import AutoImageProcessor as cls
+        from transformers import Qwen2VLImageProcessor as cls  # constructible, unlike AutoImageProcessor
     except ImportError:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import \
             Qwen2VLImageProcessorPil as cls

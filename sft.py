@@ -17,7 +17,6 @@ are context, labelled -100). Target: "<think>{cot}</think><answer>{answer}</answ
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
