@@ -2,6 +2,7 @@
 
     python ablation.py                       # from runs/sft, seeds 0 1 2, phantom test split
     python ablation.py --seeds 0 --steps 20  # a quicker look
+    python ablation.py --rescore             # score the checkpoints already under runs/ablation again
 
 For each seed and each reward (text, text+semantic, text+adaptive) it runs grpo.py from the same
 SFT checkpoint with the same seed, scores the result on the held-out split with evaluate.py's
@@ -24,7 +25,8 @@ from rewards import SemanticScorer
 
 REWARDS = ("text", "text+semantic", "text+adaptive")
 COLUMNS = (("closed acc", ("closed", "accuracy")), ("open sem", ("open", "semantic")),
-           ("ROUGE-1", ("open", "rouge1")), ("BLEU-1", ("open", "bleu1")), ("format", ("format",)))
+           ("ROUGE-1", ("open", "rouge1")), ("BLEU-1", ("open", "bleu1")), ("concept", ("open", "concept")),
+           ("format", ("format",)))
 TRAINING = ("semantic_raw_var", "semantic_var", "total_std_within_group", "equal_total_group_fraction")
 
 
@@ -36,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--split", default="test", help="held-out phantom split to score")
     p.add_argument("--out", default="runs/ablation", help="directory for checkpoints, logs and ablation.json")
     p.add_argument("--max-new-tokens", type=int, default=96, help="generation length at evaluation")
+    p.add_argument("--rescore", action="store_true",
+                   help="do not train: score the checkpoints and logs a previous run left under --out")
     args, grpo_args = p.parse_known_args(argv)
     return args, grpo_args  # anything else (--steps, --lr, ...) goes to grpo.py unchanged
 
@@ -63,8 +67,11 @@ def main(argv=None):
         results[reward] = {"metrics": [], "training": []}
         for seed in args.seeds:
             out = os.path.join(args.out, f"{reward}-seed{seed}")
-            grpo.main(["--model", args.sft, "--reward", reward, "--seed", str(seed), "--out", out,
-                       "--save-every", "0", *grpo_args])
+            if not args.rescore:
+                grpo.main(["--model", args.sft, "--reward", reward, "--seed", str(seed), "--out", out,
+                           "--save-every", "0", *grpo_args])
+            elif not os.path.isdir(out):
+                raise SystemExit(f"ablation.py --rescore: {out} not found: run ablation.py without --rescore")
             rows = [json.loads(line) for line in open(out + ".log.jsonl")]
             results[reward]["training"].append({k: float(np.mean([r[k] for r in rows if k in r]))
                                                 for k in TRAINING if any(k in r for r in rows)})

@@ -15,10 +15,14 @@ Each line of preds.jsonl is one JSON object:
 The answer is read from <answer>...</answer>, or is the whole prediction when the tags are missing.
 Open questions: BLEU-1, ROUGE-1 F1, LLaVA-Med recall and semantic similarity (the SemanticScorer
 of rewards.py); closed questions: accuracy (exact match of normalised tokens). `format` is the
-share of predictions in the <think>/<answer> format. All metrics come from rewards.py.
+share of predictions in the <think>/<answer> format. All metrics come from rewards.py, except
+`concept`: on the phantom data only, the share of open answers that name the reference's concept
+with synonyms and word order folded ("MRI" = "magnetic resonance imaging"; data.phantom_concept).
+Each phantom reference uses one of two synonyms at random, so BLEU/ROUGE there partly measure
+which synonym a model happens to prefer; `concept` measures whether the answer is right.
 The JSON written by --out holds fractions in [0, 1] (null where a group has no questions):
 
-    {"n": 2, "open": {"n", "bleu1", "rouge1", "recall", "semantic"}, "closed": {"n", "accuracy"},
+    {"n": 2, "open": {"n", "bleu1", "rouge1", "recall", "semantic", "concept"}, "closed": {"n", "accuracy"},
      "format": 0.5, "by_dataset": {"vqa_rad": {same shape without by_dataset}}}
 """
 import argparse
@@ -29,9 +33,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-from data import add_data_args
+from data import add_data_args, phantom_concept
 from rewards import (ANSWER_TYPES, SemanticScorer, bleu1, exact_match, extract_answer, format_reward,
-                     rouge1_f1, token_recall)
+                     normalize, rouge1_f1, token_recall)
 
 REQUIRED_FIELDS = ("question", "answer", "prediction", "answer_type")
 OPEN_METRICS = {"bleu1": bleu1, "rouge1": rouge1_f1, "recall": token_recall}  # + "semantic", batched
@@ -95,6 +99,9 @@ def score_predictions(rows, scorer=None):
     for name, metric in OPEN_METRICS.items():
         per_row[name] = np.array([metric(a, row["answer"]) if o else 0.0
                                   for a, row, o in zip(answers, rows, is_open)])
+    is_phantom = np.array([row["dataset"] == "phantom" for row in rows], dtype=bool)
+    per_row["concept"] = np.array([_same_concept(a, row["answer"]) if o and p else 0.0
+                                   for a, row, o, p in zip(answers, rows, is_open, is_phantom)])
     per_row["semantic"] = np.zeros(len(rows))
     if is_open.any():
         scorer = scorer or SemanticScorer()
@@ -106,7 +113,8 @@ def score_predictions(rows, scorer=None):
         return {
             "n": int(selected.sum()),
             "open": {"n": int(open_rows.sum()),
-                     **{name: _mean(per_row[name], open_rows) for name in (*OPEN_METRICS, "semantic")}},
+                     **{name: _mean(per_row[name], open_rows) for name in (*OPEN_METRICS, "semantic")},
+                     "concept": _mean(per_row["concept"], open_rows & is_phantom)},
             "closed": {"n": int(closed_rows.sum()), "accuracy": _mean(per_row["accuracy"], closed_rows)},
             "format": _mean(per_row["format"], selected),
         }
@@ -117,12 +125,18 @@ def score_predictions(rows, scorer=None):
     return metrics
 
 
+def _same_concept(prediction, reference):
+    words = normalize(prediction)
+    return float(bool(words) and phantom_concept(words) == phantom_concept(normalize(reference)))
+
+
 def _mean(values, mask):
     return float(values[mask].mean()) if mask.any() else None
 
 
 COLUMNS = (("open n", ("open", "n")), ("BLEU-1", ("open", "bleu1")), ("ROUGE-1", ("open", "rouge1")),
-           ("recall", ("open", "recall")), ("semantic", ("open", "semantic")), ("closed n", ("closed", "n")),
+           ("recall", ("open", "recall")), ("semantic", ("open", "semantic")), ("concept", ("open", "concept")),
+           ("closed n", ("closed", "n")),
            ("accuracy", ("closed", "accuracy")), ("format", ("format",)))
 
 

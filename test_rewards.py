@@ -428,7 +428,7 @@ def test_score_predictions_exact_values(tmp_path):
     # tokens [think, x, think, cardiomegaly]: bleu 1/4, rouge 2 * (1/4) / (5/4) = 0.4, recall 1.
     assert metrics["open"] == pytest.approx({"n": 2, "bleu1": (math.exp(-1 / 3) + 0.25) / 2,
                                              "rouge1": (6 / 7 + 0.4) / 2, "recall": (0.75 + 1) / 2,
-                                             "semantic": 0.5})
+                                             "semantic": 0.5, "concept": None})   # no phantom rows
     assert metrics["closed"] == {"n": 2, "accuracy": 0.5} and metrics["format"] == 0.5 and metrics["n"] == 4
     assert metrics["by_dataset"]["vqa_rad"]["closed"] == {"n": 1, "accuracy": 1.0}
     assert metrics["by_dataset"]["slake"]["format"] == 0.0
@@ -436,6 +436,23 @@ def test_score_predictions_exact_values(tmp_path):
     assert rows[2]["id"] == "7" and rows[0]["answer_type"] == "closed"
     table = evaluate.format_table(metrics)
     assert "vqa_rad" in table and "50.0" in table
+
+
+def test_concept_metric_folds_phantom_synonyms_and_word_order(tmp_path):
+    pairs = [("magnetic resonance imaging", "MRI", 1.0), ("X-ray", "radiograph", 1.0),
+             ("lower left", "left lower", 1.0), ("zero", "0", 1.0), ("several nodules", "multiple nodules", 1.0),
+             ("three", "two", 0.0), ("upper left", "upper right", 0.0), ("mass", "large mass", 1.0),
+             ("nodule", "mass", 0.0), ("head", "", 0.0)]
+    rows = [{"question": "q", "answer": ref, "prediction": completion(pred), "answer_type": "open",
+             "dataset": "phantom"} for ref, pred, _ in pairs]
+    rows.append(dict(rows[0], dataset="vqa_rad"))        # other datasets get no concept score
+    metrics = evaluate.score_predictions(evaluate.read_predictions(_write_jsonl(tmp_path / "p.jsonl", rows)),
+                                         scorer=FixedScorer())
+    assert metrics["by_dataset"]["phantom"]["open"]["concept"] == pytest.approx(
+        np.mean([expected for _, _, expected in pairs]))
+    assert metrics["open"]["concept"] == metrics["by_dataset"]["phantom"]["open"]["concept"]
+    assert metrics["by_dataset"]["vqa_rad"]["open"]["concept"] is None
+    assert metrics["open"]["rouge1"] < 0.5                 # the synonyms that text overlap misjudges
 
 
 def test_evaluate_main_end_to_end(tmp_path, scorer, monkeypatch, capsys):
