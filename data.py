@@ -99,9 +99,6 @@ SYNONYMS = {
     "normal": ("no abnormality", "normal"),
     "0": ("zero", "0"), "1": ("one", "1"), "2": ("two", "2"), "3": ("three", "3"),
 }
-# Each phrasing, as rewards.normalize words joined by spaces -> the concept it names.
-PHANTOM_CONCEPTS = {" ".join("".join(c if c.isalnum() else " " for c in name.lower()).split()): concept
-                    for concept, names in SYNONYMS.items() for name in names}
 NAMED = {"xray": "an X-ray", "ct": "a CT scan", "mri": "an MRI scan", "ultrasound": "an ultrasound image"}
 MODALITY_CUES = {
     "xray": "A projection with white bones and an R marker, typical of an X-ray.",
@@ -375,14 +372,6 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
                                          f"phantom {split} image {index}"))
         index += 1
     return records[:size]
-
-
-def phantom_concept(words: list[str]) -> str:
-    """The concept a normalised phantom answer names (words as rewards.normalize gives them), with
-    synonyms and word order folded: ["mri"] and ["magnetic", "resonance", "imaging"] -> "mri";
-    ["lower", "left"] and ["left", "lower"] -> "left lower". Scores open answers on the phantom
-    data without the coin flip of which synonym a reference happens to use."""
-    return PHANTOM_CONCEPTS.get(" ".join(words), " ".join(sorted(words)))
 
 
 def phantom_corpus(samples: int = 2000, image_size: int = 112) -> list[str]:

@@ -17,7 +17,7 @@ Open questions: BLEU-1, ROUGE-1 F1, LLaVA-Med recall and semantic similarity (th
 of rewards.py); closed questions: accuracy (exact match of normalised tokens). `format` is the
 share of predictions in the <think>/<answer> format. All metrics come from rewards.py, except
 `concept`: on the phantom data only, the share of open answers that name the reference's concept
-with synonyms and word order folded ("MRI" = "magnetic resonance imaging"; data.phantom_concept).
+with synonyms and word order folded ("MRI" = "magnetic resonance imaging"; phantom_concept below).
 Each phantom reference uses one of two synonyms at random, so BLEU/ROUGE there partly measure
 which synonym a model happens to prefer; `concept` measures whether the answer is right.
 The JSON written by --out holds fractions in [0, 1] (null where a group has no questions):
@@ -33,7 +33,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from data import add_data_args, phantom_concept
+from data import SYNONYMS, add_data_args
 from rewards import (ANSWER_TYPES, SemanticScorer, bleu1, exact_match, extract_answer, format_reward,
                      normalize, rouge1_f1, token_recall)
 
@@ -125,9 +125,19 @@ def score_predictions(rows, scorer=None):
     return metrics
 
 
+# Each phrasing of a phantom answer, normalised -> the concept it names (data.SYNONYMS).
+PHANTOM_CONCEPTS = {" ".join(normalize(name)): concept for concept, names in SYNONYMS.items() for name in names}
+
+
+def phantom_concept(answer):
+    """What a phantom answer names, with synonyms and word order folded: "MRI" and "magnetic
+    resonance imaging" -> "mri"; "lower left" and "Left lower." -> "left lower"."""
+    words = normalize(answer)
+    return PHANTOM_CONCEPTS.get(" ".join(words), " ".join(sorted(words)))
+
+
 def _same_concept(prediction, reference):
-    words = normalize(prediction)
-    return float(bool(words) and phantom_concept(words) == phantom_concept(normalize(reference)))
+    return float(bool(normalize(prediction)) and phantom_concept(prediction) == phantom_concept(reference))
 
 
 def _mean(values, mask):
