@@ -137,7 +137,8 @@ def phantom_concept(answer):
 
 
 def _same_concept(prediction, reference):
-    return float(bool(normalize(prediction)) and phantom_concept(prediction) == phantom_concept(reference))
+    concept = phantom_concept(prediction)   # "" for an empty answer, which never matches
+    return float(bool(concept) and concept == phantom_concept(reference))
 
 
 def _mean(values, mask):
