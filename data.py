@@ -86,7 +86,7 @@ def load_image(record: VQARecord) -> Image.Image:
 MODALITIES = ("xray", "ct", "mri", "ultrasound")
 REGIONS = ("head", "chest", "abdomen")
 LESION_COUNT_PROBS = (0.5, 0.25, 0.15, 0.10)  # P(0..3 lesions): half the images are normal
-PHANTOM_SIZES = {"train": 6000, "val": 100, "test": 300}
+PHANTOM_SIZES = {"train": 6000, "val": 100, "test": 1500}
 
 # Reference answers name things either way, chosen per record, so text overlap alone misjudges.
 SYNONYMS = {
@@ -326,6 +326,17 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator)
     return closed + [(q, a, "open", why) for q, a, why in open_]
 
 
+def _phrasings(answer: str) -> tuple[str, str]:
+    """The two ways a phantom open answer can be worded: its SYNONYMS pair, or a location's two
+    word orders ("left upper", "upper left")."""
+    pair = next((pair for pair in SYNONYMS.values() if answer in pair), None)
+    if pair is None:
+        words = answer.split()
+        side, height = (words[0], words[1]) if words[0] in ("left", "right") else (words[1], words[0])
+        pair = (f"{side} {height}", f"{height} {side}")
+    return pair
+
+
 def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None, *,
                     image_size: int = 112, question_rate: float = 0.375) -> list[VQARecord]:
     """`size` SYNTHETIC records (default train 6000, val 100, test 300), identical for a seed.
@@ -354,11 +365,18 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
     image, half of them closed): how often a question is asked never depends on its answer, so yes and
     no are balanced and a question alone does not give its answer away. At 112 px the vision
     tower's 14-px patches, merged 2x2, give 16 image tokens.
+
+    Training references pick each open answer's wording at random. In val and test, each concept's
+    references alternate between its two wordings instead, so a model that always says "X-ray"
+    scores as well as one that always says "radiograph": a random draw left 29 "X-ray" and 18
+    "radiograph" among 1500 test records, 1.5 ROUGE-1 points between the two. (A model that
+    mixes wordings image by image still matches more or fewer by chance.)
+    [reconstructed] phantom data design choice.
     """
     if split not in SPLITS:
         raise DataError(f"data.py: phantom: unknown split '{split}' (use one of {', '.join(SPLITS)})")
     size = PHANTOM_SIZES[split] if size is None else size
-    records, index = [], 0
+    records, index, worded = [], 0, {}
     while len(records) < size:
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
         scene = _sample_scene(rng, image_size)
@@ -367,6 +385,9 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
         if questions:
             image, seen = render_phantom(scene, image_size, rng), phantom_cot(scene, image_size)
             for slot, (question, answer, answer_type, conclusion) in enumerate(questions):
+                if answer_type == "open" and split != "train":
+                    pair = _phrasings(answer)
+                    answer, worded[pair] = pair[worded.get(pair, 0) % 2], worded.get(pair, 0) + 1
                 records.append(VQARecord(f"phantom-{split}-{index}-{slot}", image, question, answer,
                                          answer_type, "phantom", f"{seen} {conclusion}",
                                          f"phantom {split} image {index}"))
@@ -493,17 +514,22 @@ def _split_file(name: str, split: str, root: str) -> tuple[str, str | None]:
 
 
 def load_dataset(name: str, split: str = "train", root: str | None = None, *,
-                 skip_bad: bool = False, limit: int | None = None, field_map: dict | None = None,
-                 seed: int = 0, val_every: int = 20, pmc_choices: bool = False) -> list[VQARecord]:
+                 skip_bad: bool = False, limit: int | None = None, offset: int = 0,
+                 field_map: dict | None = None, seed: int = 0, val_every: int = 20,
+                 pmc_choices: bool = False) -> list[VQARecord]:
     """Records of one split of a dataset (see the module docstring for each layout).
 
-    `limit` keeps the first N good records; `seed` only affects the phantom dataset.
+    `offset` drops the first N good records, then `limit` keeps the next N (phantom: `limit` is
+    the split's size, and an offset draws that many more images); `seed` only affects phantom.
     [reconstructed] Without a validation file, every `val_every`-th training record is "val".
     [reconstructed] PMC-VQA is open-ended unless `pmc_choices`: then the question lists the four
     choices ("... Choices: A:CT B:MRI C:PET D:X-ray") and the answer is scored as closed.
     """
+    if offset < 0:
+        raise DataError(f"data.py: {name}: the offset must be 0 or more, got {offset}")
     if name == "phantom":
-        return phantom_dataset(split, seed, limit)
+        size = PHANTOM_SIZES.get(split, 0) if limit is None else limit
+        return phantom_dataset(split, seed, offset + size)[offset:]
     if name not in FORMATS:
         raise DataError(f"data.py: unknown dataset '{name}' (use one of {', '.join(DATASETS)})")
     if split not in SPLITS:
@@ -520,7 +546,7 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
     image_shown = os.path.join(image_sub, "") if image_sub else os.path.basename(folder) + "/"
     records, bad = [], []
     for index, (where, row) in enumerate(_read_rows(path, shown)):
-        if limit is not None and len(records) >= limit:
+        if limit is not None and len(records) >= offset + limit:
             break
         if hold_out and (index % val_every == val_every - 1) != (hold_out == "val"):
             continue
@@ -540,7 +566,7 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
     if bad:
         print(f"data.py: {shown}: skipped {len(bad)} bad records of {len(records) + len(bad)} "
               f"(first: {bad[0]})", file=sys.stderr)
-    return records
+    return records[offset:]
 
 
 def parse_field_map(text: str | None) -> dict:
@@ -555,7 +581,7 @@ def parse_field_map(text: str | None) -> dict:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0) -> None:
     """The data options shared by sft.py, grpo.py and evaluate.py."""
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="phantom", choices=DATASETS,
@@ -568,6 +594,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                        help="skip records with a missing image or field instead of stopping")
     group.add_argument("--limit", type=int, default=None,
                        help="use only the first N records of each split (phantom: its size)")
+    group.add_argument("--train-offset", type=int, default=train_offset,
+                       help="skip the first N training records (phantom: draw N more images; "
+                            "grpo.py's default on phantom is 6000, the records sft.py trains on)")
     group.add_argument("--data-seed", type=int, default=0,
                        help="seed of the phantom dataset; its splits are disjoint for any seed")
     group.add_argument("--val-every", type=int, default=20,
@@ -579,7 +608,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def dataset_from_args(args: argparse.Namespace, split: str) -> list[VQARecord]:
     """The split that the options of add_data_args select."""
     return load_dataset(args.dataset, split, args.data_root, skip_bad=args.skip_bad, limit=args.limit,
-                        field_map=parse_field_map(args.field_map), seed=args.data_seed,
+                        offset=args.train_offset if split == "train" else 0, field_map=parse_field_map(args.field_map), seed=args.data_seed,
                         val_every=args.val_every, pmc_choices=args.pmc_choices)
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import data
-from data import DataError, load_dataset, load_image
+from data import DataError, dataset_from_args, load_dataset, load_image
 
 
 def image_bytes(records):
@@ -37,7 +37,7 @@ def train():
 def test_phantom_default_sizes_and_generation_time(train):
     records, seconds = train
     assert len(records) == 6000 and seconds < 5
-    assert len(data.phantom_dataset("val")) == 100 and len(data.phantom_dataset("test")) == 300
+    assert len(data.phantom_dataset("val")) == 100 and len(data.phantom_dataset("test")) == 1500
     assert len(load_dataset("phantom", "test", limit=7)) == 7
     image = load_image(records[0])
     assert image.mode == "RGB" and image.size == (112, 112)
@@ -52,6 +52,29 @@ def test_phantom_is_deterministic_per_seed():
     assert not set(image_bytes(other)) & set(image_bytes(first))
     # a smaller size is a prefix of a larger one
     assert texts(data.phantom_dataset("val", seed=3, size=15)) == texts(first)[:15]
+
+
+def test_train_offset_continues_the_split_and_only_moves_train():
+    # grpo.py's phantom default: prompts from the images after the ones sft.py trains on
+    assert [r.id for r in load_dataset("phantom", "val", offset=30, limit=10)] == \
+        [r.id for r in data.phantom_dataset("val", size=40)[30:]]
+    args = argparse.Namespace(dataset="phantom", data_root=None, skip_bad=False, limit=5, train_offset=12,
+                              field_map=None, data_seed=0, val_every=20, pmc_choices=False)
+    assert [r.id for r in dataset_from_args(args, "train")] == \
+        [r.id for r in data.phantom_dataset("train", size=17)[12:]]
+    assert [r.id for r in dataset_from_args(args, "val")] == [r.id for r in data.phantom_dataset("val", size=5)]
+    with pytest.raises(DataError, match="offset must be 0 or more"):
+        load_dataset("phantom", "train", offset=-1)
+
+
+def test_held_out_references_alternate_wordings_training_ones_are_drawn():
+    def counts(records):
+        return collections.Counter(r.answer for r in records if r.answer_type == "open")
+    test = counts(data.phantom_dataset("test"))
+    for pair in [*data.SYNONYMS.values(), ("left upper", "upper left"), ("right lower", "lower right")]:
+        assert abs(test[pair[0]] - test[pair[1]]) <= 1 and test[pair[0]] > 0, pair
+    train = counts(data.phantom_dataset("train", size=1500))
+    assert max(abs(train[a] - train[b]) for a, b in data.SYNONYMS.values()) > 1   # a random draw
 
 
 def test_phantom_splits_share_no_image():
@@ -176,6 +199,7 @@ def test_vqa_rad_and_held_out_val(tmp_path):
     assert load_image(train[1]).mode == "RGB" and load_image(train[1]).size == (6, 4)
     assert len(load_dataset("vqa_rad", "test", root)) == 3
     assert [r.id for r in load_dataset("vqa_rad", "train", root, limit=2)] == ["vqa_rad-train-0", "vqa_rad-train-1"]
+    assert [r.id for r in load_dataset("vqa_rad", "train", root, offset=37, limit=2)] == ["vqa_rad-train-38"]
 
 
 def test_slake_keeps_english_and_reads_validate(tmp_path):
