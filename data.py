@@ -581,7 +581,7 @@ def parse_field_map(text: str | None) -> dict:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0) -> None:
+def add_data_args(parser: argparse.ArgumentParser) -> None:
     """The data options shared by sft.py, grpo.py and evaluate.py."""
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="phantom", choices=DATASETS,
@@ -594,9 +594,9 @@ def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0)
                        help="skip records with a missing image or field instead of stopping")
     group.add_argument("--limit", type=int, default=None,
                        help="use only the first N records of each split (phantom: its size)")
-    group.add_argument("--train-offset", type=int, default=train_offset,
-                       help="skip the first N training records (phantom: draw N more images; "
-                            "grpo.py's default on phantom is 6000, the records sft.py trains on)")
+    group.add_argument("--train-offset", type=int, default=0,
+                       help="skip the first N training records (phantom: draw N more images, e.g. "
+                            "grpo.py --train-offset 6000 for images sft.py never trained on)")
     group.add_argument("--data-seed", type=int, default=0,
                        help="seed of the phantom dataset; its splits are disjoint for any seed")
     group.add_argument("--val-every", type=int, default=20,
