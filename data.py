@@ -339,7 +339,7 @@ def _phrasings(answer: str) -> tuple[str, str]:
 
 def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None, *,
                     image_size: int = 112, question_rate: float = 0.375) -> list[VQARecord]:
-    """`size` SYNTHETIC records (default train 6000, val 100, test 300), identical for a seed.
+    """`size` SYNTHETIC records (default train 6000, val 100, test 1500), identical for a seed.
 
         phantom_dataset("train")[0] -> VQARecord(id='phantom-train-0-0', image=<112x112 RGB>,
             question='Is this an ultrasound image?', answer='yes', answer_type='closed',
