@@ -37,6 +37,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -376,7 +377,7 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
     if split not in SPLITS:
         raise DataError(f"data.py: phantom: unknown split '{split}' (use one of {', '.join(SPLITS)})")
     size = PHANTOM_SIZES[split] if size is None else size
-    records, index, worded = [], 0, {}
+    records, index, worded = [], 0, Counter()  # held-out answers given so far, per wording pair
     while len(records) < size:
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
         scene = _sample_scene(rng, image_size)
@@ -387,7 +388,8 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
             for slot, (question, answer, answer_type, conclusion) in enumerate(questions):
                 if answer_type == "open" and split != "train":
                     pair = _phrasings(answer)
-                    answer, worded[pair] = pair[worded.get(pair, 0) % 2], worded.get(pair, 0) + 1
+                    answer = pair[worded[pair] % 2]
+                    worded[pair] += 1
                 records.append(VQARecord(f"phantom-{split}-{index}-{slot}", image, question, answer,
                                          answer_type, "phantom", f"{seen} {conclusion}",
                                          f"phantom {split} image {index}"))
