@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 import grpo
-from data import load_dataset
+from data import WORDINGS, load_dataset
 from evaluate import evaluate_model
 from model import load_model
 from rewards import SemanticScorer
@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--rewards", nargs="+", choices=REWARDS, default=list(REWARDS), help="rewards to compare")
     p.add_argument("--split", default="test", help="held-out phantom split to score")
+    p.add_argument("--phantom-wording", default="question", choices=WORDINGS,
+                   help="[reconstructed] how phantom open answers are worded (data.WORDINGS)")
     p.add_argument("--out", default="runs/ablation", help="directory for checkpoints, logs and ablation.json")
     p.add_argument("--max-new-tokens", type=int, default=96, help="generation length at evaluation")
     p.add_argument("--rescore", action="store_true",
@@ -60,7 +62,7 @@ def main(argv=None):
     args, grpo_args = parse_args(argv)
     if not os.path.isdir(args.sft):
         raise SystemExit(f"ablation.py: {args.sft} not found: run `python sft.py` first (or pass --sft)")
-    records = load_dataset("phantom", args.split)
+    records = load_dataset("phantom", args.split, phantom_wording=args.phantom_wording)
     scorer = SemanticScorer()
     results = {"sft": {"metrics": [held_out(args.sft, records, scorer, args.max_new_tokens)]}}
     for reward in args.rewards:
@@ -69,7 +71,7 @@ def main(argv=None):
             out = os.path.join(args.out, f"{reward}-seed{seed}")
             if not args.rescore:
                 grpo.main(["--model", args.sft, "--reward", reward, "--seed", str(seed), "--out", out,
-                           "--save-every", "0", *grpo_args])
+                           "--phantom-wording", args.phantom_wording, "--save-every", "0", *grpo_args])
             elif not os.path.isdir(out):
                 raise SystemExit(f"ablation.py --rescore: {out} not found: run ablation.py without --rescore")
             rows = [json.loads(line) for line in open(out + ".log.jsonl")]

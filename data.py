@@ -89,7 +89,7 @@ REGIONS = ("head", "chest", "abdomen")
 LESION_COUNT_PROBS = (0.5, 0.25, 0.15, 0.10)  # P(0..3 lesions): half the images are normal
 PHANTOM_SIZES = {"train": 6000, "val": 100, "test": 1500}
 
-# Reference answers name things either way, chosen per record, so text overlap alone misjudges.
+# Each concept has two wordings; WORDINGS (below) says which one a reference answer uses.
 SYNONYMS = {
     "xray": ("X-ray", "radiograph"), "ct": ("CT", "computed tomography"),
     "mri": ("MRI", "magnetic resonance imaging"), "ultrasound": ("ultrasound", "sonography"),
@@ -117,9 +117,17 @@ QUESTIONS = {  # phrasings of each question; the closed pairs ask a positive and
     "multiple": ("Are there multiple lesions?", "Is there only one lesion?"),
     "modality": ("What imaging modality is this?", "How was this image taken?"),
     "region": ("Which body region is shown?", "What part of the body is imaged?"),
-    "finding": ("What abnormality is seen?",), "count": ("How many lesions are there?",),
-    "location": ("Where is the lesion located?",),
+    "finding": ("What abnormality is seen?", "What does the scan show?"),
+    "count": ("How many lesions are there?", "What is the number of lesions?"),
+    "location": ("Where is the lesion located?", "Which quadrant holds the lesion?"),
 }
+# How an open reference is worded (phantom_dataset): "question" ties the wording to the question's
+# phrasing, the first phrasing of each question above to the first wording of each SYNONYMS pair
+# ("What imaging modality is this?" -> "MRI", "How was this image taken?" -> "magnetic resonance
+# imaging"), a convention a model can learn, as real datasets follow their annotators' habits;
+# "random" draws the wording, so text overlap misjudges half of the right answers whatever a model
+# does. [reconstructed] phantom data design choice.
+WORDINGS = ("question", "random")
 ASK_MODALITY, ASK_REGION, ASK_SIDE = "Is this {}?", "Does this image show the {}?", "Is the lesion on the {} side?"
 NUMBER_WORDS = ("No", "One", "Two", "Three")
 # Laterality applies to one-lesion images only (a quarter of them) and is the hardest question:
@@ -279,8 +287,10 @@ def phantom_cot(scene: PhantomScene, size: int) -> str:
     return f"{MODALITY_CUES[scene.modality]} {REGION_CUES[scene.region]} {lesion}"
 
 
-def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator) -> list[tuple]:
-    """Every (question, answer, answer_type) this scene supports, one random phrasing each.
+def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
+                       wording: str = "question") -> list[tuple]:
+    """Every (question, answer, answer_type, conclusion) this scene supports, one random phrasing
+    each; `wording` (WORDINGS) words the open answers.
 
     Each yes/no question asks a true or a false value ("Is this an MRI scan?") or a positive or a
     negated phrasing ("Is there a lesion?" / "Is this scan normal?") with probability 1/2.
@@ -316,15 +326,20 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator)
         questions.append((ASK_SIDE.format(asked_side), asked_side == side,
                           f"{asks} about the {asked_side} side; the lesion is on the {side}."))
     closed = [(q, "yes" if a else "no", "closed", why) for q, a, why in questions]
+
+    def ask(kind, answer, conclusion):
+        phrasing = rng.integers(len(QUESTIONS[kind]))
+        worded = _phrasings(answer)[phrasing] if wording == "question" else pick(_phrasings(answer))
+        return QUESTIONS[kind][phrasing], worded, "open", conclusion
+
     finding = "normal" if n == 0 else scene.kind if n == 1 else PLURAL[scene.kind]
-    open_ = [(pick(QUESTIONS["modality"]), pick(SYNONYMS[modality]), f"The modality is {SYNONYMS[modality][0]}."),
-             (pick(QUESTIONS["region"]), pick(SYNONYMS[region]), f"The region is the {region}."),
-             (pick(QUESTIONS["finding"]), pick(SYNONYMS[finding]), f"The finding is {finding}."),
-             (pick(QUESTIONS["count"]), pick(SYNONYMS[str(n)]), f"There is {lesions}." if n < 2 else f"There are {lesions}.")]
+    open_ = [ask("modality", SYNONYMS[modality][0], f"The modality is {SYNONYMS[modality][0]}."),
+             ask("region", SYNONYMS[region][0], f"The region is the {region}."),
+             ask("finding", SYNONYMS[finding][0], f"The finding is {finding}."),
+             ask("count", SYNONYMS[str(n)][0], f"There is {lesions}." if n < 2 else f"There are {lesions}.")]
     if n == 1:
-        open_.append((pick(QUESTIONS["location"]), pick((f"{side} {height}", f"{height} {side}")),
-                      f"The lesion is {side} {height}."))
-    return closed + [(q, a, "open", why) for q, a, why in open_]
+        open_.append(ask("location", f"{side} {height}", f"The lesion is {side} {height}."))
+    return closed + open_
 
 
 def _phrasings(answer: str) -> tuple[str, str]:
@@ -339,14 +354,15 @@ def _phrasings(answer: str) -> tuple[str, str]:
 
 
 def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None, *,
-                    image_size: int = 112, question_rate: float = 0.375) -> list[VQARecord]:
+                    image_size: int = 112, question_rate: float = 0.375,
+                    wording: str = "question") -> list[VQARecord]:
     """`size` SYNTHETIC records (default train 6000, val 100, test 1500), identical for a seed.
 
         phantom_dataset("train")[0] -> VQARecord(id='phantom-train-0-0', image=<112x112 RGB>,
-            question='Is this an ultrasound image?', answer='yes', answer_type='closed',
+            question='Is this scan normal?', answer='no', answer_type='closed',
             cot='A fan-shaped sector filled with speckle, typical of ultrasound. Two lung fields
             beside the heart show the chest. Three large dark spots lie on both sides, masses.
-            It is an ultrasound image.')
+            The question asks if the scan is normal; there are three lesions.')
 
     Not real anatomy or pathology: it lets the whole pipeline run, and be checked, on a laptop CPU
     with nothing downloaded. Each image is a scene: a modality style, a body region, 0-3 lesions.
@@ -367,26 +383,28 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
     no are balanced and a question alone does not give its answer away. At 112 px the vision
     tower's 14-px patches, merged 2x2, give 16 image tokens.
 
-    Training references pick each open answer's wording at random. In val and test, each concept's
-    references alternate between its two wordings instead, so a model that always says "X-ray"
-    scores as well as one that always says "radiograph": a random draw left 29 "X-ray" and 18
-    "radiograph" among 1500 test records, 1.5 ROUGE-1 points between the two. (A model that
-    mixes wordings image by image still matches more or fewer by chance.)
-    [reconstructed] phantom data design choice.
+    Each concept has two wordings ("MRI" / "magnetic resonance imaging"). With `wording="question"`
+    (the default) the question's phrasing decides which one the reference uses (see WORDINGS).
+    With "random", training references draw it, and in val and test each concept's references
+    alternate between its two wordings, so a model that always says "X-ray" scores as well as one
+    that always says "radiograph" (one that mixes them image by image matches more or fewer by
+    chance). [reconstructed] phantom data design choice.
     """
     if split not in SPLITS:
         raise DataError(f"data.py: phantom: unknown split '{split}' (use one of {', '.join(SPLITS)})")
+    if wording not in WORDINGS:
+        raise DataError(f"data.py: phantom: unknown wording '{wording}' (use one of {', '.join(WORDINGS)})")
     size = PHANTOM_SIZES[split] if size is None else size
     records, index, worded = [], 0, Counter()  # held-out answers given so far, per wording pair
     while len(records) < size:
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
         scene = _sample_scene(rng, image_size)
-        questions = [q for q in _phantom_questions(scene, image_size, rng)
+        questions = [q for q in _phantom_questions(scene, image_size, rng, wording)
                      if rng.random() < (1.0 if q[0] in SIDE_QUESTIONS else question_rate)]
         if questions:
             image, seen = render_phantom(scene, image_size, rng), phantom_cot(scene, image_size)
             for slot, (question, answer, answer_type, conclusion) in enumerate(questions):
-                if answer_type == "open" and split != "train":
+                if answer_type == "open" and split != "train" and wording == "random":
                     pair = _phrasings(answer)
                     answer = pair[worded[pair] % 2]
                     worded[pair] += 1
@@ -518,11 +536,12 @@ def _split_file(name: str, split: str, root: str) -> tuple[str, str | None]:
 def load_dataset(name: str, split: str = "train", root: str | None = None, *,
                  skip_bad: bool = False, limit: int | None = None, offset: int = 0,
                  field_map: dict | None = None, seed: int = 0, val_every: int = 20,
-                 pmc_choices: bool = False) -> list[VQARecord]:
+                 pmc_choices: bool = False, phantom_wording: str = "question") -> list[VQARecord]:
     """Records of one split of a dataset (see the module docstring for each layout).
 
     `offset` drops the first N good records, then `limit` keeps the next N (phantom: `limit` is
-    the split's size, and an offset draws that many more images); `seed` only affects phantom.
+    the split's size, and an offset draws that many more images); `seed` and `phantom_wording`
+    only affect phantom (phantom_dataset's `seed` and `wording`).
     [reconstructed] Without a validation file, every `val_every`-th training record is "val".
     [reconstructed] PMC-VQA is open-ended unless `pmc_choices`: then the question lists the four
     choices ("... Choices: A:CT B:MRI C:PET D:X-ray") and the answer is scored as closed.
@@ -531,7 +550,7 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
         raise DataError(f"data.py: {name}: the offset must be 0 or more, got {offset}")
     if name == "phantom":
         size = PHANTOM_SIZES.get(split, 0) if limit is None else limit
-        return phantom_dataset(split, seed, offset + size)[offset:]
+        return phantom_dataset(split, seed, offset + size, wording=phantom_wording)[offset:]
     if name not in FORMATS:
         raise DataError(f"data.py: unknown dataset '{name}' (use one of {', '.join(DATASETS)})")
     if split not in SPLITS:
@@ -583,8 +602,9 @@ def parse_field_map(text: str | None) -> dict:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    """The data options shared by sft.py, grpo.py and evaluate.py."""
+def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0) -> None:
+    """The data options shared by sft.py, grpo.py and evaluate.py (grpo.py: train_offset None,
+    resolved per dataset after parsing)."""
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="phantom", choices=DATASETS,
                        help="phantom (synthetic, built in) or a real dataset read from --data-root")
@@ -596,11 +616,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                        help="skip records with a missing image or field instead of stopping")
     group.add_argument("--limit", type=int, default=None,
                        help="use only the first N records of each split (phantom: its size)")
-    group.add_argument("--train-offset", type=int, default=0,
-                       help="skip the first N training records (phantom: draw N more images, e.g. "
-                            "grpo.py --train-offset 6000 for images sft.py never trained on)")
+    group.add_argument("--train-offset", type=int, default=train_offset,
+                       help="skip the first N training records (phantom: draw N more images; "
+                            "grpo.py's default on phantom is 6000, the records sft.py trains on)")
     group.add_argument("--data-seed", type=int, default=0,
                        help="seed of the phantom dataset; its splits are disjoint for any seed")
+    group.add_argument("--phantom-wording", default="question", choices=WORDINGS,
+                       help="[reconstructed] phantom open answers: wording set by the question's "
+                            "phrasing (learnable) or drawn at random (see data.WORDINGS)")
     group.add_argument("--val-every", type=int, default=20,
                        help="[reconstructed] without a validation file, val = every N-th train record")
     group.add_argument("--pmc-choices", action="store_true",
@@ -610,8 +633,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def dataset_from_args(args: argparse.Namespace, split: str) -> list[VQARecord]:
     """The split that the options of add_data_args select."""
     return load_dataset(args.dataset, split, args.data_root, skip_bad=args.skip_bad, limit=args.limit,
-                        offset=args.train_offset if split == "train" else 0, field_map=parse_field_map(args.field_map), seed=args.data_seed,
-                        val_every=args.val_every, pmc_choices=args.pmc_choices)
+                        offset=args.train_offset if split == "train" else 0,
+                        field_map=parse_field_map(args.field_map), seed=args.data_seed,
+                        val_every=args.val_every, pmc_choices=args.pmc_choices,
+                        phantom_wording=args.phantom_wording)
 
 
 def batch_order(n, batch_size, step, seed):

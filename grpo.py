@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import add_data_args, batch_order, dataset_from_args, load_image
+from data import PHANTOM_SIZES, add_data_args, batch_order, dataset_from_args, load_image
 from evaluate import validate
 from model import (Completions, add_model_args, add_optimizer_args, completion_logprobs, due, load_model,
                    load_trainer_state, model_from_args, open_log, repeat_prompts, sample_completions,
@@ -182,7 +182,7 @@ def _masked_mean(values, mask):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, default_model="runs/sft")
-    add_data_args(p)
+    add_data_args(p, train_offset=None)
     add_reward_args(p)
     p.add_argument("--out", default="runs/grpo", help="checkpoint directory (Hugging Face format)")
     p.add_argument("--resume", default=None, help="checkpoint directory written by grpo.py to continue from")
@@ -205,7 +205,15 @@ def parse_args(argv=None):
     p.add_argument("--eval-size", type=int, default=100, help="validation records per evaluation")
     p.add_argument("--save-every", type=int, default=20, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # [reconstructed] The phantom generator never runs out, so by default GRPO's prompts come from
+    # images SFT never saw: train records 6000 on (sft.py trains on the first 6000), as ARMed's
+    # SFT sees a selected subset and RL the training set. On the images SFT memorised nearly every
+    # group agrees and carries no advantage (README). A real dataset has one training set, which
+    # both stages use. --train-offset sets either.
+    if args.train_offset is None:
+        args.train_offset = PHANTOM_SIZES["train"] if args.dataset == "phantom" else 0
+    return args
 
 
 @dataclass

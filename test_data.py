@@ -59,7 +59,8 @@ def test_train_offset_continues_the_split_and_only_moves_train():
     assert [r.id for r in load_dataset("phantom", "val", offset=30, limit=10)] == \
         [r.id for r in data.phantom_dataset("val", size=40)[30:]]
     args = argparse.Namespace(dataset="phantom", data_root=None, skip_bad=False, limit=5, train_offset=12,
-                              field_map=None, data_seed=0, val_every=20, pmc_choices=False)
+                              field_map=None, data_seed=0, val_every=20, pmc_choices=False,
+                              phantom_wording="question")
     assert [r.id for r in dataset_from_args(args, "train")] == \
         [r.id for r in data.phantom_dataset("train", size=17)[12:]]
     assert [r.id for r in dataset_from_args(args, "val")] == [r.id for r in data.phantom_dataset("val", size=5)]
@@ -67,14 +68,36 @@ def test_train_offset_continues_the_split_and_only_moves_train():
         load_dataset("phantom", "train", offset=-1)
 
 
-def test_held_out_references_alternate_wordings_training_ones_are_drawn():
+def test_open_references_are_worded_as_their_question_asks():
+    for split in ("train", "test"):
+        records = [r for r in data.phantom_dataset(split, size=1500) if r.answer_type == "open"]
+        phrasings = collections.Counter()
+        for record in records:
+            kind, phrasings_of_kind = next((k, p) for k, p in data.QUESTIONS.items() if record.question in p)
+            phrasing = phrasings_of_kind.index(record.question)
+            assert record.answer == data._phrasings(record.answer)[phrasing], (record.question, record.answer)
+            phrasings[kind, phrasing] += 1
+        # both phrasings of every open question are asked, about equally often
+        for kind in ("modality", "region", "finding", "count", "location"):
+            n0, n1 = phrasings[kind, 0], phrasings[kind, 1]
+            assert n0 > 0 and n1 > 0 and abs(n0 - n1) <= 3 * ((n0 + n1) / 4) ** 0.5, (split, kind, n0, n1)
+
+
+def test_random_wording_alternates_held_out_references_and_draws_training_ones():
     def counts(records):
         return collections.Counter(r.answer for r in records if r.answer_type == "open")
-    test = counts(data.phantom_dataset("test"))
+    test = counts(data.phantom_dataset("test", wording="random"))
     for pair in [*data.SYNONYMS.values(), ("left upper", "upper left"), ("right lower", "lower right")]:
         assert abs(test[pair[0]] - test[pair[1]]) <= 1 and test[pair[0]] > 0, pair
-    train = counts(data.phantom_dataset("train", size=1500))
-    assert max(abs(train[a] - train[b]) for a, b in data.SYNONYMS.values()) > 1   # a random draw
+    train = data.phantom_dataset("train", size=1500, wording="random")
+    assert max(abs(counts(train)[a] - counts(train)[b]) for a, b in data.SYNONYMS.values()) > 1
+    # the wording no longer follows the question: both wordings answer the same phrasing
+    modality = {r.answer for r in train if r.question == "What imaging modality is this?"}
+    assert {"MRI", "magnetic resonance imaging"} <= modality
+    assert [r.answer for r in load_dataset("phantom", "test", limit=300, phantom_wording="random")] == \
+        [r.answer for r in data.phantom_dataset("test", size=300, wording="random")]
+    with pytest.raises(DataError, match="unknown wording 'both'"):
+        data.phantom_dataset("val", wording="both")
 
 
 def test_phantom_splits_share_no_image():
@@ -122,7 +145,8 @@ def test_left_is_the_patients_left_on_the_image_right():
     image = np.asarray(data.render_phantom(scene, 112, np.random.default_rng(0)))[..., 0]
     assert image[31:39, 76:84].mean() > 200 and image[31:39, 28:36].mean() < 120
     questions = {q: a for q, a, _, _ in data._phantom_questions(scene, 112, np.random.default_rng(0))}
-    assert questions["Where is the lesion located?"] in ("left upper", "upper left")
+    location = questions.get("Where is the lesion located?") or questions["Which quadrant holds the lesion?"]
+    assert location in ("left upper", "upper left")
     side_question = next(q for q in questions if q.startswith("Is the lesion on the"))
     assert questions[side_question] == ("yes" if "left" in side_question else "no")
     assert "spot lies on the patient's left upper side, a nodule" in data.phantom_cot(scene, 112)

@@ -290,7 +290,13 @@ def start_checkpoint(tmp_path_factory):
 def _grpo_args(start, out, steps, *extra):
     return ["--model", start, "--out", out, "--steps", str(steps), "--limit", "16",
             "--prompts-per-step", "2", "--num-generations", "4", "--max-new-tokens", "48",
-            "--micro-batch", "3", "--eval-size", "2", "--save-every", "0", *extra]
+            "--micro-batch", "3", "--eval-size", "2", "--save-every", "0", "--train-offset", "0", *extra]
+
+
+def test_phantom_prompts_default_to_images_sft_never_saw():
+    assert grpo.parse_args([]).train_offset == 6000  # sft.py trains on phantom train records 0-5999
+    assert grpo.parse_args(["--train-offset", "0"]).train_offset == 0
+    assert grpo.parse_args(["--dataset", "slake", "--data-root", "data"]).train_offset == 0
 
 
 def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_path):
