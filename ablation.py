@@ -18,9 +18,10 @@ import os
 import numpy as np
 
 import grpo
-from data import WORDINGS, load_dataset
+from data import load_dataset
 from evaluate import evaluate_model
 from model import load_model
+from phantom import WORDINGS
 from rewards import SemanticScorer
 
 REWARDS = ("text", "text+semantic", "text+adaptive")
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--rewards", nargs="+", choices=REWARDS, default=list(REWARDS), help="rewards to compare")
     p.add_argument("--split", default="test", help="held-out phantom split to score")
     p.add_argument("--phantom-wording", default="question", choices=WORDINGS,
-                   help="[reconstructed] how phantom open answers are worded (data.WORDINGS)")
+                   help="[reconstructed] how phantom open answers are worded (phantom.WORDINGS)")
     p.add_argument("--out", default="runs/ablation", help="directory for checkpoints, logs and ablation.json")
     p.add_argument("--max-new-tokens", type=int, default=96, help="generation length at evaluation")
     p.add_argument("--rescore", action="store_true",

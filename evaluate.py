@@ -33,7 +33,8 @@ import sys
 import numpy as np
 from PIL import Image
 
-from data import SYNONYMS, add_data_args
+from data import add_data_args
+from phantom import SYNONYMS
 from rewards import (ANSWER_TYPES, SemanticScorer, bleu1, exact_match, extract_answer, format_reward,
                      normalize, rouge1_f1, token_recall)
 
@@ -125,7 +126,7 @@ def score_predictions(rows, scorer=None):
     return metrics
 
 
-# Each phrasing of a phantom answer, normalised -> the concept it names (data.SYNONYMS).
+# Each phrasing of a phantom answer, normalised -> the concept it names (phantom.SYNONYMS).
 PHANTOM_CONCEPTS = {" ".join(normalize(name)): concept for concept, names in SYNONYMS.items() for name in names}
 
 

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import PHANTOM_SIZES, add_data_args, batch_order, dataset_from_args, load_image
+from data import add_data_args, batch_order, dataset_from_args, load_image
 from evaluate import validate
 from model import (Completions, add_model_args, add_optimizer_args, completion_logprobs, due, load_model,
                    load_trainer_state, model_from_args, open_log, repeat_prompts, sample_completions,
                    save_checkpoint, select_prompts, set_learning_rate)
+from phantom import PHANTOM_SIZES
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 
 ADVANTAGE_SCALES = ("group", "batch", "none")

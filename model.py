@@ -72,7 +72,7 @@ def build_tiny_tokenizer(corpus=None, vocab_size=TINY_VOCAB_SIZE):
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     if corpus is None:
-        from data import phantom_corpus
+        from phantom import phantom_corpus
         corpus = phantom_corpus()
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -8,7 +8,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 import sft
-from data import phantom_dataset
+from phantom import phantom_dataset
 from model import load_trainer_state
 
 FAST = ["--limit", "24", "--batch-size", "4", "--eval-size", "4", "--max-new-tokens", "8",
