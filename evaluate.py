@@ -18,8 +18,9 @@ of rewards.py); closed questions: accuracy (exact match of normalised tokens). `
 share of predictions in the <think>/<answer> format. All metrics come from rewards.py, except
 `concept`: on the phantom data only, the share of open answers that name the reference's concept
 with synonyms and word order folded ("MRI" = "magnetic resonance imaging"; phantom_concept below).
-Each phantom reference uses one of two synonyms at random, so BLEU/ROUGE there partly measure
-which synonym a model happens to prefer; `concept` measures whether the answer is right.
+Each phantom concept has two wordings; by default the question's phrasing picks the reference's
+(phantom.WORDINGS), with --phantom-wording random a draw does, and then BLEU/ROUGE partly measure
+which wording a model happens to prefer; `concept` measures whether the answer is right.
 The JSON written by --out holds fractions in [0, 1] (null where a group has no questions):
 
     {"n": 2, "open": {"n", "bleu1", "rouge1", "recall", "semantic", "concept"}, "closed": {"n", "accuracy"},

@@ -259,18 +259,18 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
                           f"{asks} about the {asked_side} side; the lesion is on the {side}."))
     closed = [(q, "yes" if a else "no", "closed", why) for q, a, why in questions]
 
-    def ask(kind, answer, conclusion):
+    def ask(kind, wordings, conclusion):
         phrasing = rng.integers(len(QUESTIONS[kind]))
-        worded = _phrasings(answer)[phrasing] if wording == "question" else pick(_phrasings(answer))
+        worded = wordings[phrasing] if wording == "question" else pick(wordings)
         return QUESTIONS[kind][phrasing], worded, "open", conclusion
 
     finding = "normal" if n == 0 else scene.kind if n == 1 else PLURAL[scene.kind]
-    open_ = [ask("modality", SYNONYMS[modality][0], f"The modality is {SYNONYMS[modality][0]}."),
-             ask("region", SYNONYMS[region][0], f"The region is the {region}."),
-             ask("finding", SYNONYMS[finding][0], f"The finding is {finding}."),
-             ask("count", SYNONYMS[str(n)][0], f"There is {lesions}." if n < 2 else f"There are {lesions}.")]
+    open_ = [ask("modality", SYNONYMS[modality], f"The modality is {SYNONYMS[modality][0]}."),
+             ask("region", SYNONYMS[region], f"The region is the {region}."),
+             ask("finding", SYNONYMS[finding], f"The finding is {finding}."),
+             ask("count", SYNONYMS[str(n)], f"There is {lesions}." if n < 2 else f"There are {lesions}.")]
     if n == 1:
-        open_.append(ask("location", f"{side} {height}", f"The lesion is {side} {height}."))
+        open_.append(ask("location", (f"{side} {height}", f"{height} {side}"), f"The lesion is {side} {height}."))
     return closed + open_
 
 
