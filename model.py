@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from transformers import (AutoConfig, AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
                           Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration)
 
+from distributed import add_runtime_args
+
 SYSTEM_PROMPT = ("You are a medical imaging assistant. Look at the image and answer the question. "
                  "First reason inside <think> </think>, then give a short final answer inside "
                  "<answer> </answer>.")
@@ -129,6 +131,7 @@ class VLProcessor:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = "<|endoftext|>"
         self.image_token = "<|image_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.merge_size = image_processor.merge_size
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         # Qwen's generation config stops at <|im_end|> or <|endoftext|>; so does the mask.
@@ -152,12 +155,26 @@ class VLProcessor:
         n = int(grid_thw.prod()) // self.merge_size ** 2
         return text.replace(self.image_token, self.image_token * n)
 
+    def token_types(self, input_ids):
+        """mm_token_type_ids: 1 for image tokens, 0 for text, as the stock Qwen2-VL processor.
+
+        Qwen2.5-VL was trained with 3-D (time, height, width) rotary positions for image tokens:
+        the model computes them from these types (get_rope_index). Without them transformers falls
+        back to 1-D positions, which no real checkpoint has seen.
+            input_ids = [<|vision_start|>, <|image_pad|> x 4, <|vision_end|>, "What"]
+            -> types  = [0, 1, 1, 1, 1, 0, 0]; positions (t, h, w) of the 2x2 image: (1,1,1),
+               (1,1,2), (1,2,1), (1,2,2); the text after it restarts at 1 + 2 = 3
+        """
+        return (input_ids == self.image_token_id).int()
+
     def prompts(self, questions, images):
-        """Left-padded prompt batch: input_ids, attention_mask (B, P), pixel_values, image_grid_thw."""
+        """Left-padded prompt batch: input_ids, attention_mask, mm_token_type_ids (B, P),
+        pixel_values, image_grid_thw."""
         pixel_values, grid = self._images(images)
         texts = [self._expand(self.prompt_text(q), g) for q, g in zip(questions, grid)]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    mm_token_type_ids=self.token_types(enc["input_ids"]),
                     pixel_values=pixel_values, image_grid_thw=grid)
 
     def training_batch(self, questions, images, targets):
@@ -176,8 +193,9 @@ class VLProcessor:
             labels.append([-100] * len(p) + t)
         width = max(map(len, rows))
         pad = lambda seq, value: [value] * (width - len(seq)) + seq  # noqa: E731
-        return dict(input_ids=torch.tensor([pad(r, self.pad_token_id) for r in rows]),
-                    attention_mask=torch.tensor([pad([1] * len(r), 0) for r in rows]),
+        input_ids = torch.tensor([pad(r, self.pad_token_id) for r in rows])
+        return dict(input_ids=input_ids, attention_mask=torch.tensor([pad([1] * len(r), 0) for r in rows]),
+                    mm_token_type_ids=self.token_types(input_ids),
                     labels=torch.tensor([pad(l, -100) for l in labels]),
                     pixel_values=pixel_values, image_grid_thw=grid)
 
@@ -189,22 +207,24 @@ class VLProcessor:
         self.image_processor.save_pretrained(path)
 
 
-def load_model(name_or_path="tiny", device=None, dtype=None, gradient_checkpointing=False,
-               freeze_vision=False, min_pixels=None, max_pixels=None, seed=0):
+def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_checkpointing=False,
+               freeze_vision=False, min_pixels=None, max_pixels=None, seed=0, attn_implementation="sdpa"):
     """Load (model, processor). `tiny` builds the offline default; anything else is from_pretrained.
 
-    bf16 on CUDA and fp32 on CPU unless `dtype` says otherwise. `max_pixels` caps the image size
-    fed to the vision tower (the image processor resizes larger scans down) so that one large
-    scan cannot exhaust memory.
+    Weights in `dtype` (fp32 unless asked: how training computes is distributed.py's business),
+    on `device` (default: cuda if available). `max_pixels` caps the image size fed to the vision
+    tower (the image processor resizes larger scans down) so that one large scan cannot exhaust
+    memory.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     pixels = {k: v for k, v in dict(min_pixels=min_pixels, max_pixels=max_pixels).items() if v}
     if name_or_path == "tiny":
         tokenizer = build_tiny_tokenizer()
         image_processor = _image_processor(None, **{"min_pixels": 56 * 56, "max_pixels": 112 * 112, **pixels})
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+        config = tiny_config(tokenizer)
+        config._attn_implementation = attn_implementation
+        model = Qwen2_5_VLForConditionalGeneration(config)
     else:
         if not os.path.isdir(name_or_path) and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise FileNotFoundError(f"model.py: '{name_or_path}' is not a directory and "
@@ -214,7 +234,7 @@ def load_model(name_or_path="tiny", device=None, dtype=None, gradient_checkpoint
         image_processor = _image_processor(name_or_path, **pixels)
         model_type = AutoConfig.from_pretrained(name_or_path).model_type
         cls = Qwen2VLForConditionalGeneration if model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
-        model = cls.from_pretrained(name_or_path, dtype=dtype)
+        model = cls.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation)
     model.to(device=device, dtype=dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:
@@ -243,12 +263,22 @@ def add_model_args(parser, default_model="tiny"):
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute activations in backward to save memory")
     parser.add_argument("--freeze-vision", action="store_true", help="do not train the vision tower")
+    parser.add_argument("--attn-implementation", default="sdpa",
+                        help="sdpa, eager, or flash_attention_2 (where the flash-attn package is installed)")
+    add_runtime_args(parser)
 
 
-def model_from_args(args, seed=0):
-    return load_model(args.model, device=args.device, gradient_checkpointing=args.gradient_checkpointing,
-                      freeze_vision=args.freeze_vision, min_pixels=args.min_pixels,
-                      max_pixels=args.max_pixels, seed=seed)
+def model_from_args(args, rt, name=None, seed=0, frozen=False):
+    """(model, processor) from the add_model_args options, placed by the Runtime `rt`: on its
+    device, in its precision, sharded under torchrun. frozen: a model that is never trained."""
+    model, processor = load_model(
+        name or args.model, device="cpu", dtype=rt.frozen_dtype if frozen else rt.weight_dtype,
+        gradient_checkpointing=args.gradient_checkpointing and not frozen,
+        freeze_vision=args.freeze_vision, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+        seed=seed, attn_implementation=args.attn_implementation)
+    if frozen:
+        model.eval().requires_grad_(False)
+    return rt.prepare(model, frozen=frozen), processor
 
 
 def vision_token_ids(config):
@@ -314,6 +344,7 @@ def select_prompts(batch, rows):
     pixels = torch.split(batch["pixel_values"], grid.prod(dim=1).tolist())
     rows = torch.as_tensor(rows, dtype=torch.long)
     return dict(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows],
+                mm_token_type_ids=batch["mm_token_type_ids"][rows],
                 pixel_values=torch.cat([pixels[i] for i in rows.tolist()]), image_grid_thw=grid[rows])
 
 
@@ -362,6 +393,9 @@ def completion_logprobs(model, prompts, completion_ids, mask, temperature=1.0, c
     few rows at a time, recomputed in backward (checkpointed), so the (N, T, V) logits tensor is
     never held whole. Logits are divided by the sampling temperature, as in sampling.
 
+    Completion tokens are text (mm_token_type_ids 0): image tokens keep their 3-D positions and
+    the completion continues the text positions, exactly as in generation.
+
     Alignment: the hidden state at position P-1+t predicts completion token t, so
         hidden[:, P-1 : P-1+T]  ->  logits for completion_ids[:, 0:T]
     (no torch.roll: rolling would wrap the last logit onto the first token).
@@ -371,9 +405,14 @@ def completion_logprobs(model, prompts, completion_ids, mask, temperature=1.0, c
     T = completion_ids.shape[1]
     input_ids = torch.cat([prompts["input_ids"], completion_ids], dim=1)             # (N, P+T)
     attention = torch.cat([prompts["attention_mask"], mask.to(prompts["attention_mask"])], dim=1)
-    hidden = model.model(input_ids=input_ids, attention_mask=attention, use_cache=False,
-                         pixel_values=prompts["pixel_values"],
-                         image_grid_thw=prompts["image_grid_thw"]).last_hidden_state
+    types = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(completion_ids, dtype=torch.int)], dim=1)
+    # The model's own forward (not model.model), so that a sharded model gathers its weights the
+    # usual way; logits_to_keep=1 skips the vocabulary projection of all but one position, and
+    # hidden_states[-1] is the final (normed) hidden state that lm_head reads.
+    out = model(input_ids=input_ids, attention_mask=attention, mm_token_type_ids=types, use_cache=False,
+                pixel_values=prompts["pixel_values"], image_grid_thw=prompts["image_grid_thw"],
+                output_hidden_states=True, logits_to_keep=1)
+    hidden = out.hidden_states[-1]                                                   # (N, P+T, H)
     hidden = hidden[:, P - 1:P - 1 + T]                                              # (N, T, H)
 
     banned = vision_token_ids(model.config)  # the sampler suppresses them: same policy here
@@ -393,12 +432,18 @@ def completion_logprobs(model, prompts, completion_ids, mask, temperature=1.0, c
     return torch.cat(chunks) * mask                                                  # (N, T)
 
 
-def save_checkpoint(model, processor, path, trainer_state=None, meta=None):
+def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=None):
     """Write a Hugging Face checkpoint (+ trainer_state.pt, meta.json) to `path` atomically.
 
     Everything goes to a temporary sibling directory first, which then replaces `path` with
-    renames: an interrupted save leaves the previous checkpoint intact.
+    renames: an interrupted save leaves the previous checkpoint intact. With a Runtime `rt` of
+    several processes, every process must call this (the weights are gathered from all shards);
+    the main process writes.
     """
+    state_dict = rt.model_state(model) if rt is not None else None
+    if rt is not None and not rt.is_main:
+        rt.barrier()
+        return
     path = os.path.abspath(path)
     if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise FileExistsError(f"model.py: {path} exists and is not a checkpoint; saving would replace "
@@ -407,7 +452,7 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
         if trainer_state is not None:
             torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
@@ -423,11 +468,17 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if rt is not None:
+            rt.barrier()
 
 
-def open_log(out, resume=False):
+def open_log(out, resume=False, enabled=True):
     """The JSONL training log beside the checkpoint (<out>.log.jsonl: outside the directory that
-    each save replaces); a fresh run starts it anew, a resumed one appends."""
+    each save replaces); a fresh run starts it anew, a resumed one appends. Not enabled (the
+    processes other than the main one): a sink that writes nothing."""
+    if not enabled:
+        return open(os.devnull, "w")
     path = os.path.abspath(out) + ".log.jsonl"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return open(path, "a" if resume else "w")
@@ -438,4 +489,7 @@ def load_trainer_state(path):
     if not os.path.isfile(file):
         raise FileNotFoundError(f"model.py: {file} not found; --resume needs a checkpoint "
                                 "written by this project's training scripts")
-    return torch.load(file, weights_only=False)
+    state = torch.load(file, weights_only=False)
+    if "torch_rng" in state:   # written before the multi-process runtime: one process, CPU RNG
+        state["rng"] = [{"cpu": state.pop("torch_rng")}]
+    return state

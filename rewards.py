@@ -223,7 +223,7 @@ class AdaptiveSemanticReward:
     returns sigmoid(2 * [-0.2, 0, 0.5] / 0.2944) = [0.2045, 0.5, 0.9676].
     """
 
-    def __init__(self, buffer_size=1024, quantile=0.5, k=2.0, eps=1e-6):
+    def __init__(self, buffer_size=1024, quantile=0.5, k=2.0, eps=1e-6, gather=None):
         if not (isinstance(buffer_size, int) and buffer_size >= 1):
             raise ValueError(f"buffer_size must be a positive integer, got {buffer_size!r}")
         if not 0.0 <= quantile <= 1.0 or not k > 0 or not eps > 0:
@@ -231,12 +231,17 @@ class AdaptiveSemanticReward:
         self.buffer_size, self.quantile, self.k, self.eps = buffer_size, float(quantile), float(k), float(eps)
         self.buffer = deque(maxlen=buffer_size)
         self.tau = self.sigma = None  # of the last call, for logging
+        # Several training processes: gather(scores) returns every process's scores (rank order),
+        # so all buffers hold the same history, that of the whole global batch. Every process
+        # must then call this on every batch, with or without open questions.
+        self.gather = gather
 
     def __call__(self, scores):
         s = _finite_1d(scores, "scores")  # (N,)
-        if s.size == 0:
+        batch = s if self.gather is None else _finite_1d(self.gather(s), "gathered scores")
+        if batch.size == 0:
             return s
-        self.buffer.extend(s.tolist())  # the batch first: it is part of its own history
+        self.buffer.extend(batch.tolist())  # the batch first: it is part of its own history
         history = np.asarray(self.buffer)
         self.tau = float(np.quantile(history, self.quantile))
         self.sigma = float(np.std(history))
@@ -250,7 +255,7 @@ class AdaptiveSemanticReward:
 
     def load_state_dict(self, state):
         """Restores the constants and the buffer (like torch optimizers restore their settings)."""
-        self.__init__(int(state["buffer_size"]), state["quantile"], state["k"], state["eps"])
+        self.__init__(int(state["buffer_size"]), state["quantile"], state["k"], state["eps"], self.gather)
         self.buffer.extend(_finite_1d(state["buffer"], "buffer").tolist())
 
 
@@ -372,7 +377,7 @@ def compute_rewards(completions, references, answer_types, *, questions=None, we
         raw[is_open] = scorer.score([a for a, o in zip(answers, is_open) if o],
                                     [r for r, o in zip(references, is_open) if o])
         mapped = raw.copy()
-        if semantic == "adaptive" and is_open.any():
+        if semantic == "adaptive" and (is_open.any() or adaptive.gather is not None):
             mapped[is_open] = adaptive(raw[is_open])
         components["semantic_raw"], components["semantic"] = raw, mapped
     if weights.ecr:

@@ -23,12 +23,14 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import add_data_args, batch_order, dataset_from_args, load_image
+from distributed import setup
 from evaluate import validate
-from model import (add_model_args, add_optimizer_args, due, load_model, load_trainer_state, model_from_args,
-                   open_log, sample_completions, save_checkpoint, set_learning_rate)
+from model import (add_model_args, add_optimizer_args, due, load_trainer_state, model_from_args,
+                   open_log, sample_completions, save_checkpoint, set_learning_rate, to_device)
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 
 
@@ -86,100 +88,133 @@ def kmeans(x, k, seed=0, iters=50):
     return sorted(set(nearest.tolist()))
 
 
-def generate_cot(records, ckpt, args):
-    """ARMed-A data: rationales written by `ckpt`, kept when format and answer are right."""
-    model, processor = load_model(ckpt, device=args.device, max_pixels=args.max_pixels)
-    kept = []
-    for start in tqdm(range(0, len(records), args.batch_size), desc="writing CoT", file=sys.stdout):
-        chunk = records[start:start + args.batch_size]
-        batch = processor.prompts([r.question for r in chunk], [load_image(r) for r in chunk])
-        out = sample_completions(model, processor, batch, num_samples=args.cot_samples,
-                                 temperature=0.7, max_new_tokens=args.max_new_tokens)
-        for i, r in enumerate(chunk):
-            for text in out.texts[i * args.cot_samples:(i + 1) * args.cot_samples]:
-                score = textual_reward(extract_answer(text), r.answer, r.answer_type)
-                if format_reward(text) == 1.0 and score >= args.cot_min_score:
-                    kept.append(type(r)(**{**vars(r), "cot": think_text(text).strip()}))
-                    break  # one rationale per question
-    print(f"ARMed-A: {len(kept)}/{len(records)} questions got a correct rationale from {ckpt}")
+def generate_cot(records, ckpt, args, rt):
+    """ARMed-A data: rationales written by `ckpt`, kept when format and answer are right.
+
+    Each process answers every world_size-th question; the kept rationales are gathered in
+    record order, so every process trains on the same list.
+    """
+    model, processor = model_from_args(args, rt, name=ckpt, frozen=True)
+    mine = list(range(len(records)))[rt.rank::rt.world_size]
+    kept = {}
+    with rt.gathered(model):
+        for start in tqdm(range(0, len(mine), args.batch_size), desc="writing CoT", file=sys.stderr,
+                          disable=not rt.is_main):
+            chunk = mine[start:start + args.batch_size]
+            batch = processor.prompts([records[j].question for j in chunk], [load_image(records[j]) for j in chunk])
+            out = sample_completions(model, processor, batch, num_samples=args.cot_samples,
+                                     temperature=0.7, max_new_tokens=args.max_new_tokens)
+            for i, j in enumerate(chunk):
+                r = records[j]
+                for text in out.texts[i * args.cot_samples:(i + 1) * args.cot_samples]:
+                    score = textual_reward(extract_answer(text), r.answer, r.answer_type)
+                    if format_reward(text) == 1.0 and score >= args.cot_min_score:
+                        kept[j] = type(r)(**{**vars(r), "cot": think_text(text).strip()})
+                        break  # one rationale per question
+    everyone = {j: r for part in rt.gather(kept) for j, r in part.items()}
+    kept = [everyone[j] for j in sorted(everyone)]
+    rt.print(f"ARMed-A: {len(kept)}/{len(records)} questions got a correct rationale from {ckpt}")
     if args.cot_select and len(kept) > args.cot_select:
         emb = SemanticScorer(args.encoder).encode([f"{r.question} {r.cot}" for r in kept])
         kept = [kept[i] for i in kmeans(np.asarray(emb), args.cot_select, seed=args.seed)]
-        print(f"ARMed-A: k-means kept {len(kept)} representative rationales")
+        rt.print(f"ARMed-A: k-means kept {len(kept)} representative rationales")
     del model
     return kept
 
 
+def target_token_loss(model, batch):
+    """Summed next-token cross-entropy over the target tokens of `batch`, and their number.
+
+    Summed, not averaged, so that the loop can divide by the target tokens of the whole global
+    batch: the gradient is then the same on one process or many. Token t+1 is predicted at t:
+        labels  = [-100, -100, 7, 9, EOS]   (prompt, then target)
+        targets = labels[1:] = [-100, 7, 9, EOS], scored against logits[:-1]  -> 3 tokens
+    """
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits                                                  # (B, L, V)
+    targets = batch["labels"][:, 1:]                                                 # (B, L-1)
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                           reduction="sum")
+    return loss, int((targets != -100).sum())
+
+
 def main(argv=None):
     args = parse_args(argv)
+    rt = setup(args.precision, args.device)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     train = dataset_from_args(args, "train")
     if args.cot_from:
-        train = generate_cot(train, args.cot_from, args)
+        train = generate_cot(train, args.cot_from, args, rt)
     examples = [(r, t) for r in train if (t := sft_target(r, args.missing_cot)) is not None]
     if not examples:
         sys.exit("sft.py: no training record has a rationale (cot); use --missing-cot answer "
                  "or a dataset with a cot field")
+    rt.share([None] * args.batch_size)   # refuses a --batch-size the processes cannot share
     val = dataset_from_args(args, "val")[:args.eval_size]
-    print(f"sft.py: {len(examples)} training examples ({len(train) - len(examples)} without CoT "
-          f"skipped), {len(val)} validation records")
+    rt.print(f"sft.py: {len(examples)} training examples ({len(train) - len(examples)} without CoT "
+             f"skipped), {len(val)} validation records")
 
     start_step, state = 0, None
     if args.resume:
         state = load_trainer_state(args.resume)
         args.model = args.resume
         start_step = state["step"]
-    model, processor = model_from_args(args, seed=args.seed)
+    model, processor = model_from_args(args, rt, seed=args.seed)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        rt.load_optimizer_state(model, optimizer, state["optimizer"])
+        rt.set_rng_state(state["rng"])
     scorer = SemanticScorer(args.encoder)
-    log = open_log(args.out, resume=bool(args.resume))
-    print(f"sft.py: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters on {model.device}")
+    log = open_log(args.out, resume=bool(args.resume), enabled=rt.is_main)
+    rt.print(f"sft.py: {sum(p.numel() for p in params) * rt.world_size / 1e6:.2f}M trainable parameters on "
+             f"{rt.world_size} x {rt.device.type}, precision {rt.precision}")
 
     def checkpoint(step, metrics=None):
-        trainer_state = dict(step=step, optimizer=optimizer.state_dict(),
-                             torch_rng=torch.get_rng_state(), args=vars(args))
-        save_checkpoint(model, processor, args.out, trainer_state,
-                        meta=dict(script="sft.py", step=step, val=metrics))
+        trainer_state = dict(step=step, optimizer=rt.optimizer_state(model, optimizer), rng=rt.rng_state(),
+                             args=vars(args), world_size=rt.world_size)
+        save_checkpoint(model, processor, args.out, trainer_state, rt=rt,
+                        meta=dict(script="sft.py", step=step, val=metrics, world_size=rt.world_size,
+                                  precision=rt.precision))
 
-    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, file=sys.stdout,
-               desc="sft")
+    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, file=sys.stderr,
+               desc="sft", disable=not rt.is_main)
     metrics = None
     for step in bar:
         t0 = time.time()
         lr = set_learning_rate(optimizer, step, args)
         total_loss, n_tokens = 0.0, 0
         for micro in range(args.grad_accum):
-            idx = batch_order(len(examples), args.batch_size, step * args.grad_accum + micro, args.seed)
+            # this process's share of the global micro-batch of --batch-size examples
+            idx = rt.share(batch_order(len(examples), args.batch_size, step * args.grad_accum + micro, args.seed))
             rs = [examples[i][0] for i in idx]
             batch = processor.training_batch([r.question for r in rs], [load_image(r) for r in rs],
                                              [examples[i][1] for i in idx])
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            loss = model(**batch).loss
-            (loss / args.grad_accum).backward()
-            total_loss += loss.item() / args.grad_accum
-            n_tokens += int(batch["attention_mask"].sum())
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip).item()
-        if math.isfinite(total_loss) and math.isfinite(grad_norm):
+            loss_sum, n_targets = target_token_loss(model, to_device(batch, rt.device))
+            n_targets = rt.sum(n_targets)                   # target tokens of the global micro-batch
+            (loss_sum / n_targets / args.grad_accum).backward()
+            total_loss += rt.sum(loss_sum.item()) / n_targets / args.grad_accum
+            n_tokens += rt.sum(int(batch["attention_mask"].sum()))
+        grad_norm = rt.clip_grad_norm(params, args.clip)
+        skipped = not (math.isfinite(total_loss) and math.isfinite(grad_norm))
+        if not skipped:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         dt = time.time() - t0
         bar.set_postfix(loss=f"{total_loss:.3f}", tok_s=f"{n_tokens / dt:.0f}")
         row = dict(step=step + 1, loss=total_loss, lr=lr, grad_norm=grad_norm, step_time=dt,
-                   tokens_per_s=n_tokens / dt, skipped=not math.isfinite(total_loss))
+                   tokens_per_s=n_tokens / dt, skipped=skipped, world_size=rt.world_size)
         if due(step + 1, args.eval_every, args.steps):
-            row["val"] = metrics = validate(model, processor, val, scorer, args.batch_size, args.max_new_tokens)
+            row["val"] = metrics = validate(model, processor, val, scorer, args.batch_size, args.max_new_tokens, rt)
         log.write(json.dumps(row) + "\n")
         log.flush()
         if due(step + 1, args.save_every, args.steps):
             checkpoint(step + 1, metrics)
     log.close()
-    print(f"sft.py: wrote {args.out}")
+    rt.print(f"sft.py: wrote {args.out}")
+    rt.close()
 
 
 if __name__ == "__main__":

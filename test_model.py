@@ -75,6 +75,48 @@ def test_completion_mask_runs_to_first_eos_inclusive():
     assert M.completion_mask(torch.tensor([[5, eos, eos, eos]]), [eos]).tolist() == [[1, 1, 0, 0]]
 
 
+def stock_token_types(model, input_ids):
+    """mm_token_type_ids as transformers' own Qwen2-VL processor builds them (image 1, video 2)."""
+    return ((input_ids == model.config.image_token_id).int()
+            + 2 * (input_ids == model.config.video_token_id).int())
+
+
+def test_image_tokens_get_3d_positions(tiny):
+    model, processor = tiny
+    batch = processor.prompts(["Is there a lesion?", "What imaging modality is this examination?"], images(2))
+    assert torch.equal(batch["mm_token_type_ids"], stock_token_types(model, batch["input_ids"]))
+    positions, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
+                                              batch["image_grid_thw"], attention_mask=batch["attention_mask"])
+    image = batch["mm_token_type_ids"][1].bool()        # the 140 x 84 image: 5 x 3 merged tokens
+    t, h, w = positions[:, 1, image]
+    start = int(t[0])
+    assert (t == start).all()
+    assert h.tolist() == [start + i for i in range(5) for _ in range(3)]
+    assert w.tolist() == [start + j for _ in range(5) for j in range(3)]
+    text_after = positions[:, 1, int(image.nonzero().max()) + 1]   # <|vision_end|> after the image
+    assert text_after.tolist() == [start + 5] * 3       # text resumes after max(h, w) = 5 positions
+
+
+def test_prompt_logits_and_greedy_tokens_equal_a_stock_forward(tiny):
+    model, processor = tiny
+    prompts = processor.prompts(["Is there a lesion?", "What imaging modality is this?"], images(2, seed=3))
+    stock = dict(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"],
+                 pixel_values=prompts["pixel_values"], image_grid_thw=prompts["image_grid_thw"])
+    with torch.no_grad():
+        ours = model(**prompts).logits
+        theirs = model(**stock, mm_token_type_ids=stock_token_types(model, stock["input_ids"])).logits
+        one_d = model(**stock).logits                    # what the project ran before: 1-D positions
+    assert (ours - theirs).abs().max() < 1e-4
+    assert (ours - one_d).abs().max() > 1e-3             # so the positions are not a no-op here
+    out = M.sample_completions(model, processor, prompts, greedy=True, max_new_tokens=12)
+    with torch.no_grad():
+        ids = model.generate(**stock, mm_token_type_ids=stock_token_types(model, stock["input_ids"]),
+                             do_sample=False, max_new_tokens=12, pad_token_id=processor.pad_token_id,
+                             eos_token_id=processor.eos_token_ids,
+                             suppress_tokens=M.vision_token_ids(model.config))
+    assert torch.equal(out.ids, ids[:, prompts["input_ids"].shape[1]:])
+
+
 def test_completion_logprobs_equal_direct_full_computation(tiny):
     model, processor = tiny
     prompts = processor.prompts(["Is there a lesion?", "What imaging modality is this?"], images(2, seed=1))
@@ -83,17 +125,16 @@ def test_completion_logprobs_equal_direct_full_computation(tiny):
     assert out.ids.shape[0] == 6
     rep = M.repeat_prompts(prompts, 3)
     logps = M.completion_logprobs(model, rep, out.ids, out.mask, temperature=0.9, chunk_size=4)
-    with torch.no_grad():
-        full = model(input_ids=torch.cat([rep["input_ids"], out.ids], 1),
-                     attention_mask=torch.cat([rep["attention_mask"], out.mask], 1),
+    ids = torch.cat([rep["input_ids"], out.ids], 1)
+    with torch.no_grad():   # transformers' own forward, 3-D positions from its own token types
+        full = model(input_ids=ids, attention_mask=torch.cat([rep["attention_mask"], out.mask], 1),
+                     mm_token_type_ids=stock_token_types(model, ids),
                      pixel_values=rep["pixel_values"], image_grid_thw=rep["image_grid_thw"]).logits
     P = rep["input_ids"].shape[1]
     full[..., M.vision_token_ids(model.config)] = float("-inf")
     direct = torch.log_softmax(full[:, P - 1:-1].float() / 0.9, -1)
     direct = direct.gather(2, out.ids.unsqueeze(-1)).squeeze(-1) * out.mask
-    assert torch.allclose(logps, direct, atol=1e-5)
-    assert (logps[out.mask == 0] == 0).all()
-
+    assert (logps - direct).abs().max() < 1e-4
 
 def test_completion_logprobs_match_the_sampler(tiny):
     """The sampler's own temperature-scaled scores give the same log-probs: alignment, grouping

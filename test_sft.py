@@ -9,6 +9,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 import sft
 from phantom import phantom_dataset
+from distributed import setup
 from model import load_trainer_state
 
 FAST = ["--limit", "24", "--batch-size", "4", "--eval-size", "4", "--max-new-tokens", "8",
@@ -26,7 +27,8 @@ def test_sft_smoke_run_writes_a_checkpoint_and_learns(tmp_path):
     assert state["step"] == 6
     log = [json.loads(line) for line in open(out + ".log.jsonl")]
     assert [row["step"] for row in log] == [1, 2, 3, 4, 5, 6]
-    assert log[-1]["loss"] < log[0]["loss"]               # 6 steps at 2e-3 already lower the loss
+    losses = [row["loss"] for row in log]                  # 6 steps at 2e-3 already lower the loss
+    assert np.mean(losses[3:]) < np.mean(losses[:3]) - 0.2  # (one batch of 4 is noisy: compare halves)
     assert 0 <= log[-1]["val"]["format"] <= 1 and log[-1]["val"]["n"] == 4
     assert json.load(open(f"{out}/meta.json"))["step"] == 6
 
@@ -80,9 +82,9 @@ def test_armed_a_keeps_correct_rationales_then_k_representatives(tmp_path, monke
         return Completions(None, None, texts)
     monkeypatch.setattr(sft, "sample_completions", fake_sampler)
     args = sft.parse_args(["--batch-size", "3", "--cot-samples", "2", "--cot-select", "0"])
-    kept = sft.generate_cot(records, str(start), args)
+    kept = sft.generate_cot(records, str(start), args, setup())
     assert [r.id for r in kept] == [r.id for r in records[2:]]
     assert all(r.cot.startswith("rationale") and r.question in r.cot for r in kept)
     calls = iter(range(100))
     args.cot_select = 2
-    assert len(sft.generate_cot(records, str(start), args)) == 2
+    assert len(sft.generate_cot(records, str(start), args, setup())) == 2

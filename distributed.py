@@ -1,0 +1,236 @@
+"""One process or many, and in which precision: the one file that knows about either.
+
+    python sft.py …                                        # one process: the CPU or one GPU
+    torchrun --nproc-per-node 4 sft.py …                   # 4 GPUs of one machine
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
+        --rdzv-endpoint HOST:29500 grpo.py …               # 2 machines (run the same line on each)
+
+Under torchrun every process holds a shard of the weights, gradients and optimizer state (FSDP2:
+`fully_shard` per vision block and per decoder layer, then the root), NCCL on CUDA and gloo on CPU.
+Batch sizes stay global: each process takes its share of every batch, and the losses are written
+so that the summed gradient is the one a single process would get on the whole batch.
+
+--precision
+    fp32        weights, gradients, AdamW state and compute in fp32 (default on CPU)
+    bf16-mixed  fp32 master weights and AdamW state, compute in bf16, gradients reduced in fp32
+                (default on CUDA): small updates survive, as in fp32
+    bf16        everything in bf16: half the memory for weights, gradients and AdamW state, but an
+                update below bf16's resolution (~0.4% of the weight) is rounded away: at lr 1e-6
+                most weights never move
+The training scripts build a `Runtime` once; the loops call its methods and never ask which case
+they are in.
+"""
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+
+
+def add_runtime_args(parser):
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="fp32 (CPU default) | bf16-mixed: fp32 master weights and optimizer, bf16 "
+                             "compute (CUDA default) | bf16: all bf16, least memory, but updates below "
+                             "~0.4%% of a weight are lost (small learning rates train almost nothing)")
+
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def sharded(self):
+        return self.world_size > 1
+
+    @property
+    def weight_dtype(self):
+        """dtype the trained weights are stored in (the master weights)."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+    @property
+    def frozen_dtype(self):
+        """dtype of a model that is never trained (GRPO's reference): bf16 unless fp32 is asked."""
+        return torch.float32 if self.precision == "fp32" else torch.bfloat16
+
+    # -- placing a model -------------------------------------------------------------------------
+
+    def prepare(self, model, frozen=False):
+        """Put `model` on this process's device in this run's precision; shard it under torchrun.
+
+        One process, bf16-mixed: the weights stay fp32 and the forward runs under bf16 autocast.
+        Several processes: FSDP2 with a MixedPrecisionPolicy (bf16 compute, fp32 reduction).
+        """
+        dtype = self.frozen_dtype if frozen else self.weight_dtype
+        model.to(dtype=dtype)
+        mixed = self.precision == "bf16-mixed" and not frozen
+        if not self.sharded:
+            model.to(self.device)
+            if mixed:
+                model.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(model.forward)
+            return model
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if mixed else None, reduce_dtype=torch.float32)
+        mesh = dist.device_mesh.init_device_mesh(self.device.type, (self.world_size,))
+        for block in [*model.model.visual.blocks, *model.model.language_model.layers]:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        # Gradients are summed over processes, not averaged: each process's loss is already its
+        # share of the global batch's loss (the loops divide by global counts).
+        model.set_gradient_divide_factor(1.0)
+        register_fsdp_forward_method(model, "generate")   # generate() gathers the root's weights
+        return model
+
+    @contextmanager
+    def gathered(self, model):
+        """Hold every shard of `model` gathered for a while (a whole rollout or evaluation).
+
+        Generation runs one forward per token, and their number differs between processes (each
+        stops when its own completions end): gathering once up front means no collective runs
+        inside, and the weights travel once per rollout instead of once per token.
+        """
+        if not self.sharded:
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        for unit in units:
+            unit.unshard()
+            unit.set_reshard_after_forward(False)
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.set_reshard_after_forward(True)
+                unit.reshard()
+
+    # -- the few collectives the algorithm needs -------------------------------------------------
+
+    def sum(self, value):
+        """Sum of a python number over processes (itself when there is one)."""
+        if not self.sharded:
+            return value
+        t = torch.tensor(float(value), dtype=torch.float64, device=self._comm_device)
+        dist.all_reduce(t)
+        return t.item()
+
+    def gather(self, obj):
+        """[obj of rank 0, obj of rank 1, …] on every process (any picklable object)."""
+        if not self.sharded:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def gather_scores(self, values):
+        """The 1-D arrays of every process, concatenated in rank order (the adaptive buffer's feed)."""
+        import numpy as np
+        return np.concatenate([np.asarray(v, dtype=float) for v in self.gather(list(map(float, values)))])
+
+    def share(self, items):
+        """This process's contiguous share of a global batch; the shares in rank order rebuild it."""
+        n = len(items)
+        if n % self.world_size:
+            raise ValueError(f"a batch of {n} does not split over {self.world_size} processes; "
+                             f"use a multiple of {self.world_size}")
+        per = n // self.world_size
+        return items[self.rank * per:(self.rank + 1) * per]
+
+    def clip_grad_norm(self, params, max_norm):
+        """Clip the gradient to a global norm of max_norm (over every process's shard); the norm
+        before clipping, a python float (inf or nan when a gradient is not finite)."""
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    def print(self, *args, **kwargs):
+        """print on the main process only."""
+        if self.is_main:
+            print(*args, **kwargs, flush=True)
+
+    def barrier(self):
+        if self.sharded:
+            dist.barrier()
+
+    @property
+    def _comm_device(self):
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def model_state(self, model):
+        """The full (unsharded) state dict on the main process, None elsewhere; None with one
+        process (save_pretrained then reads the model itself)."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if self.is_main else None
+
+    def optimizer_state(self, model, optimizer):
+        """The optimizer's full state (fp32 moments) to save; all processes must call this."""
+        if not self.sharded:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer_state(self, model, optimizer, state):
+        if not self.sharded:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+    def rng_state(self):
+        """Every process's random state (CPU, and CUDA where used), for an exact resume."""
+        own = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        return self.gather(own)
+
+    def set_rng_state(self, states):
+        if len(states) != self.world_size:
+            raise SystemExit(f"this checkpoint was written by {len(states)} process(es); resume it with "
+                             f"the same number (torchrun --nproc-per-node {len(states)}), not "
+                             f"{self.world_size}")
+        own = states[self.rank]
+        torch.set_rng_state(own["cpu"])
+        if "cuda" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], self.device)
+
+    def close(self):
+        if self.sharded and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup(precision=None, device=None):
+    """The Runtime of this process: torchrun's environment if launched by it, else one process.
+
+    Under torchrun (WORLD_SIZE > 1) the process group starts here: NCCL with one GPU per process
+    on CUDA, gloo on CPU. precision None picks bf16-mixed on CUDA and fp32 elsewhere.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device
+                                if device.type == "cuda" else None)
+    precision = precision or ("bf16-mixed" if device.type == "cuda" else "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return Runtime(rank=rank, world_size=world_size, device=device, precision=precision)
