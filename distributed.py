@@ -82,13 +82,20 @@ class Runtime:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if mixed else None, reduce_dtype=torch.float32)
         mesh = dist.device_mesh.init_device_mesh(self.device.type, (self.world_size,))
-        for block in [*model.model.visual.blocks, *model.model.language_model.layers]:
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(model, mesh=mesh, mp_policy=policy)
-        # Gradients are summed over processes, not averaged: each process's loss is already its
-        # share of the global batch's loss (the loops divide by global counts).
-        model.set_gradient_divide_factor(1.0)
+        units = [*model.model.visual.blocks, *model.model.language_model.layers, model]
+        for unit in units:
+            fully_shard(unit, mesh=mesh, mp_policy=policy)
+        for unit in units:
+            # Gradients are summed over processes, not averaged: each process's loss is already
+            # its share of the global batch's loss (the loops divide by global counts). A plain
+            # sum also is the one reduction gloo has.
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)
         register_fsdp_forward_method(model, "generate")   # generate() gathers the root's weights
+        # The root (embeddings, lm_head, final norm, the vision merger) keeps its weights gathered
+        # from forward to backward, FSDP2's default for the root: completion_logprobs applies
+        # lm_head after the forward returns.
+        model.set_reshard_after_forward(False, recurse=False)
         return model
 
     @contextmanager
@@ -104,14 +111,15 @@ class Runtime:
             return
         from torch.distributed.fsdp import FSDPModule
         units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        model.set_reshard_after_forward(False)                # every unit
         for unit in units:
             unit.unshard()
-            unit.set_reshard_after_forward(False)
         try:
             yield
         finally:
+            model.set_reshard_after_forward(True)
+            model.set_reshard_after_forward(False, recurse=False)   # the root's own setting: see prepare
             for unit in units:
-                unit.set_reshard_after_forward(True)
                 unit.reshard()
 
     # -- the few collectives the algorithm needs -------------------------------------------------
@@ -174,6 +182,8 @@ class Runtime:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if model.config.get_text_config().tie_word_embeddings:
+            state.pop("lm_head.weight", None)   # the embedding matrix, saved once (as one process does)
         return state if self.is_main else None
 
     def optimizer_state(self, model, optimizer):

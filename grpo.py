@@ -286,12 +286,12 @@ def policy_update(model, optimizer, params, rollout, args, rt):
         loss, stats = grpo_loss(logps, old, ref, rollout.advantages[rows].to(rt.device), mask[rows],
                                 clip_eps=args.clip_eps, beta=args.beta, loss_type=args.loss_type,
                                 max_new_tokens=args.max_new_tokens)
-        share = (int(mask[rows].sum()) / max(total_tokens, 1) if args.loss_type == "token"
-                 else logps.shape[0] / N)
+        token_share = int(mask[rows].sum()) / max(total_tokens, 1)
+        share = token_share if args.loss_type == "token" else logps.shape[0] / N
         finite = finite and bool(torch.isfinite(loss))
         (loss * share).backward()   # a non-finite loss still runs backward: the processes stay in step
-        for k, v in stats.items():
-            stats_sum[k] = stats_sum.get(k, 0.0) + v * share
+        for k, v in stats.items():  # the loss as aggregated; kl, ratio, clip fraction per token
+            stats_sum[k] = stats_sum.get(k, 0.0) + v * (share if k == "loss" else token_share)
     stats_sum = {k: rt.sum(v) for k, v in stats_sum.items()}
     grad_norm = rt.clip_grad_norm(params, args.clip)
     skipped = rt.sum(not finite) > 0 or not math.isfinite(grad_norm)

@@ -1,0 +1,180 @@
+"""Two processes (torchrun, gloo on this CPU) against one: the same weights, buffers and checkpoints.
+
+The test functions start `torchrun --nproc-per-node 2` on the real scripts, or on this file's
+worker (at the bottom), and compare with the same computation in one process.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+import grpo
+import sft
+from data import load_image
+from distributed import Runtime, setup
+from model import Completions, completion_mask, load_model, load_trainer_state, repeat_prompts, select_prompts
+from phantom import phantom_dataset
+from rewards import AdaptiveSemanticReward
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCORES = {0: [[0.1, 0.5], [], [0.7]], 1: [[0.9], [0.3, 0.2], [0.4, 0.8, 0.6]]}   # per rank, per call
+
+
+def torchrun(*args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    done = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return done
+
+
+def weights(path):
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(path).state_dict()
+
+
+def max_relative_difference(a, b):
+    assert a.keys() == b.keys()
+    largest = max(v.abs().max().item() for v in a.values())
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a) / largest
+
+
+SFT = ["--steps", "3", "--batch-size", "8", "--limit", "64", "--eval-size", "4", "--max-new-tokens", "4",
+       "--eval-every", "0", "--save-every", "0"]
+
+
+def test_sft_on_two_processes_ends_with_the_weights_of_one(tmp_path):
+    sft.main(SFT + ["--out", str(tmp_path / "one")])
+    torchrun("sft.py", *SFT, "--out", str(tmp_path / "two"))
+    assert max_relative_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < 1e-5
+    one = [json.loads(line) for line in open(tmp_path / "one.log.jsonl")]
+    two = [json.loads(line) for line in open(tmp_path / "two.log.jsonl")]
+    assert [r["world_size"] for r in two] == [2, 2, 2]
+    assert np.allclose([r["loss"] for r in one], [r["loss"] for r in two], rtol=1e-5)
+    assert json.load(open(tmp_path / "two" / "meta.json"))["world_size"] == 2
+
+
+def fixed_rollouts(processor, seed=0, B=4, G=2, T=12):
+    """A global rollout batch that does not depend on sampling: B prompts, G random completions."""
+    records = phantom_dataset("val", size=B)
+    prompts = repeat_prompts(processor.prompts([r.question for r in records], [load_image(r) for r in records]), G)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, 300, (B * G, T), generator=g)
+    ids[torch.arange(B * G), torch.randint(3, T, (B * G,), generator=g)] = processor.eos_token_ids[0]
+    mask = completion_mask(ids, processor.eos_token_ids)
+    advantages = torch.randn(B * G, generator=g)
+    ref = -6 + torch.randn(B * G, T, generator=g)
+    return prompts, Completions(ids, mask, [""] * (B * G)), advantages, ref
+
+
+def update_args(loss_type):
+    return argparse.Namespace(micro_batch=3, temperature=0.7, clip_eps=0.2, beta=0.04, loss_type=loss_type,
+                              max_new_tokens=12, clip=1.0)
+
+
+def policy_update_on_fixed_batch(rt, loss_type):
+    """One GRPO update of the tiny model on the fixed batch; this process takes its share of rows.
+    Plain SGD, so that the change of every weight is the (clipped) gradient itself: AdamW's first
+    step is ±lr for any non-zero gradient and would turn rounding noise into full-size steps."""
+    model, processor = load_model("tiny", device="cpu", seed=0)
+    model = rt.prepare(model).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    prompts, completions, advantages, ref = fixed_rollouts(processor)
+    rows = rt.share(list(range(len(advantages))))
+    rollout = grpo.Rollout(select_prompts(prompts, rows), Completions(completions.ids[rows], completions.mask[rows], []),
+                           advantages[rows], None, ref[rows], None, None, None)
+    stats = grpo.policy_update(model, optimizer, list(model.parameters()), rollout, update_args(loss_type), rt)
+    state = rt.model_state(model) if rt.sharded else model.state_dict()
+    return state, stats
+
+
+@pytest.fixture(scope="module")
+def worker_results(tmp_path_factory):
+    """One torchrun of this file's worker: GRPO updates for both loss types, and the adaptive
+    reward fed different scores on each process."""
+    out = tmp_path_factory.mktemp("two")
+    torchrun(__file__, str(out))
+    return out
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "token"])
+def test_grpo_update_on_two_processes_equals_one(worker_results, loss_type):
+    two = torch.load(worker_results / f"state-{loss_type}.pt")
+    two_stats = json.load(open(worker_results / f"stats-{loss_type}.json"))
+    one, one_stats = policy_update_on_fixed_batch(Runtime(), loss_type)
+    start = load_model("tiny", device="cpu", seed=0)[0].state_dict()
+    one = {k: one[k] - start[k] for k in two}  # the updates (one process also lists the tied lm_head)
+    two = {k: two[k] - start[k] for k in two}
+    assert max_relative_difference(one, two) < 1e-5
+    for k in ("loss", "kl", "grad_norm", "clip_fraction"):
+        assert two_stats[k] == pytest.approx(one_stats[k], rel=1e-5, abs=1e-7), k
+
+
+def test_adaptive_buffers_of_all_processes_equal_one_fed_every_score(worker_results):
+    got = [json.load(open(worker_results / f"adaptive{rank}.json")) for rank in (0, 1)]
+    assert got[0]["buffer"] == got[1]["buffer"]
+    single = AdaptiveSemanticReward(buffer_size=6)
+    for call in range(3):
+        batch = SCORES[0][call] + SCORES[1][call]
+        mapped = single(batch).tolist()
+        n0 = len(SCORES[0][call])
+        assert np.allclose(got[0]["mapped"][call], mapped[:n0]) and np.allclose(got[1]["mapped"][call], mapped[n0:])
+    assert got[0]["buffer"] == single.state_dict()["buffer"] == [0.3, 0.2, 0.7, 0.4, 0.8, 0.6]
+
+
+def test_torchrun_grpo_checkpoints_loads_in_transformers_and_resumes(tmp_path):
+    out = str(tmp_path / "g")
+    options = ["--model", "tiny", "--prompts-per-step", "4", "--num-generations", "2", "--max-new-tokens", "8",
+               "--eval-size", "4", "--out", out]
+    torchrun("grpo.py", *options, "--steps", "2")
+    plain = Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
+    assert plain.dtype == torch.float32                      # the fp32 master weights
+    state = load_trainer_state(out)
+    assert state["step"] == 2 and state["world_size"] == 2 and len(state["rng"]) == 2
+    torchrun("grpo.py", *options, "--steps", "3", "--resume", out)
+    assert load_trainer_state(out)["step"] == 3
+    assert [json.loads(line)["step"] for line in open(out + ".log.jsonl")] == [1, 2, 3]
+    with pytest.raises(SystemExit, match="same number"):     # resumed by one process
+        Runtime().set_rng_state(load_trainer_state(out)["rng"])
+
+
+def fraction_moved(path):
+    start = load_model("tiny", device="cpu", seed=0)[0].state_dict()
+    end = weights(path)
+    moved = sum((start[k].to(v.dtype) != v).sum().item() for k, v in end.items())
+    return moved / sum(v.numel() for v in end.values())
+
+
+def test_bf16_mixed_keeps_updates_that_pure_bf16_loses(tmp_path):
+    """lr 1e-6 for 2 steps: under bf16-mixed nearly every weight moves (fp32 master weights); in
+    pure bf16 most updates are below the weight's resolution and round away."""
+    options = ["--lr", "1e-6", "--steps", "2", "--batch-size", "8", "--limit", "32", "--eval-size", "4",
+               "--max-new-tokens", "4", "--eval-every", "0", "--save-every", "0"]
+    sft.main(options + ["--precision", "bf16-mixed", "--out", str(tmp_path / "mixed")])
+    sft.main(options + ["--precision", "bf16", "--out", str(tmp_path / "bf16")])
+    assert fraction_moved(tmp_path / "mixed") > 0.9
+    assert fraction_moved(tmp_path / "bf16") < 0.1
+    assert weights(tmp_path / "mixed")["lm_head.weight"].dtype == torch.float32
+
+
+def worker(out):
+    rt = setup()
+    for loss_type in ("grpo", "token"):
+        state, stats = policy_update_on_fixed_batch(rt, loss_type)
+        if rt.is_main:
+            torch.save(state, os.path.join(out, f"state-{loss_type}.pt"))
+            json.dump(stats, open(os.path.join(out, f"stats-{loss_type}.json"), "w"))
+    adaptive = AdaptiveSemanticReward(buffer_size=6, gather=rt.gather_scores)
+    mapped = [adaptive(scores).tolist() for scores in SCORES[rt.rank]]
+    json.dump(dict(adaptive.state_dict(), mapped=mapped), open(os.path.join(out, f"adaptive{rt.rank}.json"), "w"))
+    rt.close()
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
