@@ -65,6 +65,37 @@ TINY_VISION = dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, 
                    fullatt_block_indexes=[1])
 TINY_VOCAB_SIZE = 1024
 
+# The published Qwen2.5-VL configs (config.json of Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct):
+# 3,754,622,976 and 8,292,166,656 parameters. load_model(name) builds them with random weights,
+# for memory planning and benchmarks without downloading anything.
+_QWEN25_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+                         spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                         fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
+_QWEN25_VL_ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
+QWEN25_VL_SHAPES = {
+    "qwen2.5-vl-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                          num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-vl-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                          num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def qwen25_vl_config(shape, layers=None, tokenizer=None):
+    """The real Qwen2.5-VL config of `shape` ("qwen2.5-vl-3b" or "-7b"), optionally with fewer
+    decoder layers; token ids from `tokenizer` when given (the tiny one, for random-weight runs)."""
+    text = dict(QWEN25_VL_SHAPES[shape], max_position_embeddings=128000, rope_parameters=_QWEN25_VL_ROPE)
+    if layers:
+        text["num_hidden_layers"] = layers
+    ids = {}
+    if tokenizer is not None:
+        get = tokenizer.convert_tokens_to_ids
+        ids = dict(image_token_id=get("<|image_pad|>"), video_token_id=get("<|video_pad|>"),
+                   vision_start_token_id=get("<|vision_start|>"), vision_end_token_id=get("<|vision_end|>"))
+        text.update(eos_token_id=get("<|im_end|>"), pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    vision = dict(_QWEN25_VL_VISION, out_hidden_size=text["hidden_size"])
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=text["tie_word_embeddings"],
+                            **ids)
+
 
 def build_tiny_tokenizer(corpus=None, vocab_size=TINY_VOCAB_SIZE):
     """A byte-level BPE tokenizer trained on the phantom dataset's text (deterministic, offline).
@@ -218,11 +249,14 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pixels = {k: v for k, v in dict(min_pixels=min_pixels, max_pixels=max_pixels).items() if v}
-    if name_or_path == "tiny":
+    if name_or_path == "tiny" or name_or_path in QWEN25_VL_SHAPES:
+        # built here, random weights: the tiny default, or a real Qwen2.5-VL shape for benchmarks
         tokenizer = build_tiny_tokenizer()
-        image_processor = _image_processor(None, **{"min_pixels": 56 * 56, "max_pixels": 112 * 112, **pixels})
+        tiny = name_or_path == "tiny"
+        image_processor = _image_processor(None, **{"min_pixels": 56 * 56, "max_pixels": 112 * 112 if tiny
+                                                    else 401408, **pixels})
         torch.manual_seed(seed)
-        config = tiny_config(tokenizer)
+        config = tiny_config(tokenizer) if tiny else qwen25_vl_config(name_or_path, tokenizer=tokenizer)
         config._attn_implementation = attn_implementation
         model = Qwen2_5_VLForConditionalGeneration(config)
     else:
@@ -255,7 +289,8 @@ def _chat_template_from_processor_files(tokenizer, path):
 
 def add_model_args(parser, default_model="tiny"):
     parser.add_argument("--model", default=default_model,
-                        help="'tiny' (offline default), a checkpoint directory, or a hub id")
+                        help="'tiny' (offline default), a checkpoint directory, a hub id, or "
+                             "qwen2.5-vl-3b / qwen2.5-vl-7b (the real shape, random weights: benchmarks)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="cap on image pixels fed to the vision tower (e.g. 401408 = 512*28*28)")

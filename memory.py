@@ -1,0 +1,122 @@
+"""Per-GPU memory of full fine-tuning, from a model's config alone (no weights are loaded).
+
+    python memory.py                          # Qwen2.5-VL-3B and -7B, GRPO, 1/2/4/8 GPUs, each precision
+    python memory.py --model runs/sft --gpus 1 --precision bf16-mixed --stage sft
+
+The model is built on the meta device, so its parameters are counted exactly (tied embeddings
+once). What is held per GPU with FSDP2 over W GPUs (distributed.py):
+
+    weights     master weights / W            fp32 (4 B), or bf16 (2 B) under --precision bf16
+    gradients   / W                           same dtype as the weights
+    AdamW       two moments / W               same dtype as the weights (2 x 4 B, or 2 x 2 B)
+    reference   GRPO's frozen model / W       bf16 (fp32 under --precision fp32); 0 for SFT
+    rollout     GRPO: the whole model gathered once for generation (bf16, or fp32 under fp32;
+                with one GPU these are the weights themselves) + the KV cache of this GPU's
+                prompts x G sequences
+    activations one micro-batch with gradient checkpointing: every decoder layer's input kept,
+                one layer's working set recomputed at a time, and the fp32 log-probs of a chunk
+                of completion rows over the vocabulary (one GPU in bf16-mixed: + the bf16 copies
+                of the weights that autocast keeps for backward)
+    peak        weights + gradients + AdamW + reference + max(rollout, activations)
+
+[reconstructed] The per-layer working set (10 h + 3 i values per token in bf16), the 2 GiB of
+CUDA context and allocator slack are estimates, not measurements: read the table as a plan, and
+check it on your GPU (bench figures in the README).
+"""
+
+import argparse
+
+import torch
+
+GIB = 2 ** 30
+CONTEXT_BYTES = 2 * GIB     # [reconstructed] CUDA context, kernels and allocator slack per GPU
+
+
+def count_parameters(config):
+    """(total, vision) parameter counts of the model `config` describes, built on the meta device."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+    cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+    with torch.device("meta"):
+        model = cls(config)
+    total = sum(p.numel() for p in model.parameters())           # parameters() lists a tied one once
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    return total, vision
+
+
+def memory_plan(config, precision="bf16-mixed", gpus=1, stage="grpo", micro_batch=8, prompt_tokens=600,
+                completion_tokens=512, prompts_per_step=8, num_generations=8, chunk_rows=4):
+    """Bytes per GPU of each part of full fine-tuning (see the module docstring), as a dict.
+
+    The default workload is ARMed's GRPO at the paper's image size: ~512 image tokens + the
+    question (prompt_tokens 600), 512 new tokens, 8 prompts x G = 8 per step, micro-batches of 8.
+    """
+    total, _ = count_parameters(config)
+    text = config.get_text_config()
+    h, i, layers, vocab = text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size
+    weight_bytes = 2 if precision == "bf16" else 4
+    frozen_bytes = 4 if precision == "fp32" else 2
+    plan = {"parameters": total,
+            "weights": total * weight_bytes / gpus,
+            "gradients": total * weight_bytes / gpus,
+            "adamw": 2 * total * weight_bytes / gpus,
+            "reference": total * frozen_bytes / gpus if stage == "grpo" else 0.0}
+    tokens = prompt_tokens + (completion_tokens if stage == "grpo" else 0)
+    if stage == "grpo":
+        sequences = max(1, prompts_per_step // gpus) * num_generations
+        head_dim = h // text.num_attention_heads
+        kv_cache = 2 * layers * text.num_key_value_heads * head_dim * tokens * sequences * 2
+        gathered = total * frozen_bytes if gpus > 1 else 0.0
+        plan["rollout"] = gathered + kv_cache
+        logit_rows = chunk_rows * completion_tokens
+    else:
+        plan["rollout"] = 0.0
+        logit_rows = micro_batch * tokens
+    checkpoints = layers * micro_batch * tokens * h * 2
+    working_set = micro_batch * tokens * (10 * h + 3 * i) * 2
+    logits = logit_rows * vocab * (4 + 4)               # fp32 logits and their log-softmax
+    plan["activations"] = checkpoints + working_set + logits
+    if precision == "bf16-mixed" and gpus == 1:
+        plan["activations"] += total * 2    # autocast's bf16 copies of the weights, kept for backward
+    plan["peak"] = (plan["weights"] + plan["gradients"] + plan["adamw"] + plan["reference"]
+                    + max(plan["rollout"], plan["activations"]) + CONTEXT_BYTES)
+    return plan
+
+
+PARTS = ("weights", "gradients", "adamw", "reference", "rollout", "activations", "peak")
+
+
+def main(argv=None):
+    from distributed import PRECISIONS
+    from model import QWEN25_VL_SHAPES, qwen25_vl_config
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", default=list(QWEN25_VL_SHAPES),
+                   help="qwen2.5-vl-3b, qwen2.5-vl-7b, or a checkpoint directory / hub id (config only)")
+    p.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8], help="numbers of GPUs")
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS), help="precisions")
+    p.add_argument("--stage", choices=("grpo", "sft"), default="grpo", help="GRPO (policy + reference + rollout) or SFT")
+    p.add_argument("--micro-batch", type=int, default=8, help="sequences per forward/backward")
+    p.add_argument("--prompt-tokens", type=int, default=600, help="prompt length (image tokens included)")
+    p.add_argument("--completion-tokens", type=int, default=512, help="GRPO: new tokens per completion")
+    p.add_argument("--prompts-per-step", type=int, default=8, help="GRPO: global prompts per step")
+    p.add_argument("--num-generations", type=int, default=8, help="GRPO: completions per prompt")
+    args = p.parse_args(argv)
+    print(f"GiB per GPU, {args.stage}, micro-batch {args.micro_batch}, prompt {args.prompt_tokens} tokens"
+          + (f", {args.prompts_per_step} prompts x G={args.num_generations}, {args.completion_tokens} new tokens"
+             if args.stage == "grpo" else "") + "; gradient checkpointing; estimates (see --help)")
+    print(f"{'model':<16}{'precision':<12}{'GPUs':>5}" + "".join(f"{part:>12}" for part in PARTS))
+    for name in args.model:
+        if name in QWEN25_VL_SHAPES:
+            config = qwen25_vl_config(name)
+        else:
+            from transformers import AutoConfig
+            config = AutoConfig.from_pretrained(name)
+        for precision in args.precision:
+            for gpus in args.gpus:
+                plan = memory_plan(config, precision, gpus, args.stage, args.micro_batch, args.prompt_tokens,
+                                   args.completion_tokens, args.prompts_per_step, args.num_generations)
+                print(f"{name[-16:]:<16}{precision:<12}{gpus:>5}" +
+                      "".join(f"{plan[part] / GIB:>12.1f}" for part in PARTS))
+
+
+if __name__ == "__main__":
+    main()
