@@ -165,6 +165,12 @@ class Runtime:
         if self.is_main:
             print(*args, **kwargs, flush=True)
 
+    def require_divisible(self, n, option, script):
+        """Exit with one line when a global batch of n cannot be shared evenly."""
+        if n % self.world_size:
+            raise SystemExit(f"{script}: {option} {n} does not split over {self.world_size} processes; "
+                             f"use a multiple of {self.world_size}")
+
     def barrier(self):
         if self.sharded:
             dist.barrier()

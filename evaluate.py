@@ -269,8 +269,11 @@ def score_model(args):
     from model import load_model
     rt = setup(args.precision, args.device)
     records = dataset_from_args(args, args.split)
-    model, processor = load_model(args.model, device="cpu", dtype=rt.weight_dtype, max_pixels=args.max_pixels,
-                                  attn_implementation=args.attn_implementation)
+    try:
+        model, processor = load_model(args.model, device="cpu", dtype=rt.weight_dtype, max_pixels=args.max_pixels,
+                                      attn_implementation=args.attn_implementation)
+    except FileNotFoundError as error:
+        sys.exit(f"evaluate.py: {error}")
     model = rt.prepare(model)
     scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
     metrics, rows = evaluate_model(model, processor, records, scorer, batch_size=args.batch_size,

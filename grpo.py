@@ -30,9 +30,10 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import (Completions, add_model_args, add_optimizer_args, completion_logprobs, due,
-                   load_trainer_state, model_from_args, open_log, repeat_prompts, sample_completions,
-                   save_checkpoint, select_prompts, set_learning_rate)
+from model import (Completions, HelpFormatter, add_model_args, add_optimizer_args, add_run_args, at_least,
+                   claim_output, completion_logprobs, due, load_trainer_state, model_from_args, open_log,
+                   positive_float, repeat_prompts, sample_completions, save_checkpoint, select_prompts,
+                   set_learning_rate)
 from phantom import PHANTOM_SIZES
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 
@@ -182,32 +183,37 @@ def _masked_mean(values, mask):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, default_model="runs/sft")
     add_data_args(p, train_offset=None)
     add_reward_args(p)
-    p.add_argument("--out", default="runs/grpo", help="checkpoint directory (Hugging Face format)")
-    p.add_argument("--resume", default=None, help="checkpoint directory written by grpo.py to continue from")
-    p.add_argument("--steps", type=int, default=200, help="rollout batches (each followed by --mu updates)")
+    add_run_args(p, "grpo.py", default_out="runs/grpo")
+    p.add_argument("--steps", type=at_least(1), default=200, help="rollout batches (each followed by --mu "
+                   "updates); a resumed run may raise it (the schedule keeps its first length)")
     # [reconstructed] batch size, learning rate, beta and clip epsilon are not published (METHOD.md §2).
-    p.add_argument("--prompts-per-step", type=int, default=8, help="prompts B per rollout batch")
-    p.add_argument("--num-generations", type=int, default=8, help="completions G per prompt (ARMed: 8)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (ARMed: 0.7)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="completion length limit")
-    p.add_argument("--micro-batch", type=int, default=16, help="completions per forward/backward (gradient accumulation)")
-    p.add_argument("--mu", type=int, default=1, help="policy updates per rollout batch")
+    p.add_argument("--prompts-per-step", type=at_least(1), default=8,
+                   help="prompts B per rollout batch, over all processes")
+    p.add_argument("--num-generations", type=at_least(2), default=8,
+                   help="completions G per prompt (ARMed: 8); a group of one has no advantage")
+    p.add_argument("--temperature", type=positive_float, default=0.7, help="sampling temperature (ARMed: 0.7)")
+    p.add_argument("--top-p", type=positive_float, default=1.0, help="nucleus sampling threshold (<= 1)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=96, help="completion length limit")
+    p.add_argument("--micro-batch", type=at_least(1), default=16,
+                   help="completions per forward/backward (gradient accumulation)")
+    p.add_argument("--mu", type=at_least(1), default=1, help="policy updates per rollout batch")
     add_optimizer_args(p, lr=5e-5)
-    p.add_argument("--beta", type=float, default=0.04, help="KL weight (0 skips the reference model)")
-    p.add_argument("--clip-eps", type=float, default=0.2, help="PPO ratio clip epsilon")
+    p.add_argument("--beta", type=at_least(0.0, float), default=0.04, help="KL weight (0 skips the reference model)")
+    p.add_argument("--clip-eps", type=positive_float, default=0.2, help="PPO ratio clip epsilon")
     p.add_argument("--loss-type", choices=LOSS_TYPES, default="grpo", help="token aggregation of the loss")
     p.add_argument("--advantage-scale", choices=ADVANTAGE_SCALES, default="group",
                    help="divide advantages by the group std, the batch std, or nothing (Dr. GRPO)")
-    p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: only at the end)")
-    p.add_argument("--eval-size", type=int, default=100, help="validation records per evaluation")
-    p.add_argument("--save-every", type=int, default=20, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--eval-every", type=at_least(0), default=0, help="validate every N steps (0: only at the end)")
+    p.add_argument("--eval-size", type=at_least(1), default=100, help="validation records per evaluation")
+    p.add_argument("--save-every", type=at_least(0), default=20, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     args = p.parse_args(argv)
+    if args.top_p > 1:
+        p.error(f"argument --top-p: must be <= 1, got {args.top_p}")
     # [reconstructed] The phantom generator never runs out, so by default GRPO's prompts come from
     # images SFT never saw: train records 6000 on (sft.py trains on the first 6000), as ARMed's
     # SFT sees a selected subset and RL the training set. On the images SFT memorised nearly every
@@ -317,12 +323,15 @@ def build_reward_fn(args, rt):
 
 def main(argv=None):
     args = parse_args(argv)
+    keep_step = claim_output(args, "grpo.py")
     rt = setup(args.precision, args.device)
-    rt.share([None] * args.prompts_per_step)   # refuses a batch the processes cannot share
+    rt.require_divisible(args.prompts_per_step, "--prompts-per-step", "grpo.py")
     state = None
+    args.schedule_steps = args.steps
     if args.resume:
         state = load_trainer_state(args.resume)
         args.ref_model = state["args"]["ref_model"]
+        args.schedule_steps = state["args"].get("schedule_steps", state["args"]["steps"])
         args.model = args.resume
     else:
         args.ref_model = args.model
@@ -346,7 +355,7 @@ def main(argv=None):
         if reward_fn.adaptive is not None:
             reward_fn.adaptive.load_state_dict(state["adaptive"])
         start = state["step"]
-    log = open_log(args.out, resume=bool(args.resume), enabled=rt.is_main)
+    log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main)
 
     def checkpoint(step, metrics=None):
         trainer_state = dict(step=step, optimizer=rt.optimizer_state(model, optimizer), rng=rt.rng_state(),

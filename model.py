@@ -21,8 +21,11 @@ video even when there is none; it uses the stock *image* processor (the PIL one 
 is missing) and expands the image placeholder itself: one `<|image_pad|>` per merged 2x2 patch.
 """
 
+import argparse
+import glob
 import json
 import math
+import sys
 import os
 import shutil
 import tempfile
@@ -260,10 +263,16 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
         config._attn_implementation = attn_implementation
         model = Qwen2_5_VLForConditionalGeneration(config)
     else:
-        if not os.path.isdir(name_or_path) and os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise FileNotFoundError(f"model.py: '{name_or_path}' is not a directory and "
-                                    "HF_HUB_OFFLINE=1; give a local checkpoint (e.g. runs/sft).")
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        if not os.path.isdir(name_or_path) and (os.environ.get("HF_HUB_OFFLINE") == "1"
+                                                or name_or_path.count("/") != 1 or name_or_path[0] in "./~"):
+            raise FileNotFoundError(f"--model {name_or_path}: no such checkpoint directory"
+                                    + (" (and HF_HUB_OFFLINE=1: no hub download)" if "/" in name_or_path else ""))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError) as error:   # neither a local directory nor a reachable hub id
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise FileNotFoundError(f"--model {name_or_path}: not a checkpoint directory, and the hub "
+                                    f"could not provide it ({reason})") from None
         _chat_template_from_processor_files(tokenizer, name_or_path)
         image_processor = _image_processor(name_or_path, **pixels)
         model_type = AutoConfig.from_pretrained(name_or_path).model_type
@@ -306,11 +315,14 @@ def add_model_args(parser, default_model="tiny"):
 def model_from_args(args, rt, name=None, seed=0, frozen=False):
     """(model, processor) from the add_model_args options, placed by the Runtime `rt`: on its
     device, in its precision, sharded under torchrun. frozen: a model that is never trained."""
-    model, processor = load_model(
-        name or args.model, device="cpu", dtype=rt.frozen_dtype if frozen else rt.weight_dtype,
-        gradient_checkpointing=args.gradient_checkpointing and not frozen,
-        freeze_vision=args.freeze_vision, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-        seed=seed, attn_implementation=args.attn_implementation)
+    try:
+        model, processor = load_model(
+            name or args.model, device="cpu", dtype=rt.frozen_dtype if frozen else rt.weight_dtype,
+            gradient_checkpointing=args.gradient_checkpointing and not frozen,
+            freeze_vision=args.freeze_vision, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+            seed=seed, attn_implementation=args.attn_implementation)
+    except FileNotFoundError as error:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: {error}")
     if frozen:
         model.eval().requires_grad_(False)
     return rt.prepare(model, frozen=frozen), processor
@@ -389,17 +401,58 @@ def repeat_prompts(batch, times):
     return select_prompts(batch, torch.arange(n).repeat_interleave(times))
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the script's docstring as written and shows every option's default."""
+
+
+def at_least(low, kind=int):
+    """argparse type: a number >= low, refused at parse time with a one-line message."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def positive_float(text):
+    """argparse type: a float > 0."""
+    value = at_least(0.0, float)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_run_args(parser, script, default_out):
+    """--out, --resume, --overwrite, shared by sft.py and grpo.py; claim_output enforces them."""
+    parser.add_argument("--out", default=None,
+                        help=f"checkpoint directory (Hugging Face format) [default: {default_out}, "
+                             "or the --resume directory]")
+    parser.add_argument("--resume", default=None,
+                        help=f"checkpoint directory written by {script} to continue from (in place)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let a fresh run replace the checkpoint and log already in --out")
+    parser.set_defaults(default_out=default_out)
+
+
 def add_optimizer_args(parser, lr):
     """AdamW and schedule options shared by sft.py and grpo.py."""
-    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW) [reconstructed]")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    parser.add_argument("--warmup", type=float, default=0.05, help="fraction of steps of linear warmup")
-    parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor, as a fraction of --lr")
-    parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    parser.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate (AdamW) [reconstructed]")
+    parser.add_argument("--weight-decay", type=at_least(0.0, float), default=0.0, help="AdamW weight decay")
+    parser.add_argument("--warmup", type=at_least(0.0, float), default=0.05, help="fraction of steps of linear warmup")
+    parser.add_argument("--min-lr-ratio", type=at_least(0.0, float), default=0.1,
+                        help="cosine decay floor, as a fraction of --lr")
+    parser.add_argument("--clip", type=positive_float, default=1.0, help="gradient-norm clipping")
 
 
 def set_learning_rate(optimizer, step, args):
-    lr = learning_rate(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
+    """The schedule spans args.schedule_steps, the --steps the run was started with: a resumed run
+    that extends --steps continues at the schedule's floor instead of restarting it."""
+    lr = learning_rate(step, args.schedule_steps, args.lr, args.warmup, args.min_lr_ratio)
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
@@ -486,6 +539,9 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=No
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it private (0700); a checkpoint is a normal folder
     try:
         model.save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
@@ -508,15 +564,65 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=No
             rt.barrier()
 
 
-def open_log(out, resume=False, enabled=True):
+def claim_output(args, script):
+    """Decide where this run writes, before anything is opened; exit with one line if it may not.
+
+    --resume DIR continues in DIR (its own --out unless --out names another directory). A fresh
+    run needs an --out that holds no checkpoint or log yet, or --overwrite; a directory holding
+    anything but a checkpoint is never written. A save interrupted between its two renames left
+    the checkpoint as DIR.old: --resume DIR says so. Leftovers of interrupted saves (DIR.tmp-*,
+    a stale DIR.old) are removed: only save_checkpoint makes them.
+    Returns the step the log keeps (the checkpoint's) on resume, else None.
+    """
+    if args.resume:
+        resume = os.path.normpath(args.resume)
+        if not os.path.isfile(os.path.join(resume, "trainer_state.pt")):
+            old = resume + ".old"
+            if os.path.isfile(os.path.join(old, "trainer_state.pt")):
+                sys.exit(f"{script}: --resume {resume}: no checkpoint there, but {old} holds one (a save was "
+                         f"interrupted); move it back (`mv {old} {resume}`) and resume again")
+            sys.exit(f"{script}: --resume {resume}: no checkpoint written by this project's training "
+                     "scripts there (trainer_state.pt missing)")
+        args.out = os.path.normpath(args.out or resume)
+    args.out = os.path.normpath(args.out or args.default_out)
+    out, log = args.out, args.out + ".log.jsonl"
+    if os.path.exists(out) and not os.path.isdir(out):
+        sys.exit(f"{script}: --out {out} is a file, not a checkpoint directory")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "config.json")):
+        sys.exit(f"{script}: --out {out} holds files that are not a checkpoint; nothing there is replaced: "
+                 "choose another --out")
+    continuing = args.resume and out == os.path.normpath(args.resume)
+    taken = (os.path.isdir(out) and os.listdir(out)) or os.path.exists(log)
+    if taken and not continuing and not args.overwrite:
+        sys.exit(f"{script}: --out {out} already holds a run (checkpoint or {os.path.basename(log)}): "
+                 f"`--resume {out}` continues it, --overwrite replaces it, or choose another --out")
+    for leftover in glob.glob(glob.escape(out) + ".tmp-*") + [out + ".old"] * os.path.isdir(out + ".old"):
+        if os.path.isdir(leftover) and int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(leftover, ignore_errors=True)
+            print(f"{script}: removed {leftover}, left by an interrupted save", file=sys.stderr)
+    return load_trainer_state(args.resume)["step"] if args.resume else None
+
+
+def open_log(out, keep_step=None, enabled=True):
     """The JSONL training log beside the checkpoint (<out>.log.jsonl: outside the directory that
-    each save replaces); a fresh run starts it anew, a resumed one appends. Not enabled (the
-    processes other than the main one): a sink that writes nothing."""
+    each save replaces). A fresh run starts it anew; a resumed one (keep_step: the checkpoint's
+    step) keeps the rows up to that step, dropping those a killed run logged after its last
+    checkpoint, and appends, so every step appears once. Not enabled (the processes other than
+    the main one): a sink that writes nothing."""
     if not enabled:
         return open(os.devnull, "w")
     path = os.path.abspath(out) + ".log.jsonl"
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return open(path, "a" if resume else "w")
+    if keep_step is None:
+        return open(path, "w")
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= keep_step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(rows)
+    os.replace(path + ".tmp", path)
+    return open(path, "a")
 
 
 def load_trainer_state(path):

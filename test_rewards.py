@@ -282,11 +282,23 @@ def test_semantic_scorer_one_encode_per_call_and_cache(scorer, monkeypatch):
                         lambda texts, **kw: calls.append(list(texts)) or encode(texts, **kw))
     scorer.reference_cache.clear()
     first = scorer.score(["left lung", "left lung", "right lung", ""], ["lung", "lung", "pleura", "lung"])
-    assert calls == [["left lung", "right lung", "lung", "pleura"]]  # unique predictions + new references
+    # each new reference alone, then one batch of the unique predictions
+    assert calls == [["lung"], ["pleura"], ["left lung", "right lung"]]
     second = scorer.score(["left lung"], ["lung"])
-    assert calls[1] == ["left lung"]  # the reference comes from the cache
+    assert calls[3] == ["left lung"] and len(calls) == 4  # the reference comes from the cache
     assert second[0] == pytest.approx(first[0]) and first[3] == 0.0  # empty prediction scores 0
-    assert scorer.score([], []).shape == (0,) and len(calls) == 2
+    assert scorer.score([], []).shape == (0,) and len(calls) == 4
+
+
+def test_semantic_scores_do_not_depend_on_the_cache_history(scorer):
+    """A resumed run starts with an empty cache: its scores must equal the uninterrupted run's."""
+    predictions, references = ["left upper lobe", "a mass", "MRI"], ["left lower lobe", "nodule", "CT scan"]
+    scorer.reference_cache.clear()
+    scorer.score(["x", "y"], ["nodule", "pleural effusion of the right side"])   # history
+    warm = scorer.score(predictions, references)
+    scorer.reference_cache.clear()
+    cold = scorer.score(predictions, references)
+    assert np.array_equal(warm, cold)
 
 
 def test_semantic_scorer_bad_inputs(scorer):
