@@ -20,7 +20,7 @@ import numpy as np
 import grpo
 from data import load_dataset
 from evaluate import evaluate_model
-from model import load_model
+from model import HelpFormatter, load_model
 from phantom import WORDINGS
 from rewards import SemanticScorer
 
@@ -32,7 +32,7 @@ TRAINING = ("semantic_raw_var", "semantic_var", "total_std_within_group", "equal
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--sft", default="runs/sft", help="SFT checkpoint every run starts from")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--rewards", nargs="+", choices=REWARDS, default=list(REWARDS), help="rewards to compare")

@@ -73,7 +73,8 @@ def write_predictions(path, rows, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Scoring speed of rewards.py and evaluate.py.")
+    parser = argparse.ArgumentParser(description="Scoring speed of rewards.py and evaluate.py.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000, help="lines of the synthetic predictions file")
     parser.add_argument("--repeats", type=int, default=9, help="timed runs of the 64-completion reward")
     args = parser.parse_args(argv)

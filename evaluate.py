@@ -1,4 +1,4 @@
-"""Score model outputs with the metrics of ../shared/METHOD.md §7, per dataset and answer type.
+"""Score model outputs with the metrics of METHOD.md §7, per dataset and answer type.
 
     python evaluate.py --predictions preds.jsonl --out metrics.json
     python evaluate.py --model runs/grpo [--dataset phantom --split test] --out metrics.json
@@ -217,7 +217,8 @@ def format_table(metrics):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Score predictions with BLEU-1, ROUGE-1, recall, semantic "
-                                     "similarity (open) and accuracy (closed), per dataset.")
+                                     "similarity (open) and accuracy (closed), per dataset.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--predictions", help="JSONL file: question, answer, prediction, answer_type "
                         "[, dataset, id] per line")
     parser.add_argument("--model", help="instead of --predictions: a checkpoint that answers --dataset/--split")

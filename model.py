@@ -58,9 +58,12 @@ CHAT_TEMPLATE = (
 TINY_TEXT = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=4096,
                  # M-RoPE splits the 16 rotary frequencies into (time, height, width) blocks, highest
-                 # first: with theta 10^4 the width block turns by < 0.01 rad across a 4-token-wide
-                 # image and the model cannot tell left from right. theta 10 keeps every block
-                 # turning by 0.1-1 rad per image position; fine for prompts of a few hundred tokens.
+                 # first, and gives image tokens 3-D positions (a 112-px image: a 4x4 grid of merged
+                 # tokens, height and width positions 0-3 past the text before it). With theta 10^4
+                 # the width block turns by < 0.01 rad across the image; theta 10 keeps every block
+                 # turning by 0.1-1 rad per position, fine for prompts of a few hundred tokens.
+                 # Measured with 3-D positions (400 SFT steps, seed 0, phantom test): theta 10 gave
+                 # closed 55.3 / ROUGE-1 82.3 / concept 79.8, theta 10^4 54.9 / 78.6 / 76.8.
                  rope_parameters={"rope_type": "default", "rope_theta": 10.0,
                                   "mrope_section": [4, 6, 6]})  # sums to head_dim / 2 = 16
 TINY_VISION = dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, patch_size=14,
@@ -430,8 +433,8 @@ def positive_float(text):
 def add_run_args(parser, script, default_out):
     """--out, --resume, --overwrite, shared by sft.py and grpo.py; claim_output enforces them."""
     parser.add_argument("--out", default=None,
-                        help=f"checkpoint directory (Hugging Face format) [default: {default_out}, "
-                             "or the --resume directory]")
+                        help=f"checkpoint directory (Hugging Face format); none given: {default_out}, "
+                             "or the --resume directory")
     parser.add_argument("--resume", default=None,
                         help=f"checkpoint directory written by {script} to continue from (in place)")
     parser.add_argument("--overwrite", action="store_true",

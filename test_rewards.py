@@ -275,30 +275,25 @@ def test_semantic_scorer_matches_direct_cosine(scorer):
     assert scores[0] > 0.7 > scores[4]  # METHOD.md §1: cos(MRI, magnetic resonance imaging) = 0.78
 
 
-def test_semantic_scorer_one_encode_per_call_and_cache(scorer, monkeypatch):
+def test_semantic_scorer_one_encode_per_call(scorer, monkeypatch):
     calls = []
     encode = scorer.encoder.encode
     monkeypatch.setattr(scorer.encoder, "encode",
                         lambda texts, **kw: calls.append(list(texts)) or encode(texts, **kw))
-    scorer.reference_cache.clear()
     first = scorer.score(["left lung", "left lung", "right lung", ""], ["lung", "lung", "pleura", "lung"])
-    # each new reference alone, then one batch of the unique predictions
-    assert calls == [["lung"], ["pleura"], ["left lung", "right lung"]]
+    assert calls == [["left lung", "right lung", "lung", "pleura"]]  # distinct texts, empty ones skipped
     second = scorer.score(["left lung"], ["lung"])
-    assert calls[3] == ["left lung"] and len(calls) == 4  # the reference comes from the cache
+    assert calls[1] == ["left lung", "lung"]
     assert second[0] == pytest.approx(first[0]) and first[3] == 0.0  # empty prediction scores 0
-    assert scorer.score([], []).shape == (0,) and len(calls) == 4
+    assert scorer.score([], []).shape == (0,) and len(calls) == 2
 
 
-def test_semantic_scores_do_not_depend_on_the_cache_history(scorer):
-    """A resumed run starts with an empty cache: its scores must equal the uninterrupted run's."""
+def test_semantic_scores_do_not_depend_on_earlier_calls(scorer):
+    """A resumed run has not made the earlier calls: its scores must equal the uninterrupted run's."""
     predictions, references = ["left upper lobe", "a mass", "MRI"], ["left lower lobe", "nodule", "CT scan"]
-    scorer.reference_cache.clear()
-    scorer.score(["x", "y"], ["nodule", "pleural effusion of the right side"])   # history
-    warm = scorer.score(predictions, references)
-    scorer.reference_cache.clear()
     cold = scorer.score(predictions, references)
-    assert np.array_equal(warm, cold)
+    scorer.score(["x", "y"], ["nodule", "pleural effusion of the right side"])
+    assert np.array_equal(scorer.score(predictions, references), cold)
 
 
 def test_semantic_scorer_bad_inputs(scorer):
