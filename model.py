@@ -192,6 +192,20 @@ class VLProcessor:
         n = int(grid_thw.prod()) // self.merge_size ** 2
         return text.replace(self.image_token, self.image_token * n)
 
+    def image_tokens(self, width, height):
+        """Merged image tokens a width x height image becomes after the processor's resize
+        (without decoding it): 140 x 84 px -> an 10 x 6 grid of 14-px patches -> 15 tokens."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+        patch, size = self.image_processor.patch_size, self.image_processor.size
+        h, w = smart_resize(height, width, factor=patch * self.merge_size, min_pixels=size["shortest_edge"],
+                            max_pixels=size["longest_edge"])
+        return (h // patch) * (w // patch) // self.merge_size ** 2
+
+    def prompt_length(self, question, image_size):
+        """Tokens of the prompt for `question` with an image of image_size = (width, height)."""
+        text_tokens = len(self.tokenizer(self.prompt_text(question), add_special_tokens=False)["input_ids"])
+        return text_tokens - 1 + self.image_tokens(*image_size)   # the one <|image_pad|> expands
+
     def token_types(self, input_ids):
         """mm_token_type_ids: 1 for image tokens, 0 for text, as the stock Qwen2-VL processor.
 
@@ -310,9 +324,16 @@ def add_model_args(parser, default_model="tiny"):
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute activations in backward to save memory")
     parser.add_argument("--freeze-vision", action="store_true", help="do not train the vision tower")
+    add_prompt_limit_arg(parser)
     parser.add_argument("--attn-implementation", default="sdpa",
                         help="sdpa, eager, or flash_attention_2 (where the flash-attn package is installed)")
     add_runtime_args(parser)
+
+
+def add_prompt_limit_arg(parser):
+    parser.add_argument("--max-prompt-tokens", type=at_least(1), default=2048,
+                        help="[reconstructed] longest prompt (image tokens included) a record may have: "
+                             "longer ones stop the run, or are skipped and counted with --skip-bad")
 
 
 def model_from_args(args, rt, name=None, seed=0, frozen=False):
@@ -329,6 +350,39 @@ def model_from_args(args, rt, name=None, seed=0, frozen=False):
     if frozen:
         model.eval().requires_grad_(False)
     return rt.prepare(model, frozen=frozen), processor
+
+
+def check_prompt_lengths(records, processor, limit, skip_bad, script):
+    """The records whose prompt fits in `limit` tokens (question, template and image tokens).
+
+    Prompts are never truncated (image tokens must match the pixels), so a longer one stops the
+    run naming the record, or with skip_bad (--skip-bad) is left out and counted.
+    """
+    from PIL import Image
+    kept, skipped = [], []
+    for record in records:
+        if isinstance(record.image, Image.Image):
+            size = record.image.size
+        else:
+            try:
+                with Image.open(record.image) as image:   # reads the header, not the pixels
+                    size = image.size
+            except (OSError, ValueError):
+                kept.append(record)                        # unreadable: data.load_image reports it
+                continue
+        n = processor.prompt_length(record.question, size)
+        if n <= limit:
+            kept.append(record)
+        elif skip_bad:
+            skipped.append(record)
+        else:
+            sys.exit(f"{script}: {record.source or record.id}: the prompt is {n} tokens, over "
+                     f"--max-prompt-tokens {limit} (question of {len(record.question)} characters); "
+                     "raise the limit, or --skip-bad to leave such records out")
+    if skipped:
+        print(f"{script}: skipped {len(skipped)} record(s) whose prompt is over --max-prompt-tokens {limit}",
+              file=sys.stderr)
+    return kept
 
 
 def vision_token_ids(config):

@@ -29,9 +29,9 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import (HelpFormatter, add_model_args, add_optimizer_args, add_run_args, at_least, claim_output, due,
-                   load_trainer_state, model_from_args, open_log, sample_completions, save_checkpoint,
-                   set_learning_rate, to_device)
+from model import (HelpFormatter, add_model_args, add_optimizer_args, add_run_args, at_least, check_prompt_lengths,
+                   claim_output, due, load_trainer_state, model_from_args, open_log, sample_completions,
+                   save_checkpoint, set_learning_rate, to_device)
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 
 
@@ -166,6 +166,10 @@ def main(argv=None):
         args.schedule_steps = state["args"].get("schedule_steps", state["args"]["steps"])
         start_step = state["step"]
     model, processor = model_from_args(args, rt, seed=args.seed)
+    fits = {id(r) for r in check_prompt_lengths([r for r, _ in examples], processor, args.max_prompt_tokens,
+                                                args.skip_bad, "sft.py")}
+    examples = [(r, t) for r, t in examples if id(r) in fits]
+    val = check_prompt_lengths(val, processor, args.max_prompt_tokens, args.skip_bad, "sft.py")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)

@@ -124,3 +124,19 @@ def test_bad_option_and_missing_model_as_a_user_sees_them(tmp_path):
         f"evaluate.py: --model {tmp_path / 'nothing'}: no such checkpoint directory "
         "(and HF_HUB_OFFLINE=1: no hub download)")
     assert not os.path.exists(tmp_path / "g") and not os.path.exists(tmp_path / "g.log.jsonl")
+
+
+def test_an_over_long_prompt_is_refused_or_skipped_and_counted(tmp_path, capsys):
+    from PIL import Image
+    Image.new("RGB", (64, 64)).save(tmp_path / "scan.png")
+    rows = [dict(image="scan.png", question=q, answer="yes", cot="A spot.") for q in
+            ["Is there a lesion?"] * 3 + ["Is there a lesion? " + "very " * 4000]]
+    for split in ("train", "val"):
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    data = ["--dataset", "json", "--data-root", str(tmp_path), "--batch-size", "1", "--steps", "1",
+            "--eval-size", "2", "--max-new-tokens", "2", "--eval-every", "0", "--save-every", "0"]
+    with pytest.raises(SystemExit, match=r"train.jsonl line 4.*over --max-prompt-tokens 2048"):
+        sft.main(data + ["--out", str(tmp_path / "a")])
+    sft.main(data + ["--out", str(tmp_path / "b"), "--skip-bad"])
+    assert "skipped 1 record(s) whose prompt is over --max-prompt-tokens 2048" in capsys.readouterr().err
