@@ -63,7 +63,6 @@ class Runtime:
         """dtype of a model that is never trained (GRPO's reference): bf16 unless fp32 is asked."""
         return torch.float32 if self.precision == "fp32" else torch.bfloat16
 
-    # -- placing a model -------------------------------------------------------------------------
 
     def prepare(self, model, frozen=False):
         """Put `model` on this process's device in this run's precision; shard it under torchrun.
@@ -122,7 +121,6 @@ class Runtime:
             for unit in units:
                 unit.reshard()
 
-    # -- the few collectives the algorithm needs -------------------------------------------------
 
     def sum(self, value):
         """Sum of a python number over processes (itself when there is one)."""
@@ -179,7 +177,6 @@ class Runtime:
     def _comm_device(self):
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
-    # -- checkpoints -----------------------------------------------------------------------------
 
     def model_state(self, model):
         """The full (unsharded) state dict on the main process, None elsewhere; None with one
