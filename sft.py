@@ -144,6 +144,7 @@ def main(argv=None):
     args = parse_args(argv)
     keep_step = claim_output(args, "sft.py")
     rt = setup(args.precision, args.device)
+    rt.require_divisible(args.batch_size, "--batch-size", "sft.py")
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     train = dataset_from_args(args, "train")
@@ -153,7 +154,6 @@ def main(argv=None):
     if not examples:
         sys.exit("sft.py: no training record has a rationale (cot); use --missing-cot answer "
                  "or a dataset with a cot field")
-    rt.require_divisible(args.batch_size, "--batch-size", "sft.py")
     val = dataset_from_args(args, "val")[:args.eval_size]
     rt.print(f"sft.py: {len(examples)} training examples ({len(train) - len(examples)} without CoT "
              f"skipped), {len(val)} validation records")
