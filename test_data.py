@@ -104,7 +104,7 @@ def test_pmc_vqa_csv_is_open_ended(tmp_path):
         writer.writerow(["PMC1_Fig2_41.jpg", "Is it a CT?", "", "A:yes", "B:no", "", "", "B"])
     with pytest.raises(DataError) as error:
         load_dataset("pmc_vqa", "test", str(root))
-    assert str(error.value) == "data.py: pmc/test.csv line 3: missing field 'Answer'"
+    assert str(error.value) == "data.py: pmc/test.csv line 3: field 'Answer' is empty"
     records = load_dataset("pmc_vqa", "test", str(root), skip_bad=True)
     assert [(r.id, r.question, r.answer, r.answer_type) for r in records] == [
         ("pmc_vqa-test-line2", "What imaging was used?", "MRI", "open")]
@@ -219,7 +219,7 @@ def test_skip_bad_counts_and_reports(tmp_path, capsys):
 def test_dataset_level_errors(tmp_path):
     root = vqa_rad(tmp_path)
     assert load_error("vqa_rad", "train", str(tmp_path)) == \
-        f"data.py: vqa_rad: no train.json or trainset.json in {tmp_path}"
+        f"data.py: vqa_rad: no train.json or trainset.json or VQA_RAD Dataset Public.json in {tmp_path}"
     assert load_error("slake", "val", str(tmp_path)) == f"data.py: slake: no validate.json in {tmp_path}"
     assert load_error("kvasir", "train", root).startswith("data.py: unknown dataset 'kvasir'")
     assert load_error("vqa_rad", "dev", root).startswith("data.py: vqa_rad: unknown split 'dev'")
