@@ -245,6 +245,8 @@ def main(argv=None):
             scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
             bertscorer = BERTScorer(args.bertscore_model, args.bertscore_layer, args.device, args.batch_size)
         metrics = score_predictions(rows, scorer, bertscorer)
+        if bertscorer:
+            print(f"BERTScore encoder: {bertscorer.name}, layer {bertscorer.layer}")
     print(format_table(metrics))
     if args.out:
         with open(args.out, "w") as file:
@@ -270,7 +272,7 @@ def score_model(args):
     with open(path, "w") as file:
         file.writelines(json.dumps(row) + "\n" for row in rows)
     print(f"{args.model} on {args.dataset}/{args.split}{' with blank images' if blank else ''}: "
-          f"{len(rows)} predictions written to {path}")
+          f"{len(rows)} predictions written to {path}; BERTScore encoder: {bertscorer.name}, layer {bertscorer.layer}")
     return metrics
 
 

