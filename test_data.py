@@ -123,14 +123,17 @@ def test_generic_json_with_field_map_cot_and_single_file(tmp_path):
     png(str(root / "pics" / "a.png"))
     write_jsonl(str(root / "train.jsonl"), [
         {"q": "Is it normal?", "a": "No.", "img": "pics/a.png", "rationale": "A dark spot."},
-        {"q": "Where?", "a": "apex", "img": "pics/a.png", "why": "Top.", "answer_type": "OPEN"}])
+        {"q": "Where?", "a": "apex", "img": "pics/a.png", "why": "Top.", "answer_type": "OPEN"},
+        {"q": "Which side?", "a": "left", "img": "pics\\a.png", "answer_type": " Closed "}])  # Windows path
     records = load_dataset("json", "train", str(root), field_map=data.parse_field_map(
         "question=q, answer=a,image=img"))
     assert [(r.question, r.answer, r.answer_type, r.cot) for r in records] == [
-        ("Is it normal?", "No.", "closed", "A dark spot."), ("Where?", "apex", "open", None)]
+        ("Is it normal?", "No.", "closed", "A dark spot."), ("Where?", "apex", "open", None),
+        ("Which side?", "left", "closed", None)]
+    assert records[2].image == str(root / "pics" / "a.png")
     records = load_dataset("json", "test", str(root / "train.jsonl"),
                            field_map={"question": "q", "answer": "a", "image": "img", "cot": "why"})
-    assert [r.cot for r in records] == [None, "Top."]
+    assert [r.cot for r in records] == [None, "Top.", None]
 
 
 def test_infer_answer_type():
