@@ -274,10 +274,11 @@ def _hf_rows(root: str, split: str, hf_split: str | None, fields: dict):
         raise DataError("data.py: hf: --dataset hf needs the datasets library (pip install datasets)") from None
     name = os.path.basename(os.path.normpath(root))
     try:
-        if os.path.isfile(root):
+        if os.path.isfile(root) or os.path.isfile(os.path.join(root, "state.json")):  # one table: any split
             kind = "arrow" if root.endswith(".arrow") else "parquet"
-            tables, hold_out = {split: datasets.load_dataset(kind, data_files=root, split="train")}, None
-            wanted = split
+            table = (datasets.load_from_disk(root) if os.path.isdir(root)
+                     else datasets.load_dataset(kind, data_files=root, split="train"))
+            tables, wanted, hold_out = {split: table}, split, None
         else:
             tables = (datasets.load_from_disk(root) if os.path.isfile(os.path.join(root, "dataset_dict.json"))
                       else datasets.load_dataset(root))

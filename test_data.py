@@ -298,5 +298,9 @@ def test_hugging_face_parquet_with_embedded_images(tmp_path, monkeypatch):
     assert [r.question for r in load_dataset("hf", "train", root, hf_split="test")] == ["Q40?", "Q50?"]
     assert load_error("hf", "test", root, hf_split="validation") == \
         "data.py: hf: slake has no split 'validation' (it has train, test); name one with --hf-split"
+    datasets.load_dataset(root).save_to_disk(str(tmp_path / "disk"))  # DatasetDict: a folder per split
+    assert [r.question for r in load_dataset("hf", "test", str(tmp_path / "disk"))] == ["Q40?", "Q50?"]
+    for one_table in (tmp_path / "disk" / "test", next((tmp_path / "disk" / "test").glob("*.arrow"))):
+        assert [load_image(r).size for r in load_dataset("hf", "val", str(one_table))] == [(6, 2), (7, 2)]
     image = Image.new("RGB", (2, 2))
     assert data._embedded_image(image) is image and data._embedded_image({"bytes": None, "path": "a.png"}) == "a.png"
