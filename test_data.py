@@ -3,6 +3,7 @@ message (the phantom dataset: test_phantom.py). Run: python -m pytest test_data.
 
 import argparse
 import csv
+import io
 import json
 import os
 
@@ -104,7 +105,7 @@ def test_pmc_vqa_csv_is_open_ended(tmp_path):
         writer.writerow(["PMC1_Fig2_41.jpg", "Is it a CT?", "", "A:yes", "B:no", "", "", "B"])
     with pytest.raises(DataError) as error:
         load_dataset("pmc_vqa", "test", str(root))
-    assert str(error.value) == "data.py: pmc/test.csv line 3: missing field 'Answer'"
+    assert str(error.value) == "data.py: pmc/test.csv line 3: field 'Answer' is empty"
     records = load_dataset("pmc_vqa", "test", str(root), skip_bad=True)
     assert [(r.id, r.question, r.answer, r.answer_type) for r in records] == [
         ("pmc_vqa-test-line2", "What imaging was used?", "MRI", "open")]
@@ -122,14 +123,17 @@ def test_generic_json_with_field_map_cot_and_single_file(tmp_path):
     png(str(root / "pics" / "a.png"))
     write_jsonl(str(root / "train.jsonl"), [
         {"q": "Is it normal?", "a": "No.", "img": "pics/a.png", "rationale": "A dark spot."},
-        {"q": "Where?", "a": "apex", "img": "pics/a.png", "why": "Top.", "answer_type": "OPEN"}])
+        {"q": "Where?", "a": "apex", "img": "pics/a.png", "why": "Top.", "answer_type": "OPEN"},
+        {"q": "Which side?", "a": "left", "img": "pics\\a.png", "answer_type": " Closed "}])  # Windows path
     records = load_dataset("json", "train", str(root), field_map=data.parse_field_map(
         "question=q, answer=a,image=img"))
     assert [(r.question, r.answer, r.answer_type, r.cot) for r in records] == [
-        ("Is it normal?", "No.", "closed", "A dark spot."), ("Where?", "apex", "open", None)]
+        ("Is it normal?", "No.", "closed", "A dark spot."), ("Where?", "apex", "open", None),
+        ("Which side?", "left", "closed", None)]
+    assert records[2].image == str(root / "pics" / "a.png")
     records = load_dataset("json", "test", str(root / "train.jsonl"),
                            field_map={"question": "q", "answer": "a", "image": "img", "cot": "why"})
-    assert [r.cot for r in records] == [None, "Top."]
+    assert [r.cot for r in records] == [None, "Top.", None]
 
 
 def test_infer_answer_type():
@@ -219,7 +223,7 @@ def test_skip_bad_counts_and_reports(tmp_path, capsys):
 def test_dataset_level_errors(tmp_path):
     root = vqa_rad(tmp_path)
     assert load_error("vqa_rad", "train", str(tmp_path)) == \
-        f"data.py: vqa_rad: no train.json or trainset.json in {tmp_path}"
+        f"data.py: vqa_rad: no train.json or trainset.json or VQA_RAD Dataset Public.json in {tmp_path}"
     assert load_error("slake", "val", str(tmp_path)) == f"data.py: slake: no validate.json in {tmp_path}"
     assert load_error("kvasir", "train", root).startswith("data.py: unknown dataset 'kvasir'")
     assert load_error("vqa_rad", "dev", root).startswith("data.py: vqa_rad: unknown split 'dev'")
@@ -248,3 +252,55 @@ def test_command_line_options(tmp_path, capsys):
     write_jsonl(str(root / "val.jsonl"), [{"q": "Q?", "image": "a.png"}])
     with pytest.raises(SystemExit, match="mine/val.jsonl line 1: missing field 'question'"):
         data.main(["--dataset", "json", "--data-root", str(root), "--split", "val"])
+
+
+# Hugging Face datasets: parquet files with embedded images, read through the `datasets` library
+
+
+def png_bytes(size, shade):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, shade).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_hugging_face_parquet_with_embedded_images(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    import pyarrow
+    import pyarrow.parquet
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    # one file as pyarrow writes it: the image column is a plain struct, read back as {"bytes", "path"}
+    table = pyarrow.table({"img": [{"bytes": png_bytes((6, 4), 0), "path": "a.png"},
+                                   {"bytes": png_bytes((3, 5), 200), "path": None}],
+                           "q": ["Is there a mass?", "Where is it?"], "a": ["Yes", "3"]})
+    pyarrow.parquet.write_table(table, tmp_path / "rad.parquet")
+    records = load_dataset("hf", "test", str(tmp_path / "rad.parquet"),
+                           field_map=data.parse_field_map("image=img,question=q,answer=a"))
+    assert [(r.id, r.question, r.answer, r.answer_type, r.dataset, r.source) for r in records] == [
+        ("hf-test-row0", "Is there a mass?", "Yes", "closed", "hf", "rad.parquet row 0"),
+        ("hf-test-row1", "Where is it?", "3", "open", "hf", "rad.parquet row 1")]
+    assert isinstance(records[0].image, bytes) and [load_image(r).size for r in records] == [(6, 4), (3, 5)]
+    # a hub-style folder written by datasets: an Image column, splits named by file, SLAKE's q_lang
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "answer": datasets.Value("string"), "q_lang": datasets.Value("string")})
+    os.makedirs(tmp_path / "slake" / "data")
+    for split, shades in (("train", (10, 20, 30)), ("test", (40, 50, 60))):
+        datasets.Dataset.from_dict({"image": [Image.new("RGB", (2 + s // 10, 2), s) for s in shades],
+                                    "question": [f"Q{s}?" for s in shades], "answer": ["no", "liver", "是"],
+                                    "q_lang": ["en", "en", "zh"]}, features=features
+                                   ).to_parquet(str(tmp_path / "slake" / "data" / f"{split}-00000-of-00001.parquet"))
+    root = str(tmp_path / "slake")
+    test = load_dataset("hf", "test", root)
+    assert [(r.question, r.answer, r.source) for r in test] == [("Q40?", "no", "slake[test] row 0"),
+                                                                ("Q50?", "liver", "slake[test] row 1")]
+    assert [load_image(r).getpixel((0, 0)) for r in test] == [(40, 0, 0), (50, 0, 0)]
+    assert [r.question for r in load_dataset("hf", "val", root, val_every=2)] == ["Q20?"]  # no validation split
+    assert [r.question for r in load_dataset("hf", "train", root, val_every=2)] == ["Q10?"]
+    assert [r.question for r in load_dataset("hf", "train", root, hf_split="test")] == ["Q40?", "Q50?"]
+    assert load_error("hf", "test", root, hf_split="validation") == \
+        "data.py: hf: slake has no split 'validation' (it has train, test); name one with --hf-split"
+    datasets.load_dataset(root).save_to_disk(str(tmp_path / "disk"))  # DatasetDict: a folder per split
+    assert [r.question for r in load_dataset("hf", "test", str(tmp_path / "disk"))] == ["Q40?", "Q50?"]
+    for one_table in (tmp_path / "disk" / "test", next((tmp_path / "disk" / "test").glob("*.arrow"))):
+        assert [load_image(r).size for r in load_dataset("hf", "val", str(one_table))] == [(6, 2), (7, 2)]
+    image = Image.new("RGB", (2, 2))
+    assert data._embedded_image(image) is image and data._embedded_image({"bytes": None, "path": "a.png"}) == "a.png"
