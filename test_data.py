@@ -131,7 +131,7 @@ def test_generic_json_with_field_map_cot_and_single_file(tmp_path):
         ("Is it normal?", "No.", "closed", "A dark spot."), ("Where?", "apex", "open", None),
         ("Which side?", "left", "closed", None)]
     assert records[2].image == str(root / "pics" / "a.png")
-    records = load_dataset("json", "test", str(root / "train.jsonl"),
+    records = load_dataset("json", "test", str(root / "train.jsonl"), same_file_for_test=True,
                            field_map={"question": "q", "answer": "a", "image": "img", "cot": "why"})
     assert [r.cot for r in records] == [None, "Top.", None]
 
@@ -193,15 +193,15 @@ def test_malformed_lines_files_and_values(tmp_path):
 def test_unreadable_image_fails_at_load_image(tmp_path):
     root = tmp_path / "mine"
     png(str(root / "a.png"))
-    (root / "broken.png").write_bytes(b"not a png")
-    write_jsonl(str(root / "train.jsonl"), [{"image": "broken.png", "question": "Q?", "answer": "no"},
+    write_jsonl(str(root / "train.jsonl"), [{"image": "a.png", "question": "Q?", "answer": "no"},
                                             {"image": "a.png", "question": "Q?", "answer": "no", "id": 5}])
     broken, good = load_dataset("json", "train", str(root))
+    (root / "broken.png").write_bytes(b"not a png")  # spoilt after loading
+    broken.image = str(root / "broken.png")
     with pytest.raises(DataError) as error:
         load_image(broken)
-    message = str(error.value)
-    assert message.startswith(f"data.py: mine/train.jsonl line 1: image '{root / 'broken.png'}' "
-                              "is not a readable image (cannot identify image file")
+    assert str(error.value) == (f"data.py: mine/train.jsonl line 1: image '{root / 'broken.png'}' "
+                                "is not an image file PIL can read")
     os.remove(root / "a.png")
     with pytest.raises(DataError) as error:
         load_image(good)
@@ -273,7 +273,7 @@ def test_hugging_face_parquet_with_embedded_images(tmp_path, monkeypatch):
                                    {"bytes": png_bytes((3, 5), 200), "path": None}],
                            "q": ["Is there a mass?", "Where is it?"], "a": ["Yes", "3"]})
     pyarrow.parquet.write_table(table, tmp_path / "rad.parquet")
-    records = load_dataset("hf", "test", str(tmp_path / "rad.parquet"),
+    records = load_dataset("hf", "test", str(tmp_path / "rad.parquet"), same_file_for_test=True,
                            field_map=data.parse_field_map("image=img,question=q,answer=a"))
     assert [(r.id, r.question, r.answer, r.answer_type, r.dataset, r.source) for r in records] == [
         ("hf-test-row0", "Is there a mass?", "Yes", "closed", "hf", "rad.parquet row 0"),
