@@ -7,6 +7,7 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -206,6 +207,57 @@ def test_unreadable_image_fails_at_load_image(tmp_path):
     with pytest.raises(DataError) as error:
         load_image(good)
     assert str(error.value) == f"data.py: mine/train.jsonl line 2 (id 5): image '{root / 'a.png'}' not found"
+
+
+def jpeg_bytes(size=(64, 48)):
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_bad_image_files_stop_loading_or_are_skipped(tmp_path, capsys):
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    whole = (root / "a.png").read_bytes()
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_bytes(b"not a png")
+    (root / "cut.png").write_bytes(whole[:20])  # the signature and half a header
+    (root / "tail.png").write_bytes(whole[:-8])  # header fine, the end chunk cut: found by verify()
+    (root / "cut.jpg").write_bytes(jpeg_bytes()[:-200])  # header fine, pixels cut: found by decoding only
+    good = {"image": "a.png", "question": "Q?", "answer": "no"}
+    reasons = {"empty.png": "is an empty file (0 bytes)", "text.png": "is not an image file PIL can read",
+               "cut.png": "is not a readable image (Truncated File Read)",
+               "tail.png": "is not a readable image (broken PNG file (chunk b''))"}
+    for name, reason in reasons.items():
+        write_jsonl(str(root / "train.jsonl"), [good, dict(good, image=name, id="q7")])
+        assert load_error("json", "train", str(root)) == f"data.py: mine/train.jsonl line 2 (id q7): image '{name}' {reason}"
+    write_jsonl(str(root / "train.jsonl"), [good, dict(good, image="cut.jpg")])
+    assert len(load_dataset("json", "train", str(root))) == 2  # the cheap check reads no pixels
+    assert load_error("json", "train", str(root), check_images=True).startswith(
+        "data.py: mine/train.jsonl line 2: image 'cut.jpg' is not a readable image (image file is truncated")
+    write_jsonl(str(root / "train.jsonl"), [dict(good, image=name) for name in (*reasons, "cut.jpg")] + [good])
+    assert [r.source for r in load_dataset("json", "train", str(root), skip_bad=True)] == \
+        ["mine/train.jsonl line 5", "mine/train.jsonl line 6"]
+    assert capsys.readouterr().err == ("data.py: mine/train.jsonl: skipped 4 bad records of 6 (first: "
+                                       "mine/train.jsonl line 1: image 'empty.png' is an empty file (0 bytes))\n")
+    data.main(["--dataset", "json", "--data-root", str(root), "--skip-bad"])  # python data.py decodes every image
+    assert capsys.readouterr().out.startswith("json train: 1 records")
+
+
+def test_each_image_file_is_opened_once_and_embedded_bytes_are_checked(tmp_path, monkeypatch):
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    png(str(root / "b.png"))
+    write_jsonl(str(root / "train.jsonl"), [{"image": f"{name}.png", "question": "Q?", "answer": "no"}
+                                            for name in "aabab"])
+    opened = []
+    monkeypatch.setattr(data, "image_problem", lambda image, decode: opened.append(os.path.basename(image)))
+    assert len(load_dataset("json", "train", str(root))) == 5 and opened == ["a.png", "b.png"]
+    monkeypatch.undo()
+    assert data.image_problem(png_bytes((2, 2), 9)) is None
+    assert data.image_problem(jpeg_bytes()[:-200], decode=True).startswith("is not a readable image (image file is truncated")
+    assert data.image_problem(b"") == "is an empty file (0 bytes)"
 
 
 def test_skip_bad_counts_and_reports(tmp_path, capsys):
