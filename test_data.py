@@ -137,6 +137,45 @@ def test_generic_json_with_field_map_cot_and_single_file(tmp_path):
     assert [r.cot for r in records] == [None, "Top.", None]
 
 
+def test_16_bit_and_float_scans_are_rescaled_not_clipped(tmp_path, capsys):
+    root = tmp_path / "mine"
+    os.makedirs(root)
+    scan = np.array([[1000, 3000], [2000, 5000]], dtype=np.uint16)  # as exported from DICOM
+    Image.fromarray(scan).save(root / "scan.png")
+    assert Image.open(root / "scan.png").mode == "I;16"
+    assert np.asarray(Image.open(root / "scan.png").convert("RGB"))[..., 0].tolist() == [[255, 255], [255, 255]]
+    write_jsonl(str(root / "train.jsonl"), [{"image": "scan.png", "question": "Q?", "answer": "no"}])
+    record, = load_dataset("json", "train", str(root))
+    image = load_image(record)
+    assert image.mode == "RGB" and np.asarray(image)[..., 0].tolist() == [[0, 128], [64, 255]]  # (v-1000)/4000*255
+    assert (np.asarray(image)[..., 0] == np.asarray(image)[..., 2]).all()
+    record, = load_dataset("json", "train", str(root), window=(2000, 4000))  # fixed window, clipped outside
+    assert np.asarray(load_image(record))[..., 0].tolist() == [[0, 128], [0, 255]]
+    parser = argparse.ArgumentParser()
+    data.add_data_args(parser)
+    args = parser.parse_args(["--dataset", "json", "--data-root", str(root), "--window", "2000", "4000"])
+    assert data.dataset_from_args(args, "train")[0].window == (2000.0, 4000.0)
+    for mode, dtype in (("I;16B", ">u2"), ("I", np.int32), ("F", np.float32)):
+        other = Image.frombytes(mode, (2, 2), scan.astype(dtype).tobytes())
+        assert data.to_8bit(other).mode == "L" and np.asarray(data.to_8bit(other)).tolist() == [[0, 128], [64, 255]]
+    flat = Image.fromarray(np.full((2, 3), 700, dtype=np.uint16))  # max == min: no division by zero
+    assert np.asarray(data.to_8bit(flat)).tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_8_bit_images_are_read_as_before(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    images = {"RGB": Image.fromarray(pixels), "L": Image.fromarray(pixels[..., 0]),
+              "CMYK": Image.fromarray(pixels).convert("CMYK"), "P": Image.fromarray(pixels).quantize(5)}
+    for mode, image in images.items():
+        path = str(tmp_path / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}")
+        image.save(path)
+        record = data.VQARecord("x", path, "Q?", "no", "closed", "json", window=(0, 1))
+        with Image.open(path) as saved:
+            assert saved.mode == mode and data.to_8bit(saved) is saved
+            assert np.array_equal(np.asarray(load_image(record)), np.asarray(saved.convert("RGB")))
+
+
 def test_infer_answer_type():
     assert [data.infer_answer_type(a) for a in ("yes", "No.", " YES ", "left", "no effusion", "3")] == \
         ["closed", "closed", "closed", "open", "open", "open"]
