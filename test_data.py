@@ -325,6 +325,63 @@ def test_dataset_level_errors(tmp_path):
         data.parse_field_map("prompt=q")
 
 
+def test_an_empty_val_split_is_warned_about(tmp_path, capsys):
+    rows = [{"qid": i, "image_name": f"synpic{i}.jpg", "question": "Q?", "answer": "yes"} for i in range(5)]
+    root = vqa_rad(tmp_path, rows)
+    assert len(load_dataset("vqa_rad", "train", root)) == 5 and capsys.readouterr().err == ""
+    assert load_dataset("vqa_rad", "val", root) == []
+    assert capsys.readouterr().err == ("data.py: vqa_rad/train.json: warning: the val split is empty (no "
+                                       "validation file, and of 5 training records every 20-th is val)\n")
+    assert len(load_dataset("vqa_rad", "val", root, val_every=5)) == 1 and capsys.readouterr().err == ""
+    slake = tmp_path / "slake"
+    write_json(str(slake / "validate.json"), [{"img_name": "a.png", "question": "肺?", "answer": "否", "q_lang": "zh"}])
+    assert load_dataset("slake", "val", str(slake)) == []
+    assert capsys.readouterr().err == "data.py: slake/validate.json: warning: the val split is empty (no records)\n"
+
+
+def test_one_file_for_every_split_is_warned_about_and_refused_as_test(tmp_path, capsys):
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    rows = [{"image": "a.png", "question": f"Q{i}?", "answer": "no"} for i in range(3)]
+    write_jsonl(str(root / "mine.jsonl"), rows)
+    mine = str(root / "mine.jsonl")
+    assert len(load_dataset("json", "train", mine)) == 3 and capsys.readouterr().err == ""  # what one file is for
+    assert len(load_dataset("json", "val", mine)) == 3
+    assert capsys.readouterr().err == ("data.py: mine.jsonl: warning: one file serves every split, so its val "
+                                       "records are the same as its training records\n")
+    refusal = ("data.py: mine.jsonl: one file serves every split, so its test records would be the training "
+               "records; give a folder with a test file, or --same-file-for-test to use it anyway")
+    assert load_error("json", "test", mine) == refusal
+    with pytest.raises(SystemExit, match="--same-file-for-test to use it anyway"):
+        data.main(["--dataset", "json", "--data-root", mine, "--split", "test"])
+    capsys.readouterr()
+    data.main(["--dataset", "json", "--data-root", mine, "--split", "test", "--same-file-for-test"])
+    out, err = capsys.readouterr()
+    assert out.startswith("json test: 3 records") and err == (
+        "data.py: mine.jsonl: warning: one file serves every split, so its test records are the same as its "
+        "training records\n")
+    os.rename(mine, root / "test.jsonl")  # named for test: it is the test file
+    assert len(load_dataset("json", "test", str(root / "test.jsonl"))) == 3 and capsys.readouterr().err == ""
+    assert len(load_dataset("json", "train", str(root / "test.jsonl"))) == 3
+    assert capsys.readouterr().err == ("data.py: test.jsonl: warning: one file serves every split, so its train "
+                                       "records are the same as its test records\n")
+    assert [data._file_split(name, path) for name, path in (
+        ("pmc_vqa", "d/test_clean.csv"), ("pmc_vqa", "d/train_2.csv"), ("pathvqa", "pvqa_val.json"),
+        ("vqa_rad", "d/testset.json"), ("hf", "data/test-00000-of-00001.parquet"), ("hf", "disk/validation/"),
+        ("hf", "rad.parquet"), ("json", "mine.jsonl"))] == ["test", "train", "val", "test", "test", "val", None, None]
+
+
+def test_the_official_vqa_rad_file_serves_every_split_without_a_warning(tmp_path, capsys):
+    rows = [{"qid": i, "image_name": f"synpic{i}.jpg", "question": "Q?", "answer": "yes",
+             "phrase_type": "test_freeform" if i < 3 else "freeform"} for i in range(25)]
+    root = vqa_rad(tmp_path, rows)
+    os.rename(os.path.join(root, "train.json"), os.path.join(root, data.VQA_RAD_OFFICIAL))
+    os.remove(os.path.join(root, "test.json"))
+    official = os.path.join(root, data.VQA_RAD_OFFICIAL)
+    sizes = [len(load_dataset("vqa_rad", split, official)) for split in data.SPLITS]
+    assert sizes == [21, 1, 3] and capsys.readouterr().err == ""
+
+
 def test_command_line_options(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     data.add_data_args(parser)
