@@ -8,7 +8,8 @@ dataset (phantom.py) behind the same load_dataset.
     image = load_image(records[0])                          # PIL RGB image
     python data.py --dataset slake --data-root /data/slake  # check every record and image first
 
-Layouts under --data-root (a folder; or one file, then used for whatever split is asked); the
+Layouts under --data-root (a folder; or one file, then used for whatever split is asked: a warning
+when that is not the split it is named for, and as test only with --same-file-for-test); the
 README's datasets table lists each published file and what is read from it:
     vqa_rad  train.json / test.json (or trainset.json / testset.json): a JSON list with image_name,
              question, answer, answer_type (OPEN/CLOSED); images in images/ (or "VQA_RAD Image Folder").
@@ -35,11 +36,14 @@ missing answer type is inferred (yes/no -> closed); a rationale is read from "co
 "reasoning". Image paths are looked up under the image folder, then beside the data file, with
 Windows separators accepted. [reconstructed] A folder without a validation file (VQA-RAD and
 PMC-VQA ship none) gives every 20th training record as "val" (--val-every), and "train" leaves
-those out.
+those out; an empty val split is warned about. 16-bit and float scans are spread over 0..255 by
+their own range, or by --window LOW HIGH (to_8bit).
 
 Bad input stops with the file, the record and the field, e.g.
     data.py: vqa_rad/train.json record 17 (qid 42): image_name 'synpic123.jpg' not found under images/
-and skip_bad=True (--skip-bad) skips such records and prints how many to stderr.
+    data.py: slake/test.json record 3 (qid 9): img_name 'xmlab1/source.jpg' is an empty file (0 bytes)
+(each image's header and structure are read while loading; --check-images decodes it too) and
+skip_bad=True (--skip-bad) skips such records and prints how many to stderr.
 """
 
 import argparse
