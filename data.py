@@ -89,8 +89,8 @@ HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I", "F")  # 16-bit scans (from DI
 
 def to_8bit(image: Image.Image, window: tuple[float, float] | None = None) -> Image.Image:
     """A 16-bit, 32-bit or float image as 8-bit grayscale, its range (or `window`) spread over 0..255;
-    other images as they are. PIL's convert("RGB") would clip instead: a 16-bit scan of values
-    0..4095 would come out all but black or white.
+    other images as they are. PIL's convert("RGB") would clip instead: a 12-bit CT stored in 16 bits
+    (0..4095) would come out 94% white.
 
         pixels [[0, 1000], [2000, 4000]] (I;16) -> [[0, 64], [128, 255]]   (range 0..4000)
         window (1000, 2000)                      -> [[0, 0], [255, 255]]
@@ -436,6 +436,8 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
         raise DataError(f"data.py: {name}: unknown split '{split}' (use one of {', '.join(SPLITS)})")
     if root is None:
         raise DataError(f"data.py: {name}: give the folder of its files with --data-root")
+    if window is not None and not window[0] < window[1]:
+        raise DataError(f"data.py: --window: LOW must be below HIGH, got {window[0]:g} {window[1]:g}")
     fmt = FORMATS.get(name, dict(fields={}))
     fields = {field: field for field in FIELDS if field != "cot"} | fmt["fields"] | (field_map or {})
     one_table = os.path.isfile(root) or name == "hf" and os.path.isfile(os.path.join(root, "state.json"))
@@ -494,8 +496,8 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
         print(f"data.py: {shown}: skipped {len(bad)} bad records of {len(records) + len(bad)} "
               f"(first: {bad[0]})", file=sys.stderr)
     if split == "val" and not records[offset:]:
-        why = (f"no validation file, and of {index + 1} training records every {val_every}-th is val"
-               if hold_out else "no records")
+        why = (f"no validation file, and {index + 1} training records are too few to hold out every "
+               f"{val_every}-th" if hold_out and index + 1 < val_every else "no records")
         print(f"data.py: {shown}: warning: the val split is empty ({why})", file=sys.stderr)
     return records[offset:]
 

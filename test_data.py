@@ -155,6 +155,8 @@ def test_16_bit_and_float_scans_are_rescaled_not_clipped(tmp_path, capsys):
     data.add_data_args(parser)
     args = parser.parse_args(["--dataset", "json", "--data-root", str(root), "--window", "2000", "4000"])
     assert data.dataset_from_args(args, "train")[0].window == (2000.0, 4000.0)
+    assert load_error("json", "train", str(root), window=(4000, 4000)) == \
+        "data.py: --window: LOW must be below HIGH, got 4000 4000"
     for mode, dtype in (("I;16B", ">u2"), ("I", np.int32), ("F", np.float32)):
         other = Image.frombytes(mode, (2, 2), scan.astype(dtype).tobytes())
         assert data.to_8bit(other).mode == "L" and np.asarray(data.to_8bit(other)).tolist() == [[0, 128], [64, 255]]
@@ -331,7 +333,8 @@ def test_an_empty_val_split_is_warned_about(tmp_path, capsys):
     assert len(load_dataset("vqa_rad", "train", root)) == 5 and capsys.readouterr().err == ""
     assert load_dataset("vqa_rad", "val", root) == []
     assert capsys.readouterr().err == ("data.py: vqa_rad/train.json: warning: the val split is empty (no "
-                                       "validation file, and of 5 training records every 20-th is val)\n")
+                                       "validation file, and 5 training records are too few to hold out "
+                                       "every 20-th)\n")
     assert len(load_dataset("vqa_rad", "val", root, val_every=5)) == 1 and capsys.readouterr().err == ""
     slake = tmp_path / "slake"
     write_json(str(slake / "validate.json"), [{"img_name": "a.png", "question": "肺?", "answer": "否", "q_lang": "zh"}])
