@@ -272,7 +272,8 @@ def test_bad_image_files_stop_loading_or_are_skipped(tmp_path, capsys):
                "tail.png": "is not a readable image (broken PNG file (chunk b''))"}
     for name, reason in reasons.items():
         write_jsonl(str(root / "train.jsonl"), [good, dict(good, image=name, id="q7")])
-        assert load_error("json", "train", str(root)) == f"data.py: mine/train.jsonl line 2 (id q7): image '{name}' {reason}"
+        assert load_error("json", "train", str(root)) == \
+            f"data.py: mine/train.jsonl line 2 (id q7): image '{name}' {reason}"
     write_jsonl(str(root / "train.jsonl"), [good, dict(good, image="cut.jpg")])
     assert len(load_dataset("json", "train", str(root))) == 2  # the cheap check reads no pixels
     assert load_error("json", "train", str(root), check_images=True).startswith(
@@ -297,7 +298,8 @@ def test_each_image_file_is_opened_once_and_embedded_bytes_are_checked(tmp_path,
     assert len(load_dataset("json", "train", str(root))) == 5 and opened == ["a.png", "b.png"]
     monkeypatch.undo()
     assert data.image_problem(png_bytes((2, 2), 9)) is None
-    assert data.image_problem(jpeg_bytes()[:-200], decode=True).startswith("is not a readable image (image file is truncated")
+    assert data.image_problem(jpeg_bytes()[:-200], decode=True).startswith(
+        "is not a readable image (image file is truncated")
     assert data.image_problem(b"") == "is an empty file (0 bytes)"
 
 
