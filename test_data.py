@@ -455,5 +455,9 @@ def test_hugging_face_parquet_with_embedded_images(tmp_path, monkeypatch):
     assert [r.question for r in load_dataset("hf", "test", str(tmp_path / "disk"))] == ["Q40?", "Q50?"]
     for one_table in (tmp_path / "disk" / "test", next((tmp_path / "disk" / "test").glob("*.arrow"))):
         assert [load_image(r).size for r in load_dataset("hf", "val", str(one_table))] == [(6, 2), (7, 2)]
+    pyarrow.parquet.write_table(pyarrow.table({"image": [{"bytes": b"junk", "path": None}], "question": ["Q?"],
+                                               "answer": ["no"]}), tmp_path / "train.parquet")
+    assert load_error("hf", "train", str(tmp_path / "train.parquet")) == \
+        "data.py: train.parquet row 0: image (embedded) is not an image file PIL can read"
     image = Image.new("RGB", (2, 2))
     assert data._embedded_image(image) is image and data._embedded_image({"bytes": None, "path": "a.png"}) == "a.png"
