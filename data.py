@@ -8,7 +8,8 @@ dataset (phantom.py) behind the same load_dataset.
     image = load_image(records[0])                          # PIL RGB image
     python data.py --dataset slake --data-root /data/slake  # check every record and image first
 
-Layouts under --data-root (a folder; or one file, then used for whatever split is asked); the
+Layouts under --data-root (a folder; or one file, then used for whatever split is asked: a warning
+when that is not the split it is named for, and as test only with --same-file-for-test); the
 README's datasets table lists each published file and what is read from it:
     vqa_rad  train.json / test.json (or trainset.json / testset.json): a JSON list with image_name,
              question, answer, answer_type (OPEN/CLOSED); images in images/ (or "VQA_RAD Image Folder").
@@ -35,11 +36,14 @@ missing answer type is inferred (yes/no -> closed); a rationale is read from "co
 "reasoning". Image paths are looked up under the image folder, then beside the data file, with
 Windows separators accepted. [reconstructed] A folder without a validation file (VQA-RAD and
 PMC-VQA ship none) gives every 20th training record as "val" (--val-every), and "train" leaves
-those out.
+those out; an empty val split is warned about. 16-bit and float scans are spread over 0..255 by
+their own range, or by --window LOW HIGH (to_8bit).
 
 Bad input stops with the file, the record and the field, e.g.
     data.py: vqa_rad/train.json record 17 (qid 42): image_name 'synpic123.jpg' not found under images/
-and skip_bad=True (--skip-bad) skips such records and prints how many to stderr.
+    data.py: slake/test.json record 3 (qid 9): img_name 'xmlab1/source.jpg' is an empty file (0 bytes)
+(each image's header and structure are read while loading; --check-images decodes it too) and
+skip_bad=True (--skip-bad) skips such records and prints how many to stderr.
 """
 
 import argparse
@@ -68,6 +72,7 @@ class VQARecord:
     dataset: str
     cot: str | None = None  # chain-of-thought rationale, when the dataset has one
     source: str = ""  # where the record came from, for error messages: "slake/test.json record 5"
+    window: tuple[float, float] | None = None  # raw range of a 16-bit scan read as 0..255 (--window)
 
 
 class DataError(ValueError):
@@ -79,18 +84,68 @@ def infer_answer_type(answer: str) -> str:
     return "closed" if str(answer).strip().lower().rstrip(".!") in ("yes", "no") else "open"
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I", "F")  # 16-bit scans (from DICOM), 32-bit ints, floats
+
+
+def to_8bit(image: Image.Image, window: tuple[float, float] | None = None) -> Image.Image:
+    """A 16-bit, 32-bit or float image as 8-bit grayscale, its range (or `window`) spread over 0..255;
+    other images as they are. PIL's convert("RGB") would clip instead: a 12-bit CT stored in 16 bits
+    (0..4095) would come out 94% white.
+
+        pixels [[0, 1000], [2000, 4000]] (I;16) -> [[0, 64], [128, 255]]   (range 0..4000)
+        window (1000, 2000)                      -> [[0, 0], [255, 255]]
+    [reconstructed] The papers do not say how deep scans are read; --window LOW HIGH fixes the range
+    in raw pixel units instead of each image's own min..max. A constant image comes out black.
+    """
+    if image.mode not in HIGH_DEPTH_MODES:
+        return image
+    pixels = np.asarray(image, dtype=np.float32)  # exact for 16-bit values, 8x faster than float64
+    low, high = window or (pixels.min(), pixels.max())
+    scaled = (pixels - low) / (high - low) * 255 if high > low else np.zeros_like(pixels)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
+def _unreadable(error: Exception) -> str:
+    if isinstance(error, Image.UnidentifiedImageError):  # PIL's message repeats the path
+        return "is not an image file PIL can read"
+    return f"is not a readable image ({error})"
+
+
+def image_problem(image: "str | bytes", decode: bool = False) -> str | None:
+    """Why an image file (a path, or an embedded file's bytes) cannot be used, or None if it can.
+
+    Cheap by default (about 30 us a JPEG): PIL reads the header, and verify() walks the file's
+    structure (a PNG's chunks and checksums) without decoding pixels. decode=True (--check-images)
+    then decodes every pixel too (about 1 ms a 600x600 JPEG), which also finds a JPEG cut short.
+    """
+    if isinstance(image, str) and not os.path.isfile(image):
+        return "not found"
+    if (len(image) if isinstance(image, bytes) else os.path.getsize(image)) == 0:
+        return "is an empty file (0 bytes)"
+    try:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
+            opened.verify()
+        if decode:  # verify() leaves an image unusable: open it again
+            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
+                opened.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # SyntaxError: broken PNG
+        return _unreadable(error)
+    return None
+
+
 def load_image(record: VQARecord) -> Image.Image:
-    """The record's image as RGB; an unreadable file raises DataError naming file and record."""
+    """The record's image as RGB (16-bit and float scans rescaled by to_8bit with the record's window);
+    an unreadable file raises DataError naming file and record."""
     if isinstance(record.image, Image.Image):
-        return record.image.convert("RGB")
+        return to_8bit(record.image, record.window).convert("RGB")
     embedded = isinstance(record.image, bytes)
     try:
         with Image.open(io.BytesIO(record.image) if embedded else record.image) as image:
-            return image.convert("RGB")  # also CMYK JPEGs (PathVQA)
+            return to_8bit(image, record.window).convert("RGB")  # also CMYK JPEGs (PathVQA)
     except FileNotFoundError:
         reason = "not found"
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        reason = f"is not a readable image ({error})"
+        reason = _unreadable(error)
     image = "embedded image" if embedded else f"image '{record.image}'"
     raise DataError(f"data.py: {record.source or record.id}: {image} {reason}")
 
@@ -174,8 +229,9 @@ def _source(shown: str, where: str, row: dict, fields: dict) -> str:
     return f"{shown} {where}" + (f" ({fields['id']} {native_id})" if native_id else "")
 
 
-def _record(name, split, shown, where, row, fields, image_dirs, image_shown) -> VQARecord:
-    """One row of a file as a VQARecord, or DataError naming the file, the record and the field."""
+def _record(name, split, shown, where, row, fields, image_dirs, image_shown, check_image) -> VQARecord:
+    """One row of a file as a VQARecord, or DataError naming the file, the record and the field;
+    check_image(path or bytes) says why its image cannot be used (image_problem), or None."""
     if isinstance(row, DataError):
         raise row
     if not isinstance(row, dict):
@@ -192,11 +248,15 @@ def _record(name, split, shown, where, row, fields, image_dirs, image_shown) -> 
         raise DataError(f"data.py: {source}: field '{fields['answer_type']}' is '{answer_type}', "
                         "expected open or closed")
     image = row[fields["image"]]
-    if not isinstance(image, (bytes, Image.Image)):  # embedded images (--dataset hf) need no file
-        image = _image_file(_text(row, fields["image"]), image_dirs)
-        if image is None:
-            raise DataError(f"data.py: {source}: {fields['image']} '{_text(row, fields['image'])}' "
-                            f"not found under {image_shown}")
+    if not isinstance(image, Image.Image):  # a path, or an embedded file's bytes (--dataset hf)
+        named = f"{fields['image']} (embedded)" if isinstance(image, bytes) else \
+            f"{fields['image']} '{_text(row, fields['image'])}'"
+        if not isinstance(image, bytes):
+            image = _image_file(_text(row, fields["image"]), image_dirs)
+            if image is None:
+                raise DataError(f"data.py: {source}: {named} not found under {image_shown}")
+        if problem := check_image(image):
+            raise DataError(f"data.py: {source}: {named} {problem}")
     cot_fields = [fields["cot"]] if "cot" in fields else ["cot", "rationale", "reasoning"]
     cot = next((text for field in cot_fields if (text := _text(row, field))), None)
     native_id = _text(row, fields["id"])
@@ -299,6 +359,31 @@ def _hf_rows(root: str, split: str, hf_split: str | None, fields: dict):
     return shown, rows, hold_out
 
 
+def _file_split(name: str, path: str) -> str | None:
+    """The split a data file is named for: "test" for test_clean.csv, pvqa_test.json or the hub's
+    test-00000-of-00001.parquet (or a save_to_disk folder test/); None for mine.jsonl."""
+    base = os.path.basename(os.path.normpath(path))
+    if name == "hf":
+        stem = os.path.splitext(base)[0].split("-")[0]
+        return next((split for split, hub in HF_SPLITS.items() if stem == hub), None)
+    return next((split for split in SPLITS if base in FORMATS[name]["files"].get(split, ())), None)
+
+
+def _one_file_for_every_split(name: str, split: str, root: str, same_file_for_test: bool) -> None:
+    """A single file as --data-root gives the same records for whatever split is asked (but the
+    official VQA-RAD file, split by phrase_type). Asked for the split it is named for, fine; for
+    another, a warning; for test, a DataError unless same_file_for_test (--same-file-for-test)."""
+    named, shown = _file_split(name, root), os.path.basename(os.path.normpath(root))
+    if named == split or (split == "train" and named is None):  # mine.jsonl: train on it, no surprise
+        return
+    if split == "test" and not same_file_for_test:
+        raise DataError(f"data.py: {shown}: one file serves every split, so its test records would be "
+                        "the training records; give a folder with a test file, or --same-file-for-test "
+                        "to use it anyway")
+    print(f"data.py: {shown}: warning: one file serves every split, so its {split} records are the "
+          f"same as its {'test' if named == 'test' else 'training'} records", file=sys.stderr)
+
+
 def _split_file(name: str, split: str, root: str) -> tuple[str, str | None]:
     """(file holding the split, None or the side of the train/val hold-out the split keeps)."""
     if os.path.isfile(root):
@@ -321,13 +406,20 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
                  skip_bad: bool = False, limit: int | None = None, offset: int = 0,
                  field_map: dict | None = None, seed: int = 0, val_every: int = 20,
                  pmc_choices: bool = False, phantom_wording: str = "question",
-                 hf_split: str | None = None) -> list[VQARecord]:
+                 hf_split: str | None = None, check_images: bool = False,
+                 window: tuple[float, float] | None = None,
+                 same_file_for_test: bool = False) -> list[VQARecord]:
     """Records of one split of a dataset (see the module docstring for each layout).
 
     `offset` drops the first N good records, then `limit` keeps the next N (phantom: `limit` is
     the split's size, and an offset draws that many more images); `seed` and `phantom_wording`
     only affect phantom (phantom_dataset's `seed` and `wording`); `hf_split` names the split of a
     Hugging Face dataset (default: train, validation, test).
+    Each image file is opened once here (image_problem; `check_images` decodes it too), so a bad
+    one stops loading, or with skip_bad is counted, not a training run hours later. `window` is
+    the raw range of 16-bit and float scans (to_8bit; default each image's own min..max).
+    A single file as `root` serves every split: warned, and refused as test unless
+    `same_file_for_test`. An empty val split is warned about.
     [reconstructed] Without a validation file, every `val_every`-th training record is "val".
     [reconstructed] PMC-VQA is open-ended unless `pmc_choices`: then the question lists the four
     choices ("... Choices: A:CT B:MRI C:PET D:X-ray") and the answer is scored as closed.
@@ -344,8 +436,13 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
         raise DataError(f"data.py: {name}: unknown split '{split}' (use one of {', '.join(SPLITS)})")
     if root is None:
         raise DataError(f"data.py: {name}: give the folder of its files with --data-root")
+    if window is not None and not window[0] < window[1]:
+        raise DataError(f"data.py: --window: LOW must be below HIGH, got {window[0]:g} {window[1]:g}")
     fmt = FORMATS.get(name, dict(fields={}))
     fields = {field: field for field in FIELDS if field != "cot"} | fmt["fields"] | (field_map or {})
+    one_table = os.path.isfile(root) or name == "hf" and os.path.isfile(os.path.join(root, "state.json"))
+    if one_table and not (name == "vqa_rad" and os.path.basename(root) == VQA_RAD_OFFICIAL):
+        _one_file_for_every_split(name, split, root, same_file_for_test)
     official = False
     if name == "hf":
         shown, rows, hold_out = _hf_rows(root, split, hf_split, fields)
@@ -365,6 +462,15 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
         rows = _read_rows(path, shown)
         if name == "pathvqa":
             rows = _pathvqa_questions(rows, shown, fields)
+    checked = {}  # path -> image_problem: a SLAKE image is asked about by ~20 questions, opened once
+
+    def check_image(image):
+        if isinstance(image, bytes):
+            return image_problem(image, check_images)
+        if image not in checked:
+            checked[image] = image_problem(image, check_images)
+        return checked[image]
+
     records, bad, index = [], [], -1
     for where, row in rows:
         if limit is not None and len(records) >= offset + limit:
@@ -379,7 +485,9 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
         try:
             if name == "pmc_vqa" and isinstance(row, dict):
                 row = _pmc_vqa_row(row, fields, pmc_choices, _source(shown, where, row, fields))
-            records.append(_record(name, split, shown, where, row, fields, image_dirs, image_shown))
+            record = _record(name, split, shown, where, row, fields, image_dirs, image_shown, check_image)
+            record.window = window
+            records.append(record)
         except DataError as error:
             if not skip_bad:
                 raise
@@ -387,6 +495,10 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
     if bad:
         print(f"data.py: {shown}: skipped {len(bad)} bad records of {len(records) + len(bad)} "
               f"(first: {bad[0]})", file=sys.stderr)
+    if split == "val" and not records[offset:]:
+        why = (f"no validation file, and {index + 1} training records are too few to hold out every "
+               f"{val_every}-th" if hold_out and index + 1 < val_every else "no records")
+        print(f"data.py: {shown}: warning: the val split is empty ({why})", file=sys.stderr)
     return records[offset:]
 
 
@@ -432,6 +544,13 @@ def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0)
                        help="[reconstructed] PMC-VQA: list the four choices, score as closed")
     group.add_argument("--hf-split", default=None,
                        help="hf: the split to read (default: train, validation, test for train, val, test)")
+    group.add_argument("--check-images", action="store_true",
+                       help="decode every image while loading (slower), not only its header and structure")
+    group.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                       help="[reconstructed] 16-bit/float scans: raw values LOW..HIGH become 0..255 "
+                            "(default: each image's own min..max)")
+    group.add_argument("--same-file-for-test", action="store_true",
+                       help="allow a single --data-root file as the test split (it serves every split)")
 
 
 def dataset_from_args(args: argparse.Namespace, split: str) -> list[VQARecord]:
@@ -440,7 +559,9 @@ def dataset_from_args(args: argparse.Namespace, split: str) -> list[VQARecord]:
                         offset=args.train_offset if split == "train" else 0,
                         field_map=parse_field_map(args.field_map), seed=args.data_seed,
                         val_every=args.val_every, pmc_choices=args.pmc_choices,
-                        phantom_wording=args.phantom_wording, hf_split=args.hf_split)
+                        phantom_wording=args.phantom_wording, hf_split=args.hf_split,
+                        check_images=args.check_images, window=tuple(args.window) if args.window else None,
+                        same_file_for_test=args.same_file_for_test)
 
 
 def batch_order(n, batch_size, step, seed):
@@ -455,9 +576,10 @@ def batch_order(n, batch_size, step, seed):
 
 
 def main(argv=None):
-    """Check a dataset before a long run: load a split, open every image, print a summary."""
+    """Check a dataset before a long run: load a split, decode every image, print a summary."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     add_data_args(parser)
+    parser.set_defaults(check_images=True)  # a bad image stops here, or is skipped and counted (--skip-bad)
     parser.add_argument("--split", default="train", choices=SPLITS, help="which split to check")
     parser.add_argument("--grid", default=None, help="also save its first 16 images as one PNG")
     args = parser.parse_args(argv)
@@ -465,9 +587,9 @@ def main(argv=None):
     try:
         records = dataset_from_args(args, args.split)
         for record in records:
-            image, key = load_image(record), str(record.image) if isinstance(record.image, str) else id(record.image)
+            key = record.image if isinstance(record.image, str) else id(record.image)
             if key not in shown and len(shown) < 16:
-                grid.paste(image.resize((112, 112)), (len(shown) % 4 * 112, len(shown) // 4 * 112))
+                grid.paste(load_image(record).resize((112, 112)), (len(shown) % 4 * 112, len(shown) // 4 * 112))
                 shown.add(key)
     except DataError as error:
         sys.exit(str(error))

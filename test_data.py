@@ -7,6 +7,7 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -131,9 +132,50 @@ def test_generic_json_with_field_map_cot_and_single_file(tmp_path):
         ("Is it normal?", "No.", "closed", "A dark spot."), ("Where?", "apex", "open", None),
         ("Which side?", "left", "closed", None)]
     assert records[2].image == str(root / "pics" / "a.png")
-    records = load_dataset("json", "test", str(root / "train.jsonl"),
+    records = load_dataset("json", "test", str(root / "train.jsonl"), same_file_for_test=True,
                            field_map={"question": "q", "answer": "a", "image": "img", "cot": "why"})
     assert [r.cot for r in records] == [None, "Top.", None]
+
+
+def test_16_bit_and_float_scans_are_rescaled_not_clipped(tmp_path, capsys):
+    root = tmp_path / "mine"
+    os.makedirs(root)
+    scan = np.array([[1000, 3000], [2000, 5000]], dtype=np.uint16)  # as exported from DICOM
+    Image.fromarray(scan).save(root / "scan.png")
+    assert Image.open(root / "scan.png").mode == "I;16"
+    assert np.asarray(Image.open(root / "scan.png").convert("RGB"))[..., 0].tolist() == [[255, 255], [255, 255]]
+    write_jsonl(str(root / "train.jsonl"), [{"image": "scan.png", "question": "Q?", "answer": "no"}])
+    record, = load_dataset("json", "train", str(root))
+    image = load_image(record)
+    assert image.mode == "RGB" and np.asarray(image)[..., 0].tolist() == [[0, 128], [64, 255]]  # (v-1000)/4000*255
+    assert (np.asarray(image)[..., 0] == np.asarray(image)[..., 2]).all()
+    record, = load_dataset("json", "train", str(root), window=(2000, 4000))  # fixed window, clipped outside
+    assert np.asarray(load_image(record))[..., 0].tolist() == [[0, 128], [0, 255]]
+    parser = argparse.ArgumentParser()
+    data.add_data_args(parser)
+    args = parser.parse_args(["--dataset", "json", "--data-root", str(root), "--window", "2000", "4000"])
+    assert data.dataset_from_args(args, "train")[0].window == (2000.0, 4000.0)
+    assert load_error("json", "train", str(root), window=(4000, 4000)) == \
+        "data.py: --window: LOW must be below HIGH, got 4000 4000"
+    for mode, dtype in (("I;16B", ">u2"), ("I", np.int32), ("F", np.float32)):
+        other = Image.frombytes(mode, (2, 2), scan.astype(dtype).tobytes())
+        assert data.to_8bit(other).mode == "L" and np.asarray(data.to_8bit(other)).tolist() == [[0, 128], [64, 255]]
+    flat = Image.fromarray(np.full((2, 3), 700, dtype=np.uint16))  # max == min: no division by zero
+    assert np.asarray(data.to_8bit(flat)).tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_8_bit_images_are_read_as_before(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    images = {"RGB": Image.fromarray(pixels), "L": Image.fromarray(pixels[..., 0]),
+              "CMYK": Image.fromarray(pixels).convert("CMYK"), "P": Image.fromarray(pixels).quantize(5)}
+    for mode, image in images.items():
+        path = str(tmp_path / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}")
+        image.save(path)
+        record = data.VQARecord("x", path, "Q?", "no", "closed", "json", window=(0, 1))
+        with Image.open(path) as saved:
+            assert saved.mode == mode and data.to_8bit(saved) is saved
+            assert np.array_equal(np.asarray(load_image(record)), np.asarray(saved.convert("RGB")))
 
 
 def test_infer_answer_type():
@@ -193,19 +235,72 @@ def test_malformed_lines_files_and_values(tmp_path):
 def test_unreadable_image_fails_at_load_image(tmp_path):
     root = tmp_path / "mine"
     png(str(root / "a.png"))
-    (root / "broken.png").write_bytes(b"not a png")
-    write_jsonl(str(root / "train.jsonl"), [{"image": "broken.png", "question": "Q?", "answer": "no"},
+    write_jsonl(str(root / "train.jsonl"), [{"image": "a.png", "question": "Q?", "answer": "no"},
                                             {"image": "a.png", "question": "Q?", "answer": "no", "id": 5}])
     broken, good = load_dataset("json", "train", str(root))
+    (root / "broken.png").write_bytes(b"not a png")  # spoilt after loading
+    broken.image = str(root / "broken.png")
     with pytest.raises(DataError) as error:
         load_image(broken)
-    message = str(error.value)
-    assert message.startswith(f"data.py: mine/train.jsonl line 1: image '{root / 'broken.png'}' "
-                              "is not a readable image (cannot identify image file")
+    assert str(error.value) == (f"data.py: mine/train.jsonl line 1: image '{root / 'broken.png'}' "
+                                "is not an image file PIL can read")
     os.remove(root / "a.png")
     with pytest.raises(DataError) as error:
         load_image(good)
     assert str(error.value) == f"data.py: mine/train.jsonl line 2 (id 5): image '{root / 'a.png'}' not found"
+
+
+def jpeg_bytes(size=(64, 48)):
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_bad_image_files_stop_loading_or_are_skipped(tmp_path, capsys):
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    whole = (root / "a.png").read_bytes()
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_bytes(b"not a png")
+    (root / "cut.png").write_bytes(whole[:20])  # the signature and half a header
+    (root / "tail.png").write_bytes(whole[:-8])  # header fine, the end chunk cut: found by verify()
+    (root / "cut.jpg").write_bytes(jpeg_bytes()[:-200])  # header fine, pixels cut: found by decoding only
+    good = {"image": "a.png", "question": "Q?", "answer": "no"}
+    reasons = {"empty.png": "is an empty file (0 bytes)", "text.png": "is not an image file PIL can read",
+               "cut.png": "is not a readable image (Truncated File Read)",
+               "tail.png": "is not a readable image (broken PNG file (chunk b''))"}
+    for name, reason in reasons.items():
+        write_jsonl(str(root / "train.jsonl"), [good, dict(good, image=name, id="q7")])
+        assert load_error("json", "train", str(root)) == \
+            f"data.py: mine/train.jsonl line 2 (id q7): image '{name}' {reason}"
+    write_jsonl(str(root / "train.jsonl"), [good, dict(good, image="cut.jpg")])
+    assert len(load_dataset("json", "train", str(root))) == 2  # the cheap check reads no pixels
+    assert load_error("json", "train", str(root), check_images=True).startswith(
+        "data.py: mine/train.jsonl line 2: image 'cut.jpg' is not a readable image (image file is truncated")
+    write_jsonl(str(root / "train.jsonl"), [dict(good, image=name) for name in (*reasons, "cut.jpg")] + [good])
+    assert [r.source for r in load_dataset("json", "train", str(root), skip_bad=True)] == \
+        ["mine/train.jsonl line 5", "mine/train.jsonl line 6"]
+    assert capsys.readouterr().err == ("data.py: mine/train.jsonl: skipped 4 bad records of 6 (first: "
+                                       "mine/train.jsonl line 1: image 'empty.png' is an empty file (0 bytes))\n")
+    data.main(["--dataset", "json", "--data-root", str(root), "--skip-bad"])  # python data.py decodes every image
+    assert capsys.readouterr().out.startswith("json train: 1 records")
+
+
+def test_each_image_file_is_opened_once_and_embedded_bytes_are_checked(tmp_path, monkeypatch):
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    png(str(root / "b.png"))
+    write_jsonl(str(root / "train.jsonl"), [{"image": f"{name}.png", "question": "Q?", "answer": "no"}
+                                            for name in "aabab"])
+    opened = []
+    monkeypatch.setattr(data, "image_problem", lambda image, decode: opened.append(os.path.basename(image)))
+    assert len(load_dataset("json", "train", str(root))) == 5 and opened == ["a.png", "b.png"]
+    monkeypatch.undo()
+    assert data.image_problem(png_bytes((2, 2), 9)) is None
+    assert data.image_problem(jpeg_bytes()[:-200], decode=True).startswith(
+        "is not a readable image (image file is truncated")
+    assert data.image_problem(b"") == "is an empty file (0 bytes)"
 
 
 def test_skip_bad_counts_and_reports(tmp_path, capsys):
@@ -232,6 +327,64 @@ def test_dataset_level_errors(tmp_path):
         data.parse_field_map("question")
     with pytest.raises(DataError, match="'prompt=q' is not NAME=FIELD"):
         data.parse_field_map("prompt=q")
+
+
+def test_an_empty_val_split_is_warned_about(tmp_path, capsys):
+    rows = [{"qid": i, "image_name": f"synpic{i}.jpg", "question": "Q?", "answer": "yes"} for i in range(5)]
+    root = vqa_rad(tmp_path, rows)
+    assert len(load_dataset("vqa_rad", "train", root)) == 5 and capsys.readouterr().err == ""
+    assert load_dataset("vqa_rad", "val", root) == []
+    assert capsys.readouterr().err == ("data.py: vqa_rad/train.json: warning: the val split is empty (no "
+                                       "validation file, and 5 training records are too few to hold out "
+                                       "every 20-th)\n")
+    assert len(load_dataset("vqa_rad", "val", root, val_every=5)) == 1 and capsys.readouterr().err == ""
+    slake = tmp_path / "slake"
+    write_json(str(slake / "validate.json"), [{"img_name": "a.png", "question": "肺?", "answer": "否", "q_lang": "zh"}])
+    assert load_dataset("slake", "val", str(slake)) == []
+    assert capsys.readouterr().err == "data.py: slake/validate.json: warning: the val split is empty (no records)\n"
+
+
+def test_one_file_for_every_split_is_warned_about_and_refused_as_test(tmp_path, capsys):
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    rows = [{"image": "a.png", "question": f"Q{i}?", "answer": "no"} for i in range(3)]
+    write_jsonl(str(root / "mine.jsonl"), rows)
+    mine = str(root / "mine.jsonl")
+    assert len(load_dataset("json", "train", mine)) == 3 and capsys.readouterr().err == ""  # what one file is for
+    assert len(load_dataset("json", "val", mine)) == 3
+    assert capsys.readouterr().err == ("data.py: mine.jsonl: warning: one file serves every split, so its val "
+                                       "records are the same as its training records\n")
+    refusal = ("data.py: mine.jsonl: one file serves every split, so its test records would be the training "
+               "records; give a folder with a test file, or --same-file-for-test to use it anyway")
+    assert load_error("json", "test", mine) == refusal
+    with pytest.raises(SystemExit, match="--same-file-for-test to use it anyway"):
+        data.main(["--dataset", "json", "--data-root", mine, "--split", "test"])
+    capsys.readouterr()
+    data.main(["--dataset", "json", "--data-root", mine, "--split", "test", "--same-file-for-test"])
+    out, err = capsys.readouterr()
+    assert out.startswith("json test: 3 records") and err == (
+        "data.py: mine.jsonl: warning: one file serves every split, so its test records are the same as its "
+        "training records\n")
+    os.rename(mine, root / "test.jsonl")  # named for test: it is the test file
+    assert len(load_dataset("json", "test", str(root / "test.jsonl"))) == 3 and capsys.readouterr().err == ""
+    assert len(load_dataset("json", "train", str(root / "test.jsonl"))) == 3
+    assert capsys.readouterr().err == ("data.py: test.jsonl: warning: one file serves every split, so its train "
+                                       "records are the same as its test records\n")
+    assert [data._file_split(name, path) for name, path in (
+        ("pmc_vqa", "d/test_clean.csv"), ("pmc_vqa", "d/train_2.csv"), ("pathvqa", "pvqa_val.json"),
+        ("vqa_rad", "d/testset.json"), ("hf", "data/test-00000-of-00001.parquet"), ("hf", "disk/validation/"),
+        ("hf", "rad.parquet"), ("json", "mine.jsonl"))] == ["test", "train", "val", "test", "test", "val", None, None]
+
+
+def test_the_official_vqa_rad_file_serves_every_split_without_a_warning(tmp_path, capsys):
+    rows = [{"qid": i, "image_name": f"synpic{i}.jpg", "question": "Q?", "answer": "yes",
+             "phrase_type": "test_freeform" if i < 3 else "freeform"} for i in range(25)]
+    root = vqa_rad(tmp_path, rows)
+    os.rename(os.path.join(root, "train.json"), os.path.join(root, data.VQA_RAD_OFFICIAL))
+    os.remove(os.path.join(root, "test.json"))
+    official = os.path.join(root, data.VQA_RAD_OFFICIAL)
+    sizes = [len(load_dataset("vqa_rad", split, official)) for split in data.SPLITS]
+    assert sizes == [21, 1, 3] and capsys.readouterr().err == ""
 
 
 def test_command_line_options(tmp_path, capsys):
@@ -273,7 +426,7 @@ def test_hugging_face_parquet_with_embedded_images(tmp_path, monkeypatch):
                                    {"bytes": png_bytes((3, 5), 200), "path": None}],
                            "q": ["Is there a mass?", "Where is it?"], "a": ["Yes", "3"]})
     pyarrow.parquet.write_table(table, tmp_path / "rad.parquet")
-    records = load_dataset("hf", "test", str(tmp_path / "rad.parquet"),
+    records = load_dataset("hf", "test", str(tmp_path / "rad.parquet"), same_file_for_test=True,
                            field_map=data.parse_field_map("image=img,question=q,answer=a"))
     assert [(r.id, r.question, r.answer, r.answer_type, r.dataset, r.source) for r in records] == [
         ("hf-test-row0", "Is there a mass?", "Yes", "closed", "hf", "rad.parquet row 0"),
@@ -302,5 +455,9 @@ def test_hugging_face_parquet_with_embedded_images(tmp_path, monkeypatch):
     assert [r.question for r in load_dataset("hf", "test", str(tmp_path / "disk"))] == ["Q40?", "Q50?"]
     for one_table in (tmp_path / "disk" / "test", next((tmp_path / "disk" / "test").glob("*.arrow"))):
         assert [load_image(r).size for r in load_dataset("hf", "val", str(one_table))] == [(6, 2), (7, 2)]
+    pyarrow.parquet.write_table(pyarrow.table({"image": [{"bytes": b"junk", "path": None}], "question": ["Q?"],
+                                               "answer": ["no"]}), tmp_path / "train.parquet")
+    assert load_error("hf", "train", str(tmp_path / "train.parquet")) == \
+        "data.py: train.parquet row 0: image (embedded) is not an image file PIL can read"
     image = Image.new("RGB", (2, 2))
     assert data._embedded_image(image) is image and data._embedded_image({"bytes": None, "path": "a.png"}) == "a.png"

@@ -53,7 +53,8 @@ def test_train_offset_continues_the_split_and_only_moves_train():
         [r.id for r in phantom.phantom_dataset("val", size=40)[30:]]
     args = argparse.Namespace(dataset="phantom", data_root=None, skip_bad=False, limit=5, train_offset=12,
                               field_map=None, data_seed=0, val_every=20, pmc_choices=False,
-                              phantom_wording="question", hf_split=None)
+                              phantom_wording="question", hf_split=None, check_images=False,
+                              window=None, same_file_for_test=False)
     assert [r.id for r in dataset_from_args(args, "train")] == \
         [r.id for r in phantom.phantom_dataset("train", size=17)[12:]]
     assert [r.id for r in dataset_from_args(args, "val")] == [r.id for r in phantom.phantom_dataset("val", size=5)]
