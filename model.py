@@ -23,6 +23,7 @@ is missing) and expands the image placeholder itself: one `<|image_pad|>` per me
 
 import argparse
 import glob
+import io
 import json
 import math
 import sys
@@ -364,8 +365,9 @@ def check_prompt_lengths(records, processor, limit, skip_bad, script):
         if isinstance(record.image, Image.Image):
             size = record.image.size
         else:
-            try:
-                with Image.open(record.image) as image:   # reads the header, not the pixels
+            try:   # a path, or the bytes of an image embedded in a dataset file
+                source = io.BytesIO(record.image) if isinstance(record.image, bytes) else record.image
+                with Image.open(source) as image:          # reads the header, not the pixels
                     size = image.size
             except (OSError, ValueError):
                 kept.append(record)                        # unreadable: data.load_image reports it
