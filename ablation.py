@@ -20,7 +20,8 @@ import numpy as np
 import grpo
 from data import load_dataset
 from evaluate import evaluate_model
-from model import HelpFormatter, load_model
+from model import load_model
+from training import HelpFormatter
 from phantom import WORDINGS
 from rewards import SemanticScorer
 

@@ -30,12 +30,12 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import (Completions, HelpFormatter, add_model_args, add_optimizer_args, add_run_args, at_least,
-                   check_prompt_lengths, claim_output, completion_logprobs, due, load_trainer_state,
-                   model_from_args, open_log, positive_float, repeat_prompts, sample_completions,
-                   save_checkpoint, select_prompts, set_learning_rate)
+from model import (Completions, add_model_args, check_prompt_lengths, completion_logprobs, model_from_args,
+                   repeat_prompts, sample_completions, select_prompts)
 from phantom import PHANTOM_SIZES
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
+from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
+                      open_log, positive_float, save_checkpoint, set_learning_rate)
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "token", "dr_grpo")

@@ -87,7 +87,8 @@ PARTS = ("weights", "gradients", "adamw", "reference", "rollout", "activations",
 
 def main(argv=None):
     from distributed import PRECISIONS
-    from model import QWEN25_VL_SHAPES, HelpFormatter, qwen25_vl_config
+    from model import QWEN25_VL_SHAPES, qwen25_vl_config
+    from training import HelpFormatter
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", nargs="+", default=list(QWEN25_VL_SHAPES),
                    help="qwen2.5-vl-3b, qwen2.5-vl-7b, or a checkpoint directory / hub id (config only)")

@@ -19,9 +19,10 @@ import grpo
 import sft
 from data import load_image
 from distributed import Runtime, setup
-from model import Completions, completion_mask, load_model, load_trainer_state, repeat_prompts, select_prompts
+from model import Completions, completion_mask, load_model, repeat_prompts, select_prompts
 from phantom import phantom_dataset
 from rewards import AdaptiveSemanticReward
+from training import load_trainer_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCORES = {0: [[0.1, 0.5], [], [0.7]], 1: [[0.9], [0.3, 0.2], [0.4, 0.8, 0.6]]}   # per rank, per call

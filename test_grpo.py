@@ -274,7 +274,7 @@ import json  # noqa: E402
 from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
 import grpo  # noqa: E402
-import model as model_lib  # noqa: E402
+import training  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +310,7 @@ def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_
         assert key in rows[-1] and np.isfinite(rows[-1][key])
     assert 0 < rows[-1]["completion_length"] <= 48
     assert "val" in rows[-1] and rows[-1]["val"]["n"] == 2
-    state = model_lib.load_trainer_state(out)
+    state = training.load_trainer_state(out)
     assert state["step"] == 2 and len(state["adaptive"]["buffer"]) > 0
 
 
@@ -320,14 +320,14 @@ def test_grpo_resume_gives_the_same_weights_as_an_uninterrupted_run(start_checkp
     grpo.main(_grpo_args(start_checkpoint, straight, 4))
     with pytest.raises(kill_after_first_checkpoint(grpo)):
         grpo.main(_grpo_args(start_checkpoint, split, 4, "--save-every", "2"))
-    assert model_lib.load_trainer_state(split)["step"] == 2
+    assert training.load_trainer_state(split)["step"] == 2
     grpo.main(_grpo_args(start_checkpoint, split, 4, "--resume", split))
     a = Qwen2_5_VLForConditionalGeneration.from_pretrained(straight).state_dict()
     b = Qwen2_5_VLForConditionalGeneration.from_pretrained(split).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     start = Qwen2_5_VLForConditionalGeneration.from_pretrained(start_checkpoint).state_dict()
     assert not all(torch.equal(a[k], start[k]) for k in a)            # training did move the weights
-    sa, sb = model_lib.load_trainer_state(straight), model_lib.load_trainer_state(split)
+    sa, sb = training.load_trainer_state(straight), training.load_trainer_state(split)
     assert sa["adaptive"] == sb["adaptive"]
 
 

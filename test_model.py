@@ -9,6 +9,7 @@ from PIL import Image
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 import model as M
+from training import load_trainer_state, save_checkpoint
 
 CORPUS = ["Is there a lesion in the left lung? <think>A bright round spot lies in the left upper "
           "field.</think><answer>yes</answer>", "What imaging modality is this? magnetic resonance "
@@ -173,8 +174,8 @@ def test_gradients_reach_the_model_through_logprobs(tiny):
 def test_checkpoint_reloads_with_plain_transformers_and_same_answers(tiny, tmp_path):
     model, processor = tiny
     path = str(tmp_path / "ckpt")
-    M.save_checkpoint(model, processor, path, trainer_state={"step": 7}, meta={"step": 7})
-    assert M.load_trainer_state(path)["step"] == 7
+    save_checkpoint(model, processor, path, trainer_state={"step": 7}, meta={"step": 7})
+    assert load_trainer_state(path)["step"] == 7
     plain = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
     assert AutoTokenizer.from_pretrained(path).get_vocab() == processor.tokenizer.get_vocab()
     reloaded, reprocessor = M.load_model(path, device="cpu")
@@ -187,14 +188,14 @@ def test_checkpoint_reloads_with_plain_transformers_and_same_answers(tiny, tmp_p
 def test_interrupted_save_keeps_previous_checkpoint(tiny, tmp_path, monkeypatch):
     model, processor = tiny
     path = str(tmp_path / "ckpt")
-    M.save_checkpoint(model, processor, path, trainer_state={"step": 1})
+    save_checkpoint(model, processor, path, trainer_state={"step": 1})
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
     monkeypatch.setattr(processor, "save_pretrained", broken)
     with pytest.raises(OSError):
-        M.save_checkpoint(model, processor, path, trainer_state={"step": 2})
-    assert M.load_trainer_state(path)["step"] == 1
+        save_checkpoint(model, processor, path, trainer_state={"step": 2})
+    assert load_trainer_state(path)["step"] == 1
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]          # no temporary directory left behind
 
 
@@ -202,5 +203,5 @@ def test_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tiny, tmp_
     model, processor = tiny
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a checkpoint"):
-        M.save_checkpoint(model, processor, str(tmp_path))
+        save_checkpoint(model, processor, str(tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "keep me"

@@ -15,7 +15,7 @@ import pytest
 
 import grpo
 import sft
-from model import load_trainer_state
+from training import load_trainer_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAST = ["--limit", "24", "--batch-size", "4", "--eval-size", "2", "--max-new-tokens", "4", "--eval-every", "0",

@@ -10,7 +10,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 import sft
 from phantom import phantom_dataset
 from distributed import setup
-from model import load_trainer_state
+from training import load_trainer_state
 
 FAST = ["--limit", "24", "--batch-size", "4", "--eval-size", "4", "--max-new-tokens", "8",
         "--eval-every", "0"]

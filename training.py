@@ -1,0 +1,206 @@
+"""What sft.py and grpo.py share around the model: options, the learning-rate schedule, the run's
+output folder, atomic checkpoints and the JSONL log.
+
+    claim_output(args, "grpo.py")        # before anything is opened: may this run write to --out?
+    log = open_log(args.out, keep_step)  # runs/grpo.log.jsonl, cut back to the checkpoint on resume
+    save_checkpoint(model, processor, args.out, trainer_state, meta, rt=rt)   # atomic, HF format
+    state = load_trainer_state("runs/grpo")                                   # --resume
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the script's docstring as written and shows every option's default."""
+
+
+def at_least(low, kind=int):
+    """argparse type: a number >= low, refused at parse time with a one-line message."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def positive_float(text):
+    """argparse type: a float > 0."""
+    value = at_least(0.0, float)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_run_args(parser, script, default_out):
+    """--out, --resume, --overwrite, shared by sft.py and grpo.py; claim_output enforces them."""
+    parser.add_argument("--out", default=None,
+                        help=f"checkpoint directory (Hugging Face format); none given: {default_out}, "
+                             "or the --resume directory")
+    parser.add_argument("--resume", default=None,
+                        help=f"checkpoint directory written by {script} to continue from (in place)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let a fresh run replace the checkpoint and log already in --out")
+    parser.set_defaults(default_out=default_out)
+
+
+def add_optimizer_args(parser, lr):
+    """AdamW and schedule options shared by sft.py and grpo.py."""
+    parser.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate (AdamW) [reconstructed]")
+    parser.add_argument("--weight-decay", type=at_least(0.0, float), default=0.0, help="AdamW weight decay")
+    parser.add_argument("--warmup", type=at_least(0.0, float), default=0.05, help="fraction of steps of linear warmup")
+    parser.add_argument("--min-lr-ratio", type=at_least(0.0, float), default=0.1,
+                        help="cosine decay floor, as a fraction of --lr")
+    parser.add_argument("--clip", type=positive_float, default=1.0, help="gradient-norm clipping")
+
+
+def set_learning_rate(optimizer, step, args):
+    """The schedule spans args.schedule_steps, the --steps the run was started with: a resumed run
+    that extends --steps continues at the schedule's floor instead of restarting it."""
+    lr = learning_rate(step, args.schedule_steps, args.lr, args.warmup, args.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def due(step, every, total):
+    """Whether a periodic action (validation, checkpoint) runs after `step`: every N and at the end."""
+    return bool(every and step % every == 0) or step == total
+
+
+def learning_rate(step, total, peak, warmup_frac, min_ratio):
+    """Linear warmup over warmup_frac of the steps, then cosine decay to min_ratio * peak."""
+    warmup = max(1, int(total * warmup_frac))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=None):
+    """Write a Hugging Face checkpoint (+ trainer_state.pt, meta.json) to `path` atomically.
+
+    Everything goes to a temporary sibling directory first, which then replaces `path` with
+    renames: an interrupted save leaves the previous checkpoint intact. With a Runtime `rt` of
+    several processes, every process must call this (the weights are gathered from all shards);
+    the main process writes.
+    """
+    state_dict = rt.model_state(model) if rt is not None else None
+    if rt is not None and not rt.is_main:
+        rt.barrier()
+        return
+    path = os.path.abspath(path)
+    if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileExistsError(f"model.py: {path} exists and is not a checkpoint; saving would replace "
+                              "it whole: choose another --out")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it private (0700); a checkpoint is a normal folder
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        processor.save_pretrained(tmp)
+        if trainer_state is not None:
+            torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
+        if meta is not None:
+            with open(os.path.join(tmp, "meta.json"), "w") as f:
+                json.dump(meta, f, indent=2)
+        old = path + ".old"
+        if os.path.exists(path):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if rt is not None:
+            rt.barrier()
+
+
+def claim_output(args, script):
+    """Decide where this run writes, before anything is opened; exit with one line if it may not.
+
+    --resume DIR continues in DIR (its own --out unless --out names another directory). A fresh
+    run needs an --out that holds no checkpoint or log yet, or --overwrite; a directory holding
+    anything but a checkpoint is never written. A save interrupted between its two renames left
+    the checkpoint as DIR.old: --resume DIR says so. Leftovers of interrupted saves (DIR.tmp-*,
+    a stale DIR.old) are removed: only save_checkpoint makes them.
+    Returns the step the log keeps (the checkpoint's) on resume, else None.
+    """
+    if args.resume:
+        resume = os.path.normpath(args.resume)
+        if not os.path.isfile(os.path.join(resume, "trainer_state.pt")):
+            old = resume + ".old"
+            if os.path.isfile(os.path.join(old, "trainer_state.pt")):
+                sys.exit(f"{script}: --resume {resume}: no checkpoint there, but {old} holds one (a save was "
+                         f"interrupted); move it back (`mv {old} {resume}`) and resume again")
+            sys.exit(f"{script}: --resume {resume}: no checkpoint written by this project's training "
+                     "scripts there (trainer_state.pt missing)")
+        args.out = os.path.normpath(args.out or resume)
+    args.out = os.path.normpath(args.out or args.default_out)
+    out, log = args.out, args.out + ".log.jsonl"
+    if os.path.exists(out) and not os.path.isdir(out):
+        sys.exit(f"{script}: --out {out} is a file, not a checkpoint directory")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "config.json")):
+        sys.exit(f"{script}: --out {out} holds files that are not a checkpoint; nothing there is replaced: "
+                 "choose another --out")
+    continuing = args.resume and out == os.path.normpath(args.resume)
+    taken = (os.path.isdir(out) and os.listdir(out)) or os.path.exists(log)
+    if taken and not continuing and not args.overwrite:
+        sys.exit(f"{script}: --out {out} already holds a run (checkpoint or {os.path.basename(log)}): "
+                 f"`--resume {out}` continues it, --overwrite replaces it, or choose another --out")
+    for leftover in glob.glob(glob.escape(out) + ".tmp-*") + [out + ".old"] * os.path.isdir(out + ".old"):
+        if os.path.isdir(leftover) and int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(leftover, ignore_errors=True)
+            print(f"{script}: removed {leftover}, left by an interrupted save", file=sys.stderr)
+    return load_trainer_state(args.resume)["step"] if args.resume else None
+
+
+def open_log(out, keep_step=None, enabled=True):
+    """The JSONL training log beside the checkpoint (<out>.log.jsonl: outside the directory that
+    each save replaces). A fresh run starts it anew; a resumed one (keep_step: the checkpoint's
+    step) keeps the rows up to that step, dropping those a killed run logged after its last
+    checkpoint, and appends, so every step appears once. Not enabled (the processes other than
+    the main one): a sink that writes nothing."""
+    if not enabled:
+        return open(os.devnull, "w")
+    path = os.path.abspath(out) + ".log.jsonl"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if keep_step is None:
+        return open(path, "w")
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= keep_step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(rows)
+    os.replace(path + ".tmp", path)
+    return open(path, "a")
+
+
+def load_trainer_state(path):
+    file = os.path.join(path, "trainer_state.pt")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"model.py: {file} not found; --resume needs a checkpoint "
+                                "written by this project's training scripts")
+    state = torch.load(file, weights_only=False)
+    if "torch_rng" in state:   # written before the multi-process runtime: one process, CPU RNG
+        state["rng"] = [{"cpu": state.pop("torch_rng")}]
+    return state
