@@ -352,8 +352,8 @@ def main(argv=None):
     torch.manual_seed(args.seed + rt.rank)   # each process samples its own completions
     start = 0
     if state is not None:
+        rt.set_rng_state(state["rng"])   # first: it refuses another number of processes
         rt.load_optimizer_state(model, optimizer, state["optimizer"])
-        rt.set_rng_state(state["rng"])
         if reward_fn.adaptive is not None:
             reward_fn.adaptive.load_state_dict(state["adaptive"])
         start = state["step"]

@@ -174,8 +174,8 @@ def main(argv=None):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     if state is not None:
+        rt.set_rng_state(state["rng"])   # first: it refuses another number of processes
         rt.load_optimizer_state(model, optimizer, state["optimizer"])
-        rt.set_rng_state(state["rng"])
     scorer = SemanticScorer(args.encoder)
     log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main)
     rt.print(f"sft.py: {sum(p.numel() for p in params) * rt.world_size / 1e6:.2f}M trainable parameters on "
