@@ -274,8 +274,9 @@ def micro_logprobs(model, prompts, out, args):
 def policy_update(model, optimizer, params, rollout, args, rt):
     """One optimizer step on the rollout batch, accumulated over micro-batches (and processes).
 
-    Each micro-batch's loss is weighted by its share of the aggregation's denominator over the
-    global batch (sequences for grpo and dr_grpo, tokens for token), so the gradient, summed
+    Micro-batches take completions of similar length and drop the padding columns past their
+    longest one. Each micro-batch's loss is weighted by its share of the aggregation's denominator
+    over the global batch (sequences for grpo and dr_grpo, tokens for token), so the gradient, summed
     over micro-batches and processes, equals that of one grpo_loss over the whole global batch.
     A non-finite loss or gradient skips the step (on every process alike).
     """
@@ -283,16 +284,20 @@ def policy_update(model, optimizer, params, rollout, args, rt):
     n_local = ids.shape[0]
     N, total_tokens = rt.sum(n_local), rt.sum(int(mask.sum()))    # of the global batch
     stats_sum, finite = {}, True
+    lengths = mask.sum(dim=1)                                                # (N,)
+    order = torch.argsort(lengths, stable=True).cpu()   # similar lengths together: less padding
     for i in range(0, n_local, args.micro_batch):
-        rows = slice(i, i + args.micro_batch)
-        logps = completion_logprobs(model, select_prompts(rollout.prompts, list(range(n_local))[rows]),
-                                    ids[rows], mask[rows], temperature=args.temperature)   # (n, T)
-        old = logps.detach() if rollout.old_logps is None else rollout.old_logps[rows]
-        ref = None if rollout.ref_logps is None else rollout.ref_logps[rows]
-        loss, stats = grpo_loss(logps, old, ref, rollout.advantages[rows].to(rt.device), mask[rows],
+        rows = order[i:i + args.micro_batch]
+        T = int(lengths[rows].max())      # the micro-batch's longest completion; the rest is padding
+        m = mask[rows, :T]
+        logps = completion_logprobs(model, select_prompts(rollout.prompts, rows.tolist()), ids[rows, :T], m,
+                                    temperature=args.temperature)                           # (n, T)
+        old = logps.detach() if rollout.old_logps is None else rollout.old_logps[rows, :T]
+        ref = None if rollout.ref_logps is None else rollout.ref_logps[rows, :T]
+        loss, stats = grpo_loss(logps, old, ref, rollout.advantages[rows].to(rt.device), m,
                                 clip_eps=args.clip_eps, beta=args.beta, loss_type=args.loss_type,
                                 max_new_tokens=args.max_new_tokens)
-        token_share = int(mask[rows].sum()) / max(total_tokens, 1)
+        token_share = int(m.sum()) / max(total_tokens, 1)
         share = token_share if args.loss_type == "token" else logps.shape[0] / N
         finite = finite and bool(torch.isfinite(loss))
         (loss * share).backward()   # a non-finite loss still runs backward: the processes stay in step

@@ -19,7 +19,7 @@ import grpo
 import sft
 from data import load_image
 from distributed import Runtime, setup
-from model import Completions, completion_mask, load_model, repeat_prompts, select_prompts
+from model import Completions, completion_logprobs, completion_mask, load_model, repeat_prompts, select_prompts
 from phantom import phantom_dataset
 from rewards import AdaptiveSemanticReward
 from training import load_trainer_state
@@ -127,6 +127,43 @@ def test_adaptive_buffers_of_all_processes_equal_one_fed_every_score(worker_resu
         n0 = len(SCORES[0][call])
         assert np.allclose(got[0]["mapped"][call], mapped[:n0]) and np.allclose(got[1]["mapped"][call], mapped[n0:])
     assert got[0]["buffer"] == single.state_dict()["buffer"] == [0.3, 0.2, 0.7, 0.4, 0.8, 0.6]
+
+
+class CaptureGradients:
+    """An optimizer stand-in that keeps the gradient it is asked to step with."""
+
+    def __init__(self, params):
+        self.params, self.grads = list(params), None
+
+    def step(self):
+        self.grads = [p.grad.clone() for p in self.params]
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "token", "dr_grpo"])
+def test_micro_batches_grouped_by_length_equal_one_loss_over_the_batch(loss_type):
+    """policy_update sorts completions by length and trims each micro-batch's padding: its
+    gradient must still be that of one grpo_loss over the whole batch at full width."""
+    model, processor = load_model("tiny", device="cpu", seed=0)
+    model.train()
+    prompts, completions, advantages, ref = fixed_rollouts(processor)
+    args = update_args(loss_type)
+    args.clip = 1e9                                             # no clipping on either side
+    params = list(model.parameters())
+    logps = completion_logprobs(model, prompts, completions.ids, completions.mask, temperature=args.temperature)
+    loss, _ = grpo.grpo_loss(logps, logps.detach(), ref, advantages, completions.mask, clip_eps=args.clip_eps,
+                             beta=args.beta, loss_type=loss_type, max_new_tokens=args.max_new_tokens)
+    expected = torch.autograd.grad(loss, params, allow_unused=True)
+    optimizer = CaptureGradients(params)
+    rollout = grpo.Rollout(prompts, completions, advantages, None, ref, None, None, None)
+    grpo.policy_update(model, optimizer, params, rollout, args, Runtime())
+    assert len(set(completions.mask.sum(1).tolist())) > 3      # lengths differ: the grouping matters
+    largest = max(e.abs().max().item() for e in expected if e is not None)
+    for e, g in zip(expected, optimizer.grads):
+        assert (torch.zeros_like(g) if e is None else e).sub(g).abs().max().item() <= 1e-5 * largest
 
 
 def test_torchrun_grpo_checkpoints_loads_in_transformers_and_resumes(tmp_path):
