@@ -223,6 +223,7 @@ class Runtime:
 
     def close(self):
         if self.sharded and dist.is_initialized():
+            dist.barrier()            # every process done with its collectives before teardown
             dist.destroy_process_group()
 
 
