@@ -32,6 +32,12 @@ def torchrun(*args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
     done = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0 and "terminate called without an active exception" in done.stderr:
+        # A rare abort of one gloo process on this CPU (seen in about 1 of 6 worker runs, in
+        # bursts; cause not found, no Python error): run once more and say so.
+        print("torchrun: one process aborted ('terminate called without an active exception'); "
+              "retrying once", file=sys.stderr)
+        done = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return done
 
