@@ -48,7 +48,6 @@ skip_bad=True (--skip-bad) skips such records and prints how many to stderr.
 
 import argparse
 import csv
-import io
 import json
 import os
 import sys
@@ -56,6 +55,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from images import image_problem, open_image, to_8bit, unreadable
 
 SPLITS = ("train", "val", "test")
 DATASETS = ("phantom", "vqa_rad", "slake", "pathvqa", "pmc_vqa", "json", "hf")
@@ -84,55 +85,6 @@ def infer_answer_type(answer: str) -> str:
     return "closed" if str(answer).strip().lower().rstrip(".!") in ("yes", "no") else "open"
 
 
-HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I", "F")  # 16-bit scans (from DICOM), 32-bit ints, floats
-
-
-def to_8bit(image: Image.Image, window: tuple[float, float] | None = None) -> Image.Image:
-    """A 16-bit, 32-bit or float image as 8-bit grayscale, its range (or `window`) spread over 0..255;
-    other images as they are. PIL's convert("RGB") would clip instead: a 12-bit CT stored in 16 bits
-    (0..4095) would come out 94% white.
-
-        pixels [[0, 1000], [2000, 4000]] (I;16) -> [[0, 64], [128, 255]]   (range 0..4000)
-        window (1000, 2000)                      -> [[0, 0], [255, 255]]
-    [reconstructed] The papers do not say how deep scans are read; --window LOW HIGH fixes the range
-    in raw pixel units instead of each image's own min..max. A constant image comes out black.
-    """
-    if image.mode not in HIGH_DEPTH_MODES:
-        return image
-    pixels = np.asarray(image, dtype=np.float32)  # exact for 16-bit values, 8x faster than float64
-    low, high = window or (pixels.min(), pixels.max())
-    scaled = (pixels - low) / (high - low) * 255 if high > low else np.zeros_like(pixels)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
-
-
-def _unreadable(error: Exception) -> str:
-    if isinstance(error, Image.UnidentifiedImageError):  # PIL's message repeats the path
-        return "is not an image file PIL can read"
-    return f"is not a readable image ({error})"
-
-
-def image_problem(image: "str | bytes", decode: bool = False) -> str | None:
-    """Why an image file (a path, or an embedded file's bytes) cannot be used, or None if it can.
-
-    Cheap by default (about 30 us a JPEG): PIL reads the header, and verify() walks the file's
-    structure (a PNG's chunks and checksums) without decoding pixels. decode=True (--check-images)
-    then decodes every pixel too (about 1 ms a 600x600 JPEG), which also finds a JPEG cut short.
-    """
-    if isinstance(image, str) and not os.path.isfile(image):
-        return "not found"
-    if (len(image) if isinstance(image, bytes) else os.path.getsize(image)) == 0:
-        return "is an empty file (0 bytes)"
-    try:
-        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
-            opened.verify()
-        if decode:  # verify() leaves an image unusable: open it again
-            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
-                opened.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # SyntaxError: broken PNG
-        return _unreadable(error)
-    return None
-
-
 def load_image(record: VQARecord) -> Image.Image:
     """The record's image as RGB (16-bit and float scans rescaled by to_8bit with the record's window);
     an unreadable file raises DataError naming file and record."""
@@ -140,12 +92,12 @@ def load_image(record: VQARecord) -> Image.Image:
         return to_8bit(record.image, record.window).convert("RGB")
     embedded = isinstance(record.image, bytes)
     try:
-        with Image.open(io.BytesIO(record.image) if embedded else record.image) as image:
+        with open_image(record.image) as image:
             return to_8bit(image, record.window).convert("RGB")  # also CMYK JPEGs (PathVQA)
     except FileNotFoundError:
         reason = "not found"
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        reason = _unreadable(error)
+        reason = unreadable(error)
     image = "embedded image" if embedded else f"image '{record.image}'"
     raise DataError(f"data.py: {record.source or record.id}: {image} {reason}")
 

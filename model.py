@@ -21,7 +21,6 @@ video even when there is none; it uses the stock *image* processor (the PIL one 
 is missing) and expands the image placeholder itself: one `<|image_pad|>` per merged 2x2 patch.
 """
 
-import io
 import json
 import os
 import sys
@@ -356,14 +355,15 @@ def check_prompt_lengths(records, processor, limit, skip_bad, script):
     run naming the record, or with skip_bad (--skip-bad) is left out and counted.
     """
     from PIL import Image
+
+    from images import open_image
     kept, skipped = [], []
     for record in records:
         if isinstance(record.image, Image.Image):
             size = record.image.size
         else:
-            try:   # a path, or the bytes of an image embedded in a dataset file
-                source = io.BytesIO(record.image) if isinstance(record.image, bytes) else record.image
-                with Image.open(source) as image:          # reads the header, not the pixels
+            try:
+                with open_image(record.image) as image:    # reads the header, not the pixels
                     size = image.size
             except (OSError, ValueError):
                 kept.append(record)                        # unreadable: data.load_image reports it

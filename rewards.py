@@ -453,7 +453,7 @@ def compute_rewards(completions, references, answer_types, *, questions=None, we
         raw[is_open] = scorer.score([a for a, o in zip(answers, is_open) if o],
                                     [r for r, o in zip(references, is_open) if o])
         mapped = raw.copy()
-        if semantic == "adaptive" and (is_open.any() or adaptive.gather is not None):
+        if semantic == "adaptive":   # also with no open question: other processes may have some
             mapped[is_open] = adaptive(raw[is_open])
         components["semantic_raw"], components["semantic"] = raw, mapped
     if weights.ecr:
