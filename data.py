@@ -487,9 +487,10 @@ def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0)
                             "grpo.py's default on phantom is 6000, the records sft.py trains on)")
     group.add_argument("--data-seed", type=int, default=0,
                        help="seed of the phantom dataset; its splits are disjoint for any seed")
-    group.add_argument("--phantom-wording", default="question", choices=WORDINGS,
-                       help="[reconstructed] phantom open answers: wording set by the question's "
-                            "phrasing (learnable) or drawn at random (see phantom.WORDINGS)")
+    group.add_argument("--phantom-wording", default="random", choices=WORDINGS,
+                       help="[reconstructed] phantom open answers: wording drawn at random, as by "
+                            "inconsistent annotators (ARMed's regime), or set by the question's "
+                            "phrasing, a learnable convention (see phantom.WORDINGS)")
     group.add_argument("--val-every", type=int, default=20,
                        help="[reconstructed] without a validation file, val = every N-th train record")
     group.add_argument("--pmc-choices", action="store_true",

@@ -19,9 +19,10 @@ rewards.py); closed questions: accuracy (exact match of normalised tokens). `for
 share of predictions in the <think>/<answer> format. All metrics come from rewards.py, except
 `concept`: on the phantom data only, the share of open answers that name the reference's concept
 with synonyms and word order folded ("MRI" = "magnetic resonance imaging"; phantom_concept below).
-Each phantom concept has two wordings; by default the question's phrasing picks the reference's
-(phantom.WORDINGS), with --phantom-wording random a draw does, and then BLEU/ROUGE partly measure
-which wording a model happens to prefer; `concept` measures whether the answer is right.
+Each phantom concept has two wordings; by default (--phantom-wording random) the held-out references
+alternate between them, so BLEU/ROUGE partly measure which wording a model happens to prefer, while
+`concept` measures whether the answer is right; with --phantom-wording question the question's
+phrasing picks the wording (phantom.WORDINGS). Score a checkpoint with the wording it trained on.
 The JSON written by --out holds fractions in [0, 1] (null where a group has no questions):
 
     {"n": 2, "open": {"n", "bleu1", "rouge1", "bertscore", "recall", "semantic", "concept"},

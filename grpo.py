@@ -207,6 +207,11 @@ def parse_args(argv=None):
     p.add_argument("--loss-type", choices=LOSS_TYPES, default="grpo", help="token aggregation of the loss")
     p.add_argument("--advantage-scale", choices=ADVANTAGE_SCALES, default="group",
                    help="divide advantages by the group std, the batch std, or nothing (Dr. GRPO)")
+    p.add_argument("--dynamic-sampling", action="store_true",
+                   help="DAPO's dynamic sampling (in neither paper): drop groups whose rewards are all equal "
+                        "and draw more prompts until the batch is full")
+    p.add_argument("--max-draws", type=at_least(1), default=4,
+                   help="--dynamic-sampling: at most this many prompt batches per step, the first included")
     p.add_argument("--eval-every", type=at_least(0), default=0, help="validate every N steps (0: only at the end)")
     p.add_argument("--eval-size", type=at_least(1), default=100, help="validation records per evaluation")
     p.add_argument("--save-every", type=at_least(0), default=20, help="checkpoint every N steps (0: only at the end)")
@@ -233,34 +238,84 @@ class Rollout:
     old_logps: torch.Tensor | None   # (N, T) when mu > 1, else None (π_old = π_θ.detach())
     ref_logps: torch.Tensor | None   # (N, T) when beta > 0
     # For the log, of the whole global batch (every process's rows, in rank order):
-    rewards: np.ndarray        # total reward
-    components: dict           # name -> per-reward values
+    rewards: np.ndarray        # total reward of the trained completions
+    components: dict           # name -> per-reward values of the trained completions
     answer_types: list
+    first_draw: tuple          # (totals, components, answer_types) of the step's own prompts
+    draws: int = 1             # prompt batches sampled (more than 1 only with --dynamic-sampling)
 
 
-def collect_rollout(model, ref_model, processor, records, reward_fn, args, rt):
-    """Sample G completions for each of this process's prompts, score them, and compute their
-    advantages (over the global batch: the "batch" scale needs every process's rewards)."""
-    prompts = processor.prompts([r.question for r in records], [load_image(r) for r in records])
+def draw_records(train, step, draw, args, rt):
+    """This process's share of the prompts of a step's `draw`. Draw 0 is the step's own batch; the
+    extra draws of --dynamic-sampling come from a second stream of batches with its own seed, one
+    batch per (step, draw), so a resumed run draws exactly the same prompts."""
+    if draw == 0:
+        order = batch_order(len(train), args.prompts_per_step, step, args.seed)
+    else:
+        order = batch_order(len(train), args.prompts_per_step, step * args.max_draws + draw, args.seed + 1_000_003)
+    return [train[i] for i in rt.share(order)]
+
+
+def sample_and_score(model, processor, records, reward_fn, args, rt):
+    """G completions for each of this process's prompts, and their rewards."""
     G = args.num_generations
+    prompts = processor.prompts([r.question for r in records], [load_image(r) for r in records])
     with rt.gathered(model):
         out = sample_completions(model, processor, prompts, num_samples=G, temperature=args.temperature,
                                  top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     total, components = reward_fn([r for r in records for _ in range(G)], out.texts)
+    return out, total, components
+
+
+def collect_rollout(model, ref_model, processor, draw, reward_fn, args, rt):
+    """Sample G completions for each of this process's prompts (draw(0)), score them, and compute
+    their advantages (over the global batch: the "batch" scale needs every process's rewards).
+
+    --dynamic-sampling (DAPO, Yu et al. 2025; in neither paper): a group whose G rewards are all
+    equal has zero advantage and teaches nothing but the KL term, so it is dropped and further
+    prompts are drawn (draw(1), draw(2), ...) until every process has its B/W informative groups or
+    --max-draws batches were sampled; then dropped groups fill the rest, so every process trains on
+    the same number of rows (sharded training needs the same forwards on every process). Every
+    process samples the same number of draws: the adaptive reward gathers scores from all of them.
+    """
+    G = args.num_generations
+    quota = len(draw(0))
+    kept, dropped, first = [], [], None   # groups: (record, completions, totals, components)
+    for d in range(args.max_draws if args.dynamic_sampling else 1):
+        records = draw(d)
+        out, total, components = sample_and_score(model, processor, records, reward_fn, args, rt)
+        if d == 0:
+            first = rt.gather((total, components, [r.answer_type for r in records for _ in range(G)]))
+        for i, record in enumerate(records):
+            rows = slice(i * G, (i + 1) * G)
+            group = (record, out.select(range(rows.start, rows.stop)), total[rows],
+                     {k: v[rows] for k, v in components.items()})
+            informative = np.ptp(total[rows]) > 0
+            (kept if (informative or not args.dynamic_sampling) and len(kept) < quota else dropped).append(group)
+        if rt.sum(quota - len(kept)) == 0:
+            break
+    groups = kept + dropped[:quota - len(kept)]
+    records = [g[0] for g in groups]
+    out = Completions.concat([g[1] for g in groups], processor.pad_token_id)
+    total = np.concatenate([g[2] for g in groups])
+    components = {k: np.concatenate([g[3][k] for g in groups]) for k in groups[0][3]}
     everyone = rt.gather((total, components, [r.answer_type for r in records for _ in range(G)]))
     all_total = np.concatenate([t for t, _, _ in everyone])                          # (W*N,)
     all_components = {k: np.concatenate([c[k] for _, c, _ in everyone]) for k in components}
     advantages = rt.share(group_advantages(torch.as_tensor(all_total, dtype=torch.float32), G,
                                            args.advantage_scale))                    # (N,) this process's
-    prompts = repeat_prompts(prompts, G)
+    prompts = repeat_prompts(processor.prompts([r.question for r in records], [load_image(r) for r in records]), G)
     old = ref = None
     with torch.no_grad():
         if args.mu > 1:   # with one update, π_old equals π_θ and the ratio is exp(logp - logp.detach())
             old = micro_logprobs(model, prompts, out, args)
         if args.beta > 0:
             ref = micro_logprobs(ref_model, prompts, out, args)
+    first_draw = (np.concatenate([t for t, _, _ in first]),
+                  {k: np.concatenate([c[k] for _, c, _ in first]) for k in components},
+                  [t for _, _, types in first for t in types])
     return Rollout(prompts, out, advantages, old, ref, all_total, all_components,
-                   [t for _, _, types in everyone for t in types])
+                   [t for _, _, types in everyone for t in types], first_draw, d + 1)
 
 
 def micro_logprobs(model, prompts, out, args):
@@ -310,6 +365,22 @@ def policy_update(model, optimizer, params, rollout, args, rt):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return dict(stats_sum, grad_norm=grad_norm, skipped=skipped)
+
+
+def first_draw_diagnostics(rollout, G):
+    """What the log says about rewards: collapse diagnostics of the step's own prompts (the first draw,
+    so runs with and without --dynamic-sampling compare alike), the draws and the share of trained
+    groups with a signal, and every open completion's raw and weighted semantic reward (3 decimals;
+    plot.py draws their distributions, ARMed's Figure 4)."""
+    totals, components, types = rollout.first_draw
+    row = collapse_diagnostics(components, totals, G, types)
+    trained = rollout.rewards.reshape(-1, G)
+    row.update(draws=rollout.draws, trained_informative_fraction=float((np.ptp(trained, axis=1) > 0).mean()))
+    if "semantic_raw" in components:
+        is_open = np.asarray(types) == "open"
+        row.update(open_semantic_raw=np.round(components["semantic_raw"][is_open], 3).tolist(),
+                   open_semantic=np.round(components["semantic"][is_open], 3).tolist())
+    return row
 
 
 def build_reward_fn(args, rt):
@@ -380,9 +451,8 @@ def main(argv=None):
     for step in bar:
         t0 = time.time()
         lr = set_learning_rate(optimizer, step, args)
-        # this process's share of the step's --prompts-per-step prompts
-        records = [train[i] for i in rt.share(batch_order(len(train), args.prompts_per_step, step, args.seed))]
-        rollout = collect_rollout(model, ref_model, processor, records, reward_fn, args, rt)
+        rollout = collect_rollout(model, ref_model, processor, lambda d: draw_records(train, step, d, args, rt),
+                                  reward_fn, args, rt)
         t_rollout = time.time() - t0
         for _ in range(args.mu):
             update = policy_update(model, optimizer, params, rollout, args, rt)
@@ -390,8 +460,7 @@ def main(argv=None):
         n_tokens = rt.sum(int(rollout.completions.mask.sum()))
         row = dict(step=step + 1, lr=lr, reward=float(rollout.rewards.mean()),
                    **{f"reward_{k}": float(np.mean(v)) for k, v in rollout.components.items()},
-                   **collapse_diagnostics(rollout.components, rollout.rewards, args.num_generations,
-                                          rollout.answer_types),
+                   **first_draw_diagnostics(rollout, args.num_generations),
                    **update, completion_length=n_tokens / len(rollout.rewards),
                    tokens_per_s=n_tokens / dt, rollout_time=t_rollout, step_time=dt, world_size=rt.world_size)
         if row["skipped"]:

@@ -411,6 +411,21 @@ class Completions:
     mask: torch.Tensor   # (B*G, T) completion_mask(ids)
     texts: list          # B*G decoded strings, cut at the first EOS
 
+    def select(self, rows):
+        """These completions restricted to `rows` (a list or range of row indices)."""
+        rows = list(rows)
+        return Completions(self.ids[rows], self.mask[rows], [self.texts[i] for i in rows])
+
+    @staticmethod
+    def concat(parts, pad_token_id):
+        """The rows of several Completions in order, padded to the widest (pad_token_id, mask 0)."""
+        width = max(p.ids.shape[1] for p in parts)
+
+        def pad(t, value):
+            return F.pad(t, (0, width - t.shape[1]), value=value)
+        return Completions(torch.cat([pad(p.ids, pad_token_id) for p in parts]),
+                           torch.cat([pad(p.mask, 0) for p in parts]), [t for p in parts for t in p.texts])
+
 
 @torch.no_grad()
 def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, top_p=1.0,

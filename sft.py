@@ -56,6 +56,11 @@ def parse_args(argv=None):
     p.add_argument("--missing-cot", choices=["skip", "answer"], default="skip",
                    help="records without a rationale: skip them, or train with <think> restating "
                         "the answer [reconstructed]")
+    # [reconstructed] ARMed's regime: chain-of-thought annotations are scarce, so SFT sees a limited
+    # CoT subset and GRPO then trains on answer-only questions SFT never saw (grpo.py's default
+    # prompts on phantom start past every record sft.py could use). The size is not published.
+    p.add_argument("--cot-records", type=at_least(0), default=1000,
+                   help="[reconstructed] train on the first N records that have a rationale (0: all)")
     p.add_argument("--cot-from", default=None, help="ARMed-A: checkpoint that writes the rationales")
     p.add_argument("--cot-select", type=at_least(0), default=0,
                    help="ARMed-A: keep K representative rationales by k-means (0: keep all correct)")
@@ -151,12 +156,15 @@ def main(argv=None):
     if args.cot_from:
         train = generate_cot(train, args.cot_from, args, rt)
     examples = [(r, t) for r in train if (t := sft_target(r, args.missing_cot)) is not None]
+    without_cot = len(train) - len(examples)
+    if args.cot_records:
+        examples = examples[:args.cot_records]
     if not examples:
         sys.exit("sft.py: no training record has a rationale (cot); use --missing-cot answer "
                  "or a dataset with a cot field")
     val = dataset_from_args(args, "val")[:args.eval_size]
-    rt.print(f"sft.py: {len(examples)} training examples ({len(train) - len(examples)} without CoT "
-             f"skipped), {len(val)} validation records")
+    rt.print(f"sft.py: {len(examples)} training examples ({without_cot} without CoT skipped, "
+             f"--cot-records {args.cot_records or 'all'}), {len(val)} validation records")
 
     start_step, state = 0, None
     args.schedule_steps = args.steps

@@ -270,6 +270,7 @@ class TestAgainstTRLRestatement:
 # ---- the training loop on the tiny model -------------------------------------------------------
 
 import json  # noqa: E402
+import os  # noqa: E402
 
 from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
@@ -312,6 +313,19 @@ def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_
     assert "val" in rows[-1] and rows[-1]["val"]["n"] == 2
     state = training.load_trainer_state(out)
     assert state["step"] == 2 and len(state["adaptive"]["buffer"]) > 0
+    # every open completion's raw and weighted semantic reward, for plot.py's Figure 4
+    for row in rows:
+        assert row["draws"] == 1 and len(row["open_semantic_raw"]) == len(row["open_semantic"])
+        assert all(0 <= v <= 1 for v in row["open_semantic"]) and all(-1 <= v <= 1 for v in row["open_semantic_raw"])
+    assert sum(len(r["open_semantic"]) for r in rows) > 0
+
+    import plot
+    from PIL import Image
+    paths = plot.main([out, "--out", str(tmp_path / "figs"), "--early", "1", "--late", "1"])
+    assert sorted(os.path.basename(p) for p in paths) == ["collapse.png", "heldout.png", "rewards.png", "semantic.png"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 300
 
 
 def test_grpo_resume_gives_the_same_weights_as_an_uninterrupted_run(start_checkpoint, tmp_path,
@@ -345,3 +359,46 @@ def test_non_finite_loss_skips_the_step_and_never_reaches_the_weights(start_chec
     a = Qwen2_5_VLForConditionalGeneration.from_pretrained(out).state_dict()
     start = Qwen2_5_VLForConditionalGeneration.from_pretrained(start_checkpoint).state_dict()
     assert all(torch.equal(a[k], start[k]) for k in a)
+
+
+# ---- dynamic sampling (DAPO; --dynamic-sampling) -------------------------------------------------
+
+def _dynamic_rollout(equal_ids, draws, max_draws, dynamic=True):
+    """collect_rollout on the untrained tiny model with a stand-in reward: a record whose id is in
+    equal_ids earns G equal rewards (no signal), any other 0, 1, ..., G-1."""
+    from argparse import Namespace
+
+    from data import load_dataset
+    from distributed import setup
+    from model import load_model
+    records = load_dataset("phantom", "val", limit=2 * len(draws))
+    batches = [[records[i] for i in draw] for draw in draws]
+    G = 4
+
+    def reward_fn(recs, texts):
+        total = np.concatenate([np.zeros(G) if r.id in {records[i].id for i in equal_ids} else np.arange(G, dtype=float)
+                                for r in recs[::G]])
+        return total, {"textual": total.copy()}
+    model, processor = load_model("tiny", device="cpu", seed=0)
+    args = Namespace(num_generations=G, temperature=1.0, top_p=1.0, max_new_tokens=6, dynamic_sampling=dynamic,
+                     max_draws=max_draws, advantage_scale="group", mu=1, beta=0.0, micro_batch=4)
+    rollout = grpo.collect_rollout(model, None, processor, lambda d: batches[d], reward_fn, args, setup("fp32", "cpu"))
+    return rollout, records
+
+
+def test_dynamic_sampling_replaces_groups_without_signal_by_new_prompts():
+    rollout, records = _dynamic_rollout(equal_ids={0, 2}, draws=[[0, 1], [2, 3], [4, 5]], max_draws=3)
+    assert rollout.draws == 2                                   # draw 0 gave one group, draw 1 the other
+    assert rollout.prompts["input_ids"].shape[0] == 8 == rollout.completions.ids.shape[0]
+    assert rollout.rewards.tolist() == [0, 1, 2, 3] * 2         # both trained groups carry a signal
+    assert rollout.first_draw[0].tolist() == [0] * 4 + [0, 1, 2, 3]   # the log keeps the step's own prompts
+    assert torch.count_nonzero(rollout.advantages) == 8
+
+
+def test_dynamic_sampling_fills_with_dropped_groups_at_the_cap_and_is_off_by_default():
+    rollout, _ = _dynamic_rollout(equal_ids={0, 2, 3}, draws=[[0, 1], [2, 3]], max_draws=2)
+    assert rollout.draws == 2
+    assert rollout.rewards.tolist() == [0, 1, 2, 3] + [0] * 4   # one informative group, then a dropped one
+    assert torch.count_nonzero(rollout.advantages[4:]) == 0
+    plain, _ = _dynamic_rollout(equal_ids={0}, draws=[[0, 1], [2, 3]], max_draws=2, dynamic=False)
+    assert plain.draws == 1 and plain.rewards.tolist() == [0] * 4 + [0, 1, 2, 3]
