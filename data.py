@@ -484,7 +484,7 @@ def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0)
                        help="use only the first N records of each split (phantom: its size)")
     group.add_argument("--train-offset", type=int, default=train_offset,
                        help="skip the first N training records (phantom: draw N more images; "
-                            "grpo.py's default on phantom is 6000, the records sft.py trains on)")
+                            "grpo.py's default on phantom is 6000: past every record sft.py may train on)")
     group.add_argument("--data-seed", type=int, default=0,
                        help="seed of the phantom dataset; its splits are disjoint for any seed")
     group.add_argument("--phantom-wording", default="random", choices=WORDINGS,

@@ -220,10 +220,10 @@ def parse_args(argv=None):
     if args.top_p > 1:
         p.error(f"argument --top-p: must be <= 1, got {args.top_p}")
     # [reconstructed] The phantom generator never runs out, so by default GRPO's prompts come from
-    # images SFT never saw: train records 6000 on (sft.py trains on the first 6000), as ARMed's
-    # SFT sees a selected subset and RL the training set. On the images SFT memorised nearly every
-    # group agrees and carries no advantage (README). A real dataset has one training set, which
-    # both stages use. --train-offset sets either.
+    # answer-only questions on images SFT never saw: train records 6000 on (sft.py trains on at most
+    # the first 6000, by default on its first --cot-records 2000), as in ARMed's regime SFT sees a
+    # limited chain-of-thought subset and RL the answer-only rest. A real dataset has one training
+    # set, which both stages use. --train-offset sets either.
     if args.train_offset is None:
         args.train_offset = PHANTOM_SIZES["train"] if args.dataset == "phantom" else 0
     return args

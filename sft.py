@@ -40,7 +40,7 @@ def parse_args(argv=None):
     add_model_args(p)
     add_data_args(p)
     add_run_args(p, "sft.py", default_out="runs/sft")
-    p.add_argument("--steps", type=at_least(1), default=1500,
+    p.add_argument("--steps", type=at_least(1), default=500,
                    help="optimizer steps; a resumed run may raise it (the schedule keeps its first length)")
     p.add_argument("--batch-size", type=at_least(1), default=32,
                    help="examples per micro-batch, over all processes")
@@ -59,7 +59,7 @@ def parse_args(argv=None):
     # [reconstructed] ARMed's regime: chain-of-thought annotations are scarce, so SFT sees a limited
     # CoT subset and GRPO then trains on answer-only questions SFT never saw (grpo.py's default
     # prompts on phantom start past every record sft.py could use). The size is not published.
-    p.add_argument("--cot-records", type=at_least(0), default=1000,
+    p.add_argument("--cot-records", type=at_least(0), default=2000,
                    help="[reconstructed] train on the first N records that have a rationale (0: all)")
     p.add_argument("--cot-from", default=None, help="ARMed-A: checkpoint that writes the rationales")
     p.add_argument("--cot-select", type=at_least(0), default=0,
