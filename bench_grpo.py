@@ -9,7 +9,7 @@
 A step is grpo.py's: sample G completions for each of B prompts (generate), score them
 (rewards), reference log-probs, then one optimizer step over micro-batches (update); the phases
 are timed around grpo.py's own functions. Tokens/s counts completion tokens per step second; peak
-memory is the GPU's peak allocation, or on a CPU the process's peak resident memory during the step.
+memory is how far the step raises memory above its start (PeakMemory).
 
 --compare-trl (needs `pip install trl`, a benchmark-only dependency) trains a second copy of the
 model with TRL's GRPOTrainer on the same prompts, images and settings: G, the completion length,
@@ -22,7 +22,6 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import time
 from contextlib import contextmanager
 
@@ -30,7 +29,7 @@ import torch
 
 import grpo
 from data import load_image
-from distributed import setup
+from distributed import PRECISIONS, setup
 from model import QWEN25_VL_SHAPES, load_model
 from phantom import PHANTOM_SIZES, phantom_dataset
 
@@ -46,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--max-pixels", type=int, default=None,
                    help="scale every image to about this many pixels (401408: ~512 image tokens, the papers')")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--precision", default=None, help="distributed.py's --precision (default fp32 on CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="distributed.py's --precision (default: fp32 on a CPU, bf16-mixed on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--prompts", type=int, default=8, help="prompts B per step")
     p.add_argument("--num-generations", type=int, default=8, help="completions G per prompt")
@@ -55,7 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     p.add_argument("--beta", type=float, default=0.04, help="KL weight")
     p.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip epsilon")
-    p.add_argument("--loss-type", default="grpo", help="grpo.py's --loss-type (TRL's of the same name)")
+    p.add_argument("--loss-type", choices=grpo.LOSS_TYPES, default="grpo",
+                   help="grpo.py's --loss-type (TRL: grpo, dapo for token, dr_grpo)")
     p.add_argument("--lr", type=float, default=5e-5, help="learning rate (constant here)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps of each trainer first")
     p.add_argument("--runs", type=int, default=5, help="timed steps of each trainer (interleaved)")
@@ -104,26 +105,35 @@ class Clock:
 
 
 class PeakMemory:
-    """Peak memory in GiB from start() to stop(): the GPU's allocation, or (Linux) resident memory."""
+    """How far a step raises memory above where it started, in GiB: the GPU's allocation, or on a
+    CPU (Linux) the process's resident memory. Above the start, so that the models both trainers
+    keep in this one process do not count. A rough figure on a CPU, where the allocator keeps freed
+    memory resident: a step that fits in what earlier steps freed shows 0."""
 
     def __init__(self, device):
         self.device = device
 
+    def _resident(self, field):
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith(field)) / 2 ** 20
+        except (OSError, StopIteration):
+            return float("nan")
+
     def start(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif os.path.exists("/proc/self/clear_refs"):
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")                      # resets the peak resident set size (VmHWM)
+            self.base = torch.cuda.memory_allocated(self.device) / 2 ** 30
+        else:
+            if os.path.exists("/proc/self/clear_refs"):
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")                  # resets the peak resident set size (VmHWM)
+            self.base = self._resident("VmRSS")
 
     def stop(self):
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2 ** 30
-        try:
-            with open("/proc/self/status") as f:
-                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
-        except (OSError, StopIteration):
-            return float("nan")
+            return torch.cuda.max_memory_allocated(self.device) / 2 ** 30 - self.base
+        return max(0.0, self._resident("VmHWM") - self.base)   # 0: the step reused memory it had
 
 
 @contextmanager
@@ -229,10 +239,11 @@ class TRL:
             output_dir=self.model_dir, max_steps=len(steps), per_device_train_batch_size=micro,
             gradient_accumulation_steps=args.prompts * G // micro, num_generations=G,
             max_completion_length=args.max_new_tokens, temperature=args.temperature, top_p=1.0, top_k=0,
-            repetition_penalty=1.0, beta=args.beta, epsilon=args.clip_eps, loss_type=args.loss_type,
+            repetition_penalty=1.0, beta=args.beta, epsilon=args.clip_eps,
+            loss_type={"token": "dapo"}.get(args.loss_type, args.loss_type),
             scale_rewards="group", num_iterations=1, use_bias_correction_kl=False, learning_rate=args.lr,
             lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-            gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=rt.device.type == "cpu",
+            gradient_checkpointing=False, bf16=rt.precision != "fp32", fp16=False, use_cpu=rt.device.type == "cpu",
             shuffle_dataset=False, seed=0, report_to=[], save_strategy="no", logging_steps=10 ** 6,
             disable_tqdm=True, log_completions=False, dataloader_num_workers=0,
             model_init_kwargs={"dtype": rt.weight_dtype})
@@ -305,10 +316,12 @@ def main(argv=None):
 
 def report(args, rt, results):
     """Medians per phase, and TRL / ours ratios."""
-    columns = ("step", *PHASES, "tok/s", "peak GiB")
+    columns = ("step", *PHASES, "other", "tok/s", "peak GiB")   # peak: above the step's start (PeakMemory)
     medians = {}
     for name, rows in results.items():
-        med = {c: statistics.median(r[c] for r in rows) for c in ("step", *PHASES, "memory")}
+        for r in rows:   # preparing prompts and images, advantages: the step outside the phases
+            r["other"] = r["step"] - sum(r[c] for c in PHASES)
+        med = {c: statistics.median(r[c] for r in rows) for c in ("step", *PHASES, "other", "memory")}
         med["tok/s"] = statistics.median(r["tokens"] / r["step"] for r in rows)
         med["peak GiB"] = med.pop("memory")
         medians[name] = med
@@ -317,12 +330,13 @@ def report(args, rt, results):
           f"{args.prompts} prompts x G={args.num_generations}, {args.max_new_tokens} new tokens, "
           f"max pixels {args.max_pixels or 'default'}, {rt.device.type} ({threads} threads), precision {rt.precision}; "
           f"median of {args.runs} steps after {args.warmup} warm-up" + (", interleaved" if len(results) > 1 else ""))
-    print(f"{'seconds':<14}" + "".join(f"{c:>15}" for c in columns))
+    print(f"{'seconds':<14}" + "".join(f"{c:>14}" for c in columns))
     for name, med in medians.items():
-        print(f"{name:<14}" + "".join(f"{med[c]:>15.3f}" if c != "tok/s" else f"{med[c]:>15.0f}" for c in columns))
+        print(f"{name:<14}" + "".join(f"{med[c]:>14.3f}" if c != "tok/s" else f"{med[c]:>14.0f}" for c in columns))
     if len(medians) == 2:
         (a, ma), (b, mb) = medians.items()
-        print(f"{b + ' / ' + a:<14}" + "".join(f"{mb[c] / ma[c]:>14.2f}x" for c in columns))
+        print(f"{b + ' / ' + a:<14}" + "".join(f"{mb[c] / ma[c]:>13.2f}x" if ma[c] > 1e-3 else f"{'-':>14}"
+                                               for c in columns))
 
 
 if __name__ == "__main__":
