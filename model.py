@@ -487,6 +487,20 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
     return Completions(ids, mask, texts, torch.stack(logps, dim=1))
 
 
+def distinct_prompts(prompts):
+    """(first, of_row): the first row of each distinct prompt of a batch, and for every row the
+    number of its prompt among them. Rows sharing a `prompt_index` (select_prompts) are copies of
+    one prompt, its image included; a batch without one has every row distinct.
+        prompt_index [4, 4, 4, 9, 9, 9]  ->  first [0, 3], of_row [0, 0, 0, 1, 1, 1]
+    """
+    index = prompts.get("prompt_index", torch.arange(len(prompts["input_ids"]))).tolist()
+    first = {}                                                     # prompt -> first row holding it
+    for row, prompt in enumerate(index):
+        first.setdefault(prompt, row)
+    slot = {prompt: k for k, prompt in enumerate(first)}
+    return list(first.values()), [slot[prompt] for prompt in index]
+
+
 class ImageFeatures:
     """The vision tower's output for the images of a prompt batch, each distinct image once.
 
@@ -506,13 +520,7 @@ class ImageFeatures:
 
     def __init__(self, model, prompts, accumulate=False):
         grid = prompts["image_grid_thw"]
-        index = prompts.get("prompt_index", torch.arange(len(grid))).tolist()    # (N,) image of each row
-        first = {}                                                    # image -> first row showing it
-        for row, image in enumerate(index):
-            first.setdefault(image, row)
-        slot = {image: k for k, image in enumerate(first)}
-        self._slot_of_row = [slot[image] for image in index]
-        rows = list(first.values())
+        rows, self._slot_of_row = distinct_prompts(prompts)
         pixels = torch.split(prompts["pixel_values"], grid.prod(dim=1).tolist())
         # the model's own method (not model.model.visual), which FSDP and autocast wrap: distributed.py
         out = model.get_image_features(torch.cat([pixels[r] for r in rows]).to(model.device),
@@ -527,10 +535,6 @@ class ImageFeatures:
     def rows(self, rows):
         """The features of each of `rows` (rows of the batch this was built from): a list."""
         return [self._per_image[self._slot_of_row[r]] for r in rows]
-
-    def encoder_outputs(self, rows):
-        """`rows`' features as the model's forward takes them (mm_encoder_outputs)."""
-        return {"image": BaseModelOutputWithPooling(pooler_output=self.rows(rows))}
 
     def backward(self):
         """accumulate=True: the tower's backward, once, with the gradient the passes summed."""
@@ -574,19 +578,14 @@ def prefill(model, prompts, images):
         next_position (N,) position of the first completion token: one past the prompt's largest
                      (time, height, width) position, the same for all three (a text token)
     """
-    index = prompts.get("prompt_index", torch.arange(len(prompts["input_ids"]))).tolist()
-    first = {}                                                     # prompt -> first row holding it
-    for row, prompt in enumerate(index):
-        first.setdefault(prompt, row)
-    slot = {prompt: k for k, prompt in enumerate(first)}
-    rows = list(first.values())
+    rows, of_row = distinct_prompts(prompts)
     ids, attention = prompts["input_ids"][rows], prompts["attention_mask"][rows]                   # (D, P)
     positions, _ = model.model.get_rope_index(ids, prompts["mm_token_type_ids"][rows],
                                               prompts["image_grid_thw"][rows], attention_mask=attention)  # (3, D, P)
     out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True,
                 mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[images[r] for r in rows])},
                 output_hidden_states=True, logits_to_keep=1)
-    of_row = torch.tensor([slot[prompt] for prompt in index], device=ids.device)                 # (N,)
+    of_row = torch.tensor(of_row, device=ids.device)                                              # (N,)
     cache = out.past_key_values
     cache.batch_select_indices(of_row)
     return cache, out.hidden_states[-1][of_row, -1], positions.amax(dim=(0, 2))[of_row] + 1
