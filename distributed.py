@@ -75,8 +75,9 @@ class Runtime:
         mixed = self.precision == "bf16-mixed" and not frozen
         if not self.sharded:
             model.to(self.device)
-            if mixed:
-                model.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(model.forward)
+            if mixed:   # the forward and the vision tower, which model.ImageFeatures calls apart from it
+                for method in ("forward", "get_image_features"):
+                    setattr(model, method, torch.autocast(self.device.type, dtype=torch.bfloat16)(getattr(model, method)))
             return model
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if mixed else None, reduce_dtype=torch.float32)
@@ -90,7 +91,9 @@ class Runtime:
             # sum also is the one reduction gloo has.
             unit.set_gradient_divide_factor(1.0)
             unit.set_force_sum_reduction_for_comms(True)
-        register_fsdp_forward_method(model, "generate")   # generate() gathers the root's weights
+        # model.ImageFeatures runs the vision tower apart from the forward: gather the root's weights
+        # (patch embedding, merger) for it as for a forward
+        register_fsdp_forward_method(model, "get_image_features")
         # The root (embeddings, lm_head, final norm, the vision merger) keeps its weights gathered
         # from forward to backward, FSDP2's default for the root: completion_logprobs applies
         # lm_head after the forward returns.
@@ -101,7 +104,7 @@ class Runtime:
     def gathered(self, model):
         """Hold every shard of `model` gathered for a while (a whole rollout or evaluation).
 
-        Generation runs one forward per token, and their number differs between processes (each
+        Sampling runs one forward per token, and their number differs between processes (each
         stops when its own completions end): gathering once up front means no collective runs
         inside, and the weights travel once per rollout instead of once per token.
         """

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import (Completions, add_model_args, check_prompt_lengths, completion_logprobs, model_from_args,
-                   repeat_prompts, sample_completions, select_prompts)
+from model import (Completions, ImageFeatures, add_model_args, check_prompt_lengths, completion_logprobs,
+                   model_from_args, repeat_prompts, sample_completions, select_prompts)
 from phantom import PHANTOM_SIZES
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
@@ -341,12 +341,13 @@ def policy_update(model, optimizer, params, rollout, args, rt):
     stats_sum, finite = {}, True
     lengths = mask.sum(dim=1)                                                # (N,)
     order = torch.argsort(lengths, stable=True).cpu()   # similar lengths together: less padding
+    images = ImageFeatures(model, rollout.prompts, accumulate=True)   # the vision tower once per image
     for i in range(0, n_local, args.micro_batch):
-        rows = order[i:i + args.micro_batch]
+        rows = order[i:i + args.micro_batch].tolist()
         T = int(lengths[rows].max())      # the micro-batch's longest completion; the rest is padding
         m = mask[rows, :T]
-        logps = completion_logprobs(model, select_prompts(rollout.prompts, rows.tolist()), ids[rows, :T], m,
-                                    temperature=args.temperature)                           # (n, T)
+        logps = completion_logprobs(model, select_prompts(rollout.prompts, rows), ids[rows, :T], m,
+                                    temperature=args.temperature, images=images.rows(rows))  # (n, T)
         old = logps.detach() if rollout.old_logps is None else rollout.old_logps[rows, :T]
         ref = None if rollout.ref_logps is None else rollout.ref_logps[rows, :T]
         loss, stats = grpo_loss(logps, old, ref, rollout.advantages[rows].to(rt.device), m,
@@ -358,6 +359,7 @@ def policy_update(model, optimizer, params, rollout, args, rt):
         (loss * share).backward()   # a non-finite loss still runs backward: the processes stay in step
         for k, v in stats.items():  # the loss as aggregated; kl, ratio, clip fraction per token
             stats_sum[k] = stats_sum.get(k, 0.0) + v * (share if k == "loss" else token_share)
+    images.backward()               # the vision tower's gradient, summed over the micro-batches
     stats_sum = {k: rt.sum(v) for k, v in stats_sum.items()}
     grad_norm = rt.clip_grad_norm(params, args.clip)
     skipped = rt.sum(not finite) > 0 or not math.isfinite(grad_norm)

@@ -205,3 +205,77 @@ def test_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tiny, tmp_
     with pytest.raises(FileExistsError, match="not a checkpoint"):
         save_checkpoint(model, processor, str(tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_sampler_draws_the_tokens_generate_draws_for_a_seed(tiny):
+    """sample_completions repeats generate's ops in generate's order (suppress vision tokens,
+    temperature, top-p, softmax, torch.multinomial; pad after EOS; stop when all rows ended):
+    from one torch seed both draw the same tokens and leave the generator in the same state."""
+    model, processor = tiny
+    prompts = processor.prompts(["Is there a lesion?", "What imaging modality is this?"], images(2, seed=4))
+    for top_p in (1.0, 0.8):
+        torch.manual_seed(5)
+        ours = M.sample_completions(model, processor, prompts, num_samples=3, temperature=1.3, top_p=top_p,
+                                    max_new_tokens=16)
+        after_ours = torch.rand(3)
+        torch.manual_seed(5)
+        with torch.no_grad():
+            theirs = model.generate(**prompts, do_sample=True, temperature=1.3, top_p=top_p, top_k=0,
+                                    num_return_sequences=3, max_new_tokens=16, repetition_penalty=1.0,
+                                    eos_token_id=processor.eos_token_ids, pad_token_id=processor.pad_token_id,
+                                    suppress_tokens=M.vision_token_ids(model.config))
+        assert torch.equal(ours.ids, theirs[:, prompts["input_ids"].shape[1]:])
+        assert torch.equal(after_ours, torch.rand(3))
+        assert len(set(map(tuple, ours.ids.tolist()))) > 1        # the draws differ: it is sampling
+
+
+def test_sampler_logprobs_equal_completion_logprobs(tiny):
+    """The sampler/learner check: the log-probs the sampler drew its tokens with are those the
+    loss computes (prefill + cache in both, but batched differently), to 1e-5."""
+    model, processor = tiny
+    prompts = processor.prompts(["Is there a lesion?", "Is this a CT?"], images(2, seed=6))
+    torch.manual_seed(6)
+    out = M.sample_completions(model, processor, prompts, num_samples=4, temperature=0.7, max_new_tokens=20)
+    with torch.no_grad():
+        learner = M.completion_logprobs(model, M.repeat_prompts(prompts, 4), out.ids, out.mask, temperature=0.7)
+    assert out.mask.sum(1).min() > 1 and (out.logps[out.mask.bool()] < 0).all()
+    assert (out.logps[out.mask == 0] == 0).all()
+    assert (out.logps - learner).abs().max() < 1e-5
+
+
+def test_shared_image_and_prompt_passes_give_the_gradients_of_the_repeated_form(tiny):
+    """policy_update's form: the vision tower once per image (gradient summed over micro-batches that
+    mix prompts, one tower backward) and each prompt's cache shared by its rows, against every row
+    run whole (own vision pass, own prompt: gradient checkpointing forces the whole-sequence path)."""
+    import copy
+    model, processor = tiny
+    model = copy.deepcopy(model).train()
+    prompts = M.repeat_prompts(processor.prompts(["Is there a lesion?", "Is this a CT?"], images(2, seed=7)), 3)
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(20, 300, (6, 9), generator=g)
+    ids[torch.arange(6), torch.tensor([8, 3, 5, 2, 7, 4])] = processor.eos_token_ids[0]
+    mask = M.completion_mask(ids, processor.eos_token_ids)
+    weights = torch.randn(6, 9, generator=g)           # a loss that weighs every token differently
+    params = [p for p in model.parameters()]
+
+    model.zero_grad()
+    features = M.ImageFeatures(model, prompts, accumulate=True)
+    shared = torch.zeros(6, 9)
+    for rows in ([0, 4, 2], [1, 5, 3]):                  # each micro-batch holds rows of both prompts
+        logps = M.completion_logprobs(model, M.select_prompts(prompts, rows), ids[rows], mask[rows],
+                                      temperature=0.7, images=features.rows(rows))
+        (logps * weights[rows]).sum().backward()
+        shared[rows] = logps.detach()
+    features.backward()
+    shared_grads = [p.grad.clone() for p in params]
+
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    repeated = {k: v for k, v in prompts.items() if k != "prompt_index"}   # every row its own image and prompt
+    logps = M.completion_logprobs(model, repeated, ids, mask, temperature=0.7)
+    (logps * weights).sum().backward()
+    assert (logps.detach() - shared).abs().max() < 1e-5
+    largest = max(p.grad.abs().max().item() for p in params)
+    for p, expected in zip(params, shared_grads):
+        assert (p.grad - expected).abs().max() <= 1e-5 * largest
+    assert model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0
