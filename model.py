@@ -413,6 +413,23 @@ class Completions:
     texts: list          # B*G decoded strings, cut at the first EOS
     logps: torch.Tensor | None = None   # (B*G, T) the sampler's log-prob of each token, 0 past EOS
 
+    def select(self, rows):
+        """These completions restricted to `rows` (a list or range of row indices)."""
+        rows = list(rows)
+        return Completions(self.ids[rows], self.mask[rows], [self.texts[i] for i in rows],
+                           None if self.logps is None else self.logps[rows])
+
+    @staticmethod
+    def concat(parts, pad_token_id):
+        """The rows of several Completions in order, padded to the widest (pad_token_id, mask 0)."""
+        width = max(p.ids.shape[1] for p in parts)
+
+        def pad(t, value):
+            return F.pad(t, (0, width - t.shape[1]), value=value)
+        logps = None if any(p.logps is None for p in parts) else torch.cat([pad(p.logps, 0.0) for p in parts])
+        return Completions(torch.cat([pad(p.ids, pad_token_id) for p in parts]),
+                           torch.cat([pad(p.mask, 0) for p in parts]), [t for p in parts for t in p.texts], logps)
+
 
 def top_p_filter(scores, top_p):
     """Nucleus filter: keep the most likely tokens whose probabilities sum to at least top_p,
@@ -424,21 +441,6 @@ def top_p_filter(scores, top_p):
     remove = cumulative <= 1 - top_p          # the tail whose mass fits outside the nucleus
     remove[..., -1] = False                   # the most likely token always stays
     return scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
-
-    def select(self, rows):
-        """These completions restricted to `rows` (a list or range of row indices)."""
-        rows = list(rows)
-        return Completions(self.ids[rows], self.mask[rows], [self.texts[i] for i in rows])
-
-    @staticmethod
-    def concat(parts, pad_token_id):
-        """The rows of several Completions in order, padded to the widest (pad_token_id, mask 0)."""
-        width = max(p.ids.shape[1] for p in parts)
-
-        def pad(t, value):
-            return F.pad(t, (0, width - t.shape[1]), value=value)
-        return Completions(torch.cat([pad(p.ids, pad_token_id) for p in parts]),
-                           torch.cat([pad(p.mask, 0) for p in parts]), [t for p in parts for t in p.texts])
 
 
 @torch.no_grad()
