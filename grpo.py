@@ -212,7 +212,7 @@ def parse_args(argv=None):
                         "and draw more prompts until the batch is full")
     p.add_argument("--max-draws", type=at_least(1), default=4,
                    help="--dynamic-sampling: at most this many prompt batches per step, the first included")
-    p.add_argument("--eval-every", type=at_least(0), default=0, help="validate every N steps (0: only at the end)")
+    p.add_argument("--eval-every", type=at_least(0), default=50, help="validate every N steps (0: only at the end)")
     p.add_argument("--eval-size", type=at_least(1), default=100, help="validation records per evaluation")
     p.add_argument("--save-every", type=at_least(0), default=20, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
