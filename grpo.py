@@ -378,6 +378,10 @@ def first_draw_diagnostics(rollout, G):
     row = collapse_diagnostics(components, totals, G, types)
     trained = rollout.rewards.reshape(-1, G)
     row.update(draws=rollout.draws, trained_informative_fraction=float((np.ptp(trained, axis=1) > 0).mean()))
+    for kind in ("closed", "open"):   # which questions the reward rises on
+        is_kind = np.asarray(types) == kind
+        if is_kind.any():
+            row[f"reward_{kind}_questions"] = float(totals[is_kind].mean())
     if "semantic_raw" in components:
         is_open = np.asarray(types) == "open"
         row.update(open_semantic_raw=np.round(components["semantic_raw"][is_open], 3).tolist(),
@@ -450,6 +454,9 @@ def main(argv=None):
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, file=sys.stderr, desc="grpo",
                disable=not rt.is_main)
     metrics = None
+    if args.eval_every and start == 0:   # the starting point of the held-out curve (plot.py)
+        metrics = validate(model, processor, val, reward_fn.scorer, args.prompts_per_step * 4, args.max_new_tokens, rt)
+        log.write(json.dumps(dict(step=0, val=metrics)) + "\n")
     for step in bar:
         t0 = time.time()
         lr = set_learning_rate(optimizer, step, args)

@@ -57,7 +57,7 @@ def nested(metrics, keys):
 
 
 def plot_rewards(plt, rows, window):
-    keys = ["reward"] + sorted(k for k in rows[0] if k.startswith("reward_"))
+    keys = ["reward"] + sorted({k for r in rows for k in r if k.startswith("reward_")})
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
         steps, values = series(rows, key)

@@ -183,7 +183,7 @@ def test_torchrun_grpo_checkpoints_loads_in_transformers_and_resumes(tmp_path):
     assert state["step"] == 2 and state["world_size"] == 2 and len(state["rng"]) == 2
     torchrun("grpo.py", *options, "--steps", "3", "--resume", out)
     assert load_trainer_state(out)["step"] == 3
-    assert [json.loads(line)["step"] for line in open(out + ".log.jsonl")] == [1, 2, 3]
+    assert [json.loads(line)["step"] for line in open(out + ".log.jsonl")] == [0, 1, 2, 3]   # 0: validation
     with pytest.raises(SystemExit, match="same number"):     # resumed by one process
         Runtime().set_rng_state(load_trainer_state(out)["rng"])
 
