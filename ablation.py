@@ -70,9 +70,10 @@ def held_out(path, saved, records, scorer, args):
             return kept["metrics"]
     model, processor = load_model(path)
     metrics, _ = evaluate_model(model, processor, records, scorer, batch_size=64, max_new_tokens=args.max_new_tokens)
-    with open(saved + ".tmp", "w") as f:
+    tmp = f"{saved}.tmp-{os.getpid()}"   # two ablations side by side may score the SFT start at once
+    with open(tmp, "w") as f:
         json.dump(dict(scored=key, metrics=metrics), f)
-    os.replace(saved + ".tmp", saved)
+    os.replace(tmp, saved)
     return metrics
 
 
