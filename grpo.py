@@ -191,7 +191,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=at_least(1), default=200, help="rollout batches (each followed by --mu "
                    "updates); a resumed run may raise it (the schedule keeps its first length)")
     # [reconstructed] batch size, learning rate, beta and clip epsilon are not published (METHOD.md §2).
-    p.add_argument("--prompts-per-step", type=at_least(1), default=8,
+    p.add_argument("--prompts-per-step", type=at_least(1), default=16,
                    help="prompts B per rollout batch, over all processes")
     p.add_argument("--num-generations", type=at_least(2), default=8,
                    help="completions G per prompt (ARMed: 8); a group of one has no advantage")
@@ -201,7 +201,7 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch", type=at_least(1), default=16,
                    help="completions per forward/backward (gradient accumulation)")
     p.add_argument("--mu", type=at_least(1), default=1, help="policy updates per rollout batch")
-    add_optimizer_args(p, lr=5e-5)
+    add_optimizer_args(p, lr=1e-4)
     p.add_argument("--beta", type=at_least(0.0, float), default=0.04, help="KL weight (0 skips the reference model)")
     p.add_argument("--clip-eps", type=positive_float, default=0.2, help="PPO ratio clip epsilon")
     p.add_argument("--loss-type", choices=LOSS_TYPES, default="grpo", help="token aggregation of the loss")
