@@ -184,7 +184,8 @@ class Ours:
         memory.start()
         with patched(grpo, sample_completions=clock.wrap("generate", grpo.sample_completions),
                      micro_logprobs=clock.wrap("ref log-probs", grpo.micro_logprobs)):
-            rollout = clock.wrap("rollout", grpo.collect_rollout)(self.model, self.ref_model, self.processor, records,
+            rollout = clock.wrap("rollout", grpo.collect_rollout)(self.model, self.ref_model, self.processor,
+                                                                  lambda draw: records,
                                                                   clock.wrap("rewards", self.reward_fn), self.args,
                                                                   self.rt)
             clock.wrap("update", grpo.policy_update)(self.model, self.optimizer, self.params, rollout, self.args,

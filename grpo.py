@@ -3,6 +3,7 @@
     python grpo.py                       # from runs/sft, on the phantom dataset, writes runs/grpo
     python grpo.py --reward text+semantic   # plain (collapsing) semantic reward, for comparison
     python grpo.py --resume runs/grpo       # continue an interrupted run
+    python grpo.py --dynamic-sampling       # DAPO: replace groups with equal rewards by new prompts
     python grpo.py --model runs/sft-qwen --dataset vqa_rad --data-root data/vqa_rad \\
         --prompts-per-step 8 --micro-batch 4 --lr 1e-6 --max-new-tokens 512 --gradient-checkpointing
 

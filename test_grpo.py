@@ -405,3 +405,13 @@ def test_dynamic_sampling_fills_with_dropped_groups_at_the_cap_and_is_off_by_def
     assert torch.count_nonzero(rollout.advantages[4:]) == 0
     plain, _ = _dynamic_rollout(equal_ids={0}, draws=[[0, 1], [2, 3]], max_draws=2, dynamic=False)
     assert plain.draws == 1 and plain.rewards.tolist() == [0] * 4 + [0, 1, 2, 3]
+
+
+def test_bench_grpo_times_a_step_of_grpo_py(capsys):
+    """bench_grpo.py drives grpo.py's own functions; a change to them must not break it."""
+    import bench_grpo
+    bench_grpo.main(["--model", "tiny", "--runs", "1", "--warmup", "0", "--prompts", "2", "--num-generations", "2",
+                     "--max-new-tokens", "8", "--micro-batch", "2"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("grpo.py"))
+    step, generate, ref, rewards, update = map(float, row.split()[1:6])
+    assert step > 0 and generate > 0 and update > 0 and abs(step - (generate + ref + rewards + update)) < step
