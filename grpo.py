@@ -242,7 +242,7 @@ class Rollout:
     rewards: np.ndarray        # total reward of the trained completions
     components: dict           # name -> per-reward values of the trained completions
     answer_types: list
-    first_draw: tuple          # (totals, components, answer_types) of the step's own prompts
+    first_draw: tuple | None = None   # (totals, components, answer_types) of the step's own prompts
     draws: int = 1             # prompt batches sampled (more than 1 only with --dynamic-sampling)
 
 
