@@ -118,15 +118,15 @@ def format_results(results, args):
 
     lines = [f"phantom {args.split} split ({results['sft']['metrics'][0]['n']} records), "
              f"mean ± std over seeds {args.seeds}; metrics in %",
-             f"{'start / reward':<16}" + "".join(f"{title:>14}" for title, _ in COLUMNS)]
+             f"{'start / variant':<24}" + "".join(f"{title:>14}" for title, _ in COLUMNS)]
     for name, result in results.items():
-        lines.append(f"{name:<16}" + "".join(f"{cell([pick(m, keys) for m in result['metrics']]):>14}"
+        lines.append(f"{name:<24}" + "".join(f"{cell([pick(m, keys) for m in result['metrics']]):>14}"
                                              for _, keys in COLUMNS))
     lines.append("\nduring training (mean over steps; semantic variances over open questions)")
-    lines.append(f"{'reward':<16}" + "".join(f"{k:>28}" for k in TRAINING))
+    lines.append(f"{'variant':<24}" + "".join(f"{k:>28}" for k in TRAINING))
     for name, result in results.items():
         if name != "sft":
-            lines.append(f"{name:<16}" + "".join(
+            lines.append(f"{name:<24}" + "".join(
                 f"{np.mean([t[k] for t in result['training'] if k in t]):>28.4f}"
                 if any(k in t for t in result["training"]) else f"{'-':>28}" for k in TRAINING))
     return "\n".join(lines)
