@@ -75,7 +75,7 @@ class Runtime:
         mixed = self.precision == "bf16-mixed" and not frozen
         if not self.sharded:
             model.to(self.device)
-            if mixed:   # the forward and the vision tower, which model.ImageFeatures calls apart from it
+            if mixed:   # the forward and the vision tower, which policy.ImageFeatures calls apart from it
                 for method in ("forward", "get_image_features"):
                     setattr(model, method, torch.autocast(self.device.type, dtype=torch.bfloat16)(getattr(model, method)))
             return model
@@ -91,7 +91,7 @@ class Runtime:
             # sum also is the one reduction gloo has.
             unit.set_gradient_divide_factor(1.0)
             unit.set_force_sum_reduction_for_comms(True)
-        # model.ImageFeatures runs the vision tower apart from the forward: gather the root's weights
+        # policy.ImageFeatures runs the vision tower apart from the forward: gather the root's weights
         # (patch embedding, merger) for it as for a forward
         register_fsdp_forward_method(model, "get_image_features")
         # The root (embeddings, lm_head, final norm, the vision merger) keeps its weights gathered

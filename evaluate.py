@@ -171,7 +171,7 @@ def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_ne
     them get every row back, in record order.
     """
     from data import load_image  # the model side is imported only when a model is evaluated
-    from model import sample_completions
+    from policy import sample_completions
     rank, world = (rt.rank, rt.world_size) if rt is not None else (0, 1)
     mine = list(range(len(records)))[rank::world]
     rows = {}

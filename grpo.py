@@ -31,8 +31,8 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import (Completions, ImageFeatures, add_model_args, check_prompt_lengths, completion_logprobs,
-                   model_from_args, repeat_prompts, sample_completions, select_prompts)
+from model import add_model_args, check_prompt_lengths, model_from_args
+from policy import Completions, ImageFeatures, completion_logprobs, repeat_prompts, sample_completions, select_prompts
 from phantom import PHANTOM_SIZES
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
@@ -265,7 +265,14 @@ def sample_and_score(model, processor, records, reward_fn, args, rt):
         out = sample_completions(model, processor, prompts, num_samples=G, temperature=args.temperature,
                                  top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     total, components = reward_fn([r for r in records for _ in range(G)], out.texts)
-    return out, total, components
+    return prompts, out, total, components
+
+
+def _merged(gathered):
+    """Every process's (totals, components, answer types), gathered, as one batch in rank order."""
+    return (np.concatenate([t for t, _, _ in gathered]),
+            {k: np.concatenate([c[k] for _, c, _ in gathered]) for k in gathered[0][1]},
+            [t for _, _, types in gathered for t in types])
 
 
 def collect_rollout(model, ref_model, processor, draw, reward_fn, args, rt):
@@ -281,15 +288,16 @@ def collect_rollout(model, ref_model, processor, draw, reward_fn, args, rt):
     """
     G = args.num_generations
     quota = len(draw(0))
-    kept, dropped, first = [], [], None   # groups: (record, completions, totals, components)
+    kept, dropped, batches = [], [], []   # groups: (record, draw, row, completions, totals, components)
     for d in range(args.max_draws if args.dynamic_sampling else 1):
         records = draw(d)
-        out, total, components = sample_and_score(model, processor, records, reward_fn, args, rt)
+        prompts, out, total, components = sample_and_score(model, processor, records, reward_fn, args, rt)
+        batches.append(prompts)
         if d == 0:
-            first = rt.gather((total, components, [r.answer_type for r in records for _ in range(G)]))
+            first = _merged(rt.gather((total, components, [r.answer_type for r in records for _ in range(G)])))
         for i, record in enumerate(records):
             rows = slice(i * G, (i + 1) * G)
-            group = (record, out.select(range(rows.start, rows.stop)), total[rows],
+            group = (record, d, i, out.select(range(rows.start, rows.stop)), total[rows],
                      {k: v[rows] for k, v in components.items()})
             informative = np.ptp(total[rows]) > 0
             (kept if (informative or not args.dynamic_sampling) and len(kept) < quota else dropped).append(group)
@@ -297,26 +305,25 @@ def collect_rollout(model, ref_model, processor, draw, reward_fn, args, rt):
             break
     groups = kept + dropped[:quota - len(kept)]
     records = [g[0] for g in groups]
-    out = Completions.concat([g[1] for g in groups], processor.pad_token_id)
-    total = np.concatenate([g[2] for g in groups])
-    components = {k: np.concatenate([g[3][k] for g in groups]) for k in groups[0][3]}
-    everyone = rt.gather((total, components, [r.answer_type for r in records for _ in range(G)]))
-    all_total = np.concatenate([t for t, _, _ in everyone])                          # (W*N,)
-    all_components = {k: np.concatenate([c[k] for _, c, _ in everyone]) for k in components}
+    out = Completions.concat([g[3] for g in groups], processor.pad_token_id)
+    total = np.concatenate([g[4] for g in groups])
+    components = {k: np.concatenate([g[5][k] for g in groups]) for k in groups[0][5]}
+    all_total, all_components, all_types = _merged(
+        rt.gather((total, components, [r.answer_type for r in records for _ in range(G)])))
     advantages = rt.share(group_advantages(torch.as_tensor(all_total, dtype=torch.float32), G,
                                            args.advantage_scale))                    # (N,) this process's
-    prompts = repeat_prompts(processor.prompts([r.question for r in records], [load_image(r) for r in records]), G)
+    if len({g[1] for g in groups}) == 1:   # one draw's prompts (always without dynamic sampling)
+        prompts = select_prompts(batches[groups[0][1]], [g[2] for g in groups])
+    else:                                  # prompt batches of several draws: build the kept ones again
+        prompts = processor.prompts([r.question for r in records], [load_image(r) for r in records])
+    prompts = repeat_prompts(prompts, G)
     old = ref = None
     with torch.no_grad():
         if args.mu > 1:   # with one update, π_old equals π_θ and the ratio is exp(logp - logp.detach())
             old = micro_logprobs(model, prompts, out, args)
         if args.beta > 0:
             ref = micro_logprobs(ref_model, prompts, out, args)
-    first_draw = (np.concatenate([t for t, _, _ in first]),
-                  {k: np.concatenate([c[k] for _, c, _ in first]) for k in components},
-                  [t for _, _, types in first for t in types])
-    return Rollout(prompts, out, advantages, old, ref, all_total, all_components,
-                   [t for _, _, types in everyone for t in types], first_draw, d + 1)
+    return Rollout(prompts, out, advantages, old, ref, all_total, all_components, all_types, first, d + 1)
 
 
 def micro_logprobs(model, prompts, out, args):

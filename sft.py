@@ -29,7 +29,8 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import add_model_args, check_prompt_lengths, model_from_args, sample_completions, to_device
+from model import add_model_args, check_prompt_lengths, model_from_args
+from policy import sample_completions, to_device
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
                       open_log, save_checkpoint, set_learning_rate)

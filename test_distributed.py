@@ -19,7 +19,8 @@ import grpo
 import sft
 from data import load_image
 from distributed import Runtime, setup
-from model import Completions, completion_logprobs, completion_mask, load_model, repeat_prompts, select_prompts
+from model import load_model
+from policy import Completions, completion_logprobs, completion_mask, repeat_prompts, select_prompts
 from phantom import phantom_dataset
 from rewards import AdaptiveSemanticReward
 from training import load_trainer_state

@@ -9,6 +9,7 @@ from PIL import Image
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 import model as M
+import policy
 from training import load_trainer_state, save_checkpoint
 
 CORPUS = ["Is there a lesion in the left lung? <think>A bright round spot lies in the left upper "
@@ -71,9 +72,9 @@ def test_completion_mask_runs_to_first_eos_inclusive():
     eos, pad = 2, 0
     ids = torch.tensor([[5, 7, eos, pad], [5, eos, 9, eos], [5, 6, 7, 8], [eos, pad, pad, pad]])
     expected = [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
-    assert M.completion_mask(ids, [eos]).tolist() == expected
+    assert policy.completion_mask(ids, [eos]).tolist() == expected
     # pad id equal to EOS must not matter: the mask comes from the first EOS only
-    assert M.completion_mask(torch.tensor([[5, eos, eos, eos]]), [eos]).tolist() == [[1, 1, 0, 0]]
+    assert policy.completion_mask(torch.tensor([[5, eos, eos, eos]]), [eos]).tolist() == [[1, 1, 0, 0]]
 
 
 def stock_token_types(model, input_ids):
@@ -109,12 +110,12 @@ def test_prompt_logits_and_greedy_tokens_equal_a_stock_forward(tiny):
         one_d = model(**stock).logits                    # what the project ran before: 1-D positions
     assert (ours - theirs).abs().max() < 1e-4
     assert (ours - one_d).abs().max() > 1e-3             # so the positions are not a no-op here
-    out = M.sample_completions(model, processor, prompts, greedy=True, max_new_tokens=12)
+    out = policy.sample_completions(model, processor, prompts, greedy=True, max_new_tokens=12)
     with torch.no_grad():
         ids = model.generate(**stock, mm_token_type_ids=stock_token_types(model, stock["input_ids"]),
                              do_sample=False, max_new_tokens=12, pad_token_id=processor.pad_token_id,
                              eos_token_id=processor.eos_token_ids,
-                             suppress_tokens=M.vision_token_ids(model.config))
+                             suppress_tokens=policy.vision_token_ids(model.config))
     assert torch.equal(out.ids, ids[:, prompts["input_ids"].shape[1]:])
 
 
@@ -122,17 +123,17 @@ def test_completion_logprobs_equal_direct_full_computation(tiny):
     model, processor = tiny
     prompts = processor.prompts(["Is there a lesion?", "What imaging modality is this?"], images(2, seed=1))
     torch.manual_seed(1)
-    out = M.sample_completions(model, processor, prompts, num_samples=3, temperature=0.9, max_new_tokens=10)
+    out = policy.sample_completions(model, processor, prompts, num_samples=3, temperature=0.9, max_new_tokens=10)
     assert out.ids.shape[0] == 6
-    rep = M.repeat_prompts(prompts, 3)
-    logps = M.completion_logprobs(model, rep, out.ids, out.mask, temperature=0.9, chunk_size=4)
+    rep = policy.repeat_prompts(prompts, 3)
+    logps = policy.completion_logprobs(model, rep, out.ids, out.mask, temperature=0.9, chunk_size=4)
     ids = torch.cat([rep["input_ids"], out.ids], 1)
     with torch.no_grad():   # transformers' own forward, 3-D positions from its own token types
         full = model(input_ids=ids, attention_mask=torch.cat([rep["attention_mask"], out.mask], 1),
                      mm_token_type_ids=stock_token_types(model, ids),
                      pixel_values=rep["pixel_values"], image_grid_thw=rep["image_grid_thw"]).logits
     P = rep["input_ids"].shape[1]
-    full[..., M.vision_token_ids(model.config)] = float("-inf")
+    full[..., policy.vision_token_ids(model.config)] = float("-inf")
     direct = torch.log_softmax(full[:, P - 1:-1].float() / 0.9, -1)
     direct = direct.gather(2, out.ids.unsqueeze(-1)).squeeze(-1) * out.mask
     assert (logps - direct).abs().max() < 1e-4
@@ -141,20 +142,20 @@ def test_completion_logprobs_match_the_sampler(tiny):
     """The sampler's own temperature-scaled scores give the same log-probs: alignment, grouping
     (repeat_prompts order = generate's num_return_sequences order) and temperature all agree."""
     model, processor = tiny
-    prompts = M.to_device(processor.prompts(["Is there a lesion?", "Is this a CT?"], images(2, seed=2)),
+    prompts = policy.to_device(processor.prompts(["Is there a lesion?", "Is this a CT?"], images(2, seed=2)),
                           model.device)
     torch.manual_seed(2)
     gen = model.generate(**prompts, max_new_tokens=8, do_sample=True, temperature=0.7, top_k=0,
                          top_p=1.0, num_return_sequences=2, output_scores=True,
                          return_dict_in_generate=True, eos_token_id=processor.eos_token_ids,
-                         suppress_tokens=M.vision_token_ids(model.config),
+                         suppress_tokens=policy.vision_token_ids(model.config),
                          pad_token_id=processor.pad_token_id)
     ids = gen.sequences[:, prompts["input_ids"].shape[1]:]
-    mask = M.completion_mask(ids, processor.eos_token_ids)
+    mask = policy.completion_mask(ids, processor.eos_token_ids)
     sampler = torch.stack([torch.log_softmax(s.float(), -1) for s in gen.scores], 1)
     sampler = sampler.gather(2, ids.unsqueeze(-1)).squeeze(-1) * mask
     with torch.no_grad():
-        ours = M.completion_logprobs(model, M.repeat_prompts(prompts, 2), ids, mask, temperature=0.7)
+        ours = policy.completion_logprobs(model, policy.repeat_prompts(prompts, 2), ids, mask, temperature=0.7)
     assert torch.allclose(ours, sampler, atol=1e-4)
 
 
@@ -163,9 +164,9 @@ def test_gradients_reach_the_model_through_logprobs(tiny):
     prompts = processor.prompts(["Is there a lesion?"], images(1))
     words = processor.tokenizer("yes no", add_special_tokens=False)["input_ids"]
     ids = torch.tensor([words + [processor.tokenizer.eos_token_id] + words])
-    mask = M.completion_mask(ids, processor.eos_token_ids)
+    mask = policy.completion_mask(ids, processor.eos_token_ids)
     model.zero_grad()
-    M.completion_logprobs(model, prompts, ids, mask).sum().backward()
+    policy.completion_logprobs(model, prompts, ids, mask).sum().backward()
     assert model.lm_head.weight.grad.abs().sum() > 0
     assert model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0
     model.zero_grad()
@@ -180,7 +181,7 @@ def test_checkpoint_reloads_with_plain_transformers_and_same_answers(tiny, tmp_p
     assert AutoTokenizer.from_pretrained(path).get_vocab() == processor.tokenizer.get_vocab()
     reloaded, reprocessor = M.load_model(path, device="cpu")
     batch = processor.prompts(["Is there a lesion?", "What imaging modality is this?"], images(2, seed=3))
-    answers = [M.sample_completions(m, p, batch, greedy=True, max_new_tokens=12).texts
+    answers = [policy.sample_completions(m, p, batch, greedy=True, max_new_tokens=12).texts
                for m, p in [(model, processor), (plain, processor), (reloaded, reprocessor)]]
     assert answers[0] == answers[1] == answers[2]
 
@@ -215,7 +216,7 @@ def test_sampler_draws_the_tokens_generate_draws_for_a_seed(tiny):
     prompts = processor.prompts(["Is there a lesion?", "What imaging modality is this?"], images(2, seed=4))
     for top_p in (1.0, 0.8):
         torch.manual_seed(5)
-        ours = M.sample_completions(model, processor, prompts, num_samples=3, temperature=1.3, top_p=top_p,
+        ours = policy.sample_completions(model, processor, prompts, num_samples=3, temperature=1.3, top_p=top_p,
                                     max_new_tokens=16)
         after_ours = torch.rand(3)
         torch.manual_seed(5)
@@ -223,7 +224,7 @@ def test_sampler_draws_the_tokens_generate_draws_for_a_seed(tiny):
             theirs = model.generate(**prompts, do_sample=True, temperature=1.3, top_p=top_p, top_k=0,
                                     num_return_sequences=3, max_new_tokens=16, repetition_penalty=1.0,
                                     eos_token_id=processor.eos_token_ids, pad_token_id=processor.pad_token_id,
-                                    suppress_tokens=M.vision_token_ids(model.config))
+                                    suppress_tokens=policy.vision_token_ids(model.config))
         assert torch.equal(ours.ids, theirs[:, prompts["input_ids"].shape[1]:])
         assert torch.equal(after_ours, torch.rand(3))
         assert len(set(map(tuple, ours.ids.tolist()))) > 1        # the draws differ: it is sampling
@@ -235,9 +236,9 @@ def test_sampler_logprobs_equal_completion_logprobs(tiny):
     model, processor = tiny
     prompts = processor.prompts(["Is there a lesion?", "Is this a CT?"], images(2, seed=6))
     torch.manual_seed(6)
-    out = M.sample_completions(model, processor, prompts, num_samples=4, temperature=0.7, max_new_tokens=20)
+    out = policy.sample_completions(model, processor, prompts, num_samples=4, temperature=0.7, max_new_tokens=20)
     with torch.no_grad():
-        learner = M.completion_logprobs(model, M.repeat_prompts(prompts, 4), out.ids, out.mask, temperature=0.7)
+        learner = policy.completion_logprobs(model, policy.repeat_prompts(prompts, 4), out.ids, out.mask, temperature=0.7)
     assert out.mask.sum(1).min() > 1 and (out.logps[out.mask.bool()] < 0).all()
     assert (out.logps[out.mask == 0] == 0).all()
     assert (out.logps - learner).abs().max() < 1e-5
@@ -250,19 +251,19 @@ def test_shared_image_and_prompt_passes_give_the_gradients_of_the_repeated_form(
     import copy
     model, processor = tiny
     model = copy.deepcopy(model).train()
-    prompts = M.repeat_prompts(processor.prompts(["Is there a lesion?", "Is this a CT?"], images(2, seed=7)), 3)
+    prompts = policy.repeat_prompts(processor.prompts(["Is there a lesion?", "Is this a CT?"], images(2, seed=7)), 3)
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(20, 300, (6, 9), generator=g)
     ids[torch.arange(6), torch.tensor([8, 3, 5, 2, 7, 4])] = processor.eos_token_ids[0]
-    mask = M.completion_mask(ids, processor.eos_token_ids)
+    mask = policy.completion_mask(ids, processor.eos_token_ids)
     weights = torch.randn(6, 9, generator=g)           # a loss that weighs every token differently
     params = [p for p in model.parameters()]
 
     model.zero_grad()
-    features = M.ImageFeatures(model, prompts, accumulate=True)
+    features = policy.ImageFeatures(model, prompts, accumulate=True)
     shared = torch.zeros(6, 9)
     for rows in ([0, 4, 2], [1, 5, 3]):                  # each micro-batch holds rows of both prompts
-        logps = M.completion_logprobs(model, M.select_prompts(prompts, rows), ids[rows], mask[rows],
+        logps = policy.completion_logprobs(model, policy.select_prompts(prompts, rows), ids[rows], mask[rows],
                                       temperature=0.7, images=features.rows(rows))
         (logps * weights[rows]).sum().backward()
         shared[rows] = logps.detach()
@@ -272,7 +273,7 @@ def test_shared_image_and_prompt_passes_give_the_gradients_of_the_repeated_form(
     model.zero_grad()
     model.gradient_checkpointing_enable()
     repeated = {k: v for k, v in prompts.items() if k != "prompt_index"}   # every row its own image and prompt
-    logps = M.completion_logprobs(model, repeated, ids, mask, temperature=0.7)
+    logps = policy.completion_logprobs(model, repeated, ids, mask, temperature=0.7)
     (logps * weights).sum().backward()
     assert (logps.detach() - shared).abs().max() < 1e-5
     largest = max(p.grad.abs().max().item() for p in params)

@@ -64,7 +64,7 @@ def test_sft_target_and_missing_cot():
 def test_armed_a_keeps_correct_rationales_then_k_representatives(tmp_path, monkeypatch):
     """--cot-from: rationales the checkpoint writes are kept only when well formed and correct;
     --cot-select K keeps K of them (k-means over sentence embeddings)."""
-    from model import Completions
+    from policy import Completions
     records = phantom_dataset("train", size=6)
     start = tmp_path / "start"
     sft.main(FAST + ["--out", str(start), "--steps", "1", "--save-every", "0"])
