@@ -285,6 +285,18 @@ def _phrasings(answer: str) -> tuple[str, str]:
     return pair
 
 
+def open_answer_wordings() -> dict[str, list[tuple[str, tuple[str, str]]]]:
+    """Every open answer the phantom data can give, by question kind, each concept with its two
+    wordings: {"count": [("0", ("zero", "0")), ...], "location": [("left upper", ("left upper",
+    "upper left")), ...], ...}. The answers of one kind are each other's wrong answers."""
+    quadrants = [f"{side} {height}" for side in ("left", "right") for height in ("upper", "lower")]
+    concepts = {"modality": MODALITIES, "region": REGIONS, "finding": ("normal", *PLURAL, *PLURAL.values()),
+                "count": tuple("0123")}
+    kinds = {kind: [(c, SYNONYMS[c]) for c in names] for kind, names in concepts.items()}
+    kinds["location"] = [(q, _phrasings(q)) for q in quadrants]
+    return kinds
+
+
 def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None, *,
                     image_size: int = 112, question_rate: float = 0.375,
                     wording: str = "question") -> list[VQARecord]:
@@ -354,9 +366,7 @@ def phantom_corpus(samples: int = 2000, image_size: int = 112) -> list[str]:
     texts.update(ASK_MODALITY.format(name) for name in NAMED.values())
     texts.update(ASK_REGION.format(region) for region in REGIONS)
     texts.update(ASK_SIDE.format(side) for side in ("left", "right"))
-    texts.update(answer for answers in SYNONYMS.values() for answer in answers)
-    texts.update(f"{a} {b}" for side in ("left", "right") for height in ("upper", "lower")
-                 for a, b in ((side, height), (height, side)))
+    texts.update(w for answers in open_answer_wordings().values() for _, pair in answers for w in pair)
     rng = np.random.default_rng(12345)
     for _ in range(samples):
         scene = _sample_scene(rng, image_size)

@@ -8,7 +8,8 @@
     judge      a local causal LM says yes/no: is the reasoning clinically sound?  (RL-MedVQA)
     total      sum_k w_k r_k  (defaults: format 1, textual 1, adaptive semantic 1, others 0)
 
-`python rewards.py` prints a worked example of reward collapse (ARMed Figures 3 and 4 in numbers).
+`python rewards.py` prints a worked example of reward collapse (ARMed Figures 3 and 4 in numbers);
+`python rewards.py --phantom` whether the semantic reward tells the phantom data's right answers from wrong ones.
 """
 import argparse
 import math
@@ -543,11 +544,53 @@ COLLAPSE_EXAMPLE = ("enlarged heart", [  # one GRPO group: right answers, near m
 ])
 
 
+def wording_check(scorer, answers_by_kind):
+    """Can the reward tell a right answer in the other wording from a wrong answer? For each
+    reference wording of each concept (answers_by_kind: {kind: [(concept, (wording, wording))]},
+    as phantom.open_answer_wordings gives), one row: (kind, reference, other wording, its textual
+    and raw semantic reward, the wrong answer of the same kind with the highest raw semantic
+    reward, that answer's textual and raw semantic reward)."""
+    rows = []
+    for kind, concepts in answers_by_kind.items():
+        for concept, pair in concepts:
+            wrong = [w for c, wordings in concepts if c != concept for w in wordings]
+            for reference, other in (pair, pair[::-1]):
+                semantic = scorer.score([other, *wrong], [reference] * (1 + len(wrong)))
+                best = int(np.argmax(semantic[1:]))
+                rows.append((kind, reference, other, textual_reward(other, reference, "open"), semantic[0],
+                             wrong[best], textual_reward(wrong[best], reference, "open"), semantic[1 + best]))
+    return rows
+
+
+def print_wording_check(scorer):
+    """`python rewards.py --phantom`: wording_check on every open answer of the phantom data."""
+    from phantom import open_answer_wordings  # the demo's only use of the dataset
+
+    rows = wording_check(scorer, open_answer_wordings())
+    print(f"phantom open answers    encoder: {scorer.name}    (text = textual reward, sem = raw cosine)\n")
+    print(f"{'kind':<9}{'reference':<28}{'right, other wording':<28}{'text':>5}{'sem':>6}   "
+          f"{'closest wrong answer':<21}{'text':>5}{'sem':>6}")
+    for kind, reference, other, text, sem, wrong, wrong_text, wrong_sem in rows:
+        print(f"{kind:<9}{reference:<28}{other:<28}{text:5.2f}{sem:6.2f}   {wrong:<21}{wrong_text:5.2f}{wrong_sem:6.2f}")
+    margin = {kind: [r[4] - r[7] for r in rows if r[0] == kind] for kind in dict.fromkeys(r[0] for r in rows)}
+    wording_gap = [2.0 - r[3] - r[4] for r in rows]  # the reference's own wording: textual 1 + cosine 1
+    print(f"\nCosine of the right answer in the other wording minus the closest wrong answer's:\nmedian "
+          f"{np.median([m for ms in margin.values() for m in ms]):.2f} ("
+          + ", ".join(f"{kind} {np.median(ms):.2f}" for kind, ms in margin.items()) + ").\n"
+          f"{sum(m <= 0 for ms in margin.values() for m in ms)} of {len(rows)} references have a wrong answer "
+          f"that scores at least as high. A right answer in the other\nwording scores a median "
+          f"{np.median(wording_gap):.2f} of textual + cosine reward below the same answer in the reference's wording.")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Worked example of reward collapse and ARMed's adaptive fix.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_reward_args(parser)
+    parser.add_argument("--phantom", action="store_true", help="instead, check whether the semantic reward "
+                        "tells a right phantom answer in its other wording from a wrong one")
     args = parser.parse_args(argv)
+    if args.phantom:
+        return print_wording_check(SemanticScorer(args.encoder))
     kwargs = rewards_from_args(args)
     if kwargs["scorer"] is None:
         parser.error("the example needs a semantic reward: --reward text+adaptive or text+semantic")

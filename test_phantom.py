@@ -29,7 +29,8 @@ def train():
 
 def test_phantom_default_sizes_and_generation_time(train):
     records, seconds = train
-    assert len(records) == 6000 and seconds < 5
+    # 2.1 s idle on a 2-core CPU; the bound catches an order-of-magnitude regression, not load
+    assert len(records) == 6000 and seconds < 30
     assert len(phantom.phantom_dataset("val")) == 100 and len(phantom.phantom_dataset("test")) == 1500
     assert len(load_dataset("phantom", "test", limit=7)) == 7
     image = load_image(records[0])

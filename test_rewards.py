@@ -428,6 +428,34 @@ def test_reward_options_and_demo(scorer, monkeypatch, capsys):
     assert "cardiomegaly" in out and "variance" in out and "adaptive" in out
 
 
+def test_wording_check_compares_the_other_wording_with_the_closest_wrong_answer():
+    cosine = {("2", "two"): 0.82, ("three", "two"): 0.81, ("3", "two"): 0.7,
+              ("two", "2"): 0.82, ("three", "2"): 0.6, ("3", "2"): 0.87}
+
+    class TableScorer:
+        def score(self, predictions, references):
+            return np.array([cosine.get((p, r), 0.0) for p, r in zip(predictions, references)])
+
+    rows = rewards.wording_check(TableScorer(), {"count": [("2", ("two", "2")), ("3", ("three", "3"))]})
+    assert len(rows) == 4 and rows[0] == ("count", "two", "2", 0.0, 0.82, "three", 0.0, 0.81)
+    assert rows[1] == ("count", "2", "two", 0.0, 0.82, "3", 0.0, 0.87)  # a wrong answer above the right one
+
+
+def test_phantom_wording_check_on_minilm(scorer, monkeypatch, capsys):
+    from phantom import SYNONYMS, open_answer_wordings
+
+    answers = open_answer_wordings()
+    assert {c for kind in answers.values() for c, _ in kind} >= set(SYNONYMS)  # every concept, plus locations
+    rows = {r[1]: r for r in rewards.wording_check(scorer, answers)}
+    assert len(rows) == 40 and rows["two"][2] == "2" and rows["two"][5] == "three"
+    assert abs(rows["two"][4] - rows["two"][7]) < 0.05  # the encoder barely tells "2" from "three"
+    assert rows["upper left"][3] == 1.0 and rows["upper left"][6] == 0.5  # word order: textual overlap
+    monkeypatch.setattr(rewards, "SemanticScorer", lambda *args, **kwargs: scorer)
+    rewards.main(["--phantom"])
+    out = capsys.readouterr().out
+    assert "closest wrong answer" in out and "of 40 references" in out and "magnetic resonance imaging" in out
+
+
 # ---- clinical judge with a tiny random causal LM
 
 def test_judge_returns_zero_or_one(tmp_path):
