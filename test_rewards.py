@@ -16,7 +16,8 @@ import pytest
 
 import evaluate
 import rewards
-from rewards import (AdaptiveSemanticReward, BERTScorer, JudgeReward, RewardWeights, SemanticScorer, bleu1,
+from evaluate import BERTScorer
+from rewards import (AdaptiveSemanticReward, JudgeReward, RewardWeights, SemanticScorer, bleu1,
                      collapse_diagnostics, compute_rewards, cwr_length_reward, ecr_length_reward, exact_match,
                      extract_answer, format_reward, normalize, rouge1_f1, textual_reward, think_text, token_recall)
 
