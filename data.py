@@ -74,6 +74,7 @@ class VQARecord:
     cot: str | None = None  # chain-of-thought rationale, when the dataset has one
     source: str = ""  # where the record came from, for error messages: "slake/test.json record 5"
     window: tuple[float, float] | None = None  # raw range of a 16-bit scan read as 0..255 (--window)
+    category: str | None = None  # the question's kind, where the dataset gives one (phantom: "side", ...)
 
 
 class DataError(ValueError):

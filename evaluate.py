@@ -18,7 +18,7 @@ on the same encoder and layer), LLaVA-Med recall and semantic similarity (the Se
 rewards.py); closed questions: accuracy (exact match of normalised tokens). `format` is the
 share of predictions in the <think>/<answer> format. All metrics come from rewards.py, except
 `concept`: on the phantom data only, the share of open answers that name the reference's concept
-with synonyms and word order folded ("MRI" = "magnetic resonance imaging"; phantom_concept below).
+with synonyms folded ("two lesions" = "a pair of lesions"; phantom_concept below).
 Each phantom concept has two wordings; by default (--phantom-wording random) the held-out references
 alternate between them, so BLEU/ROUGE partly measure which wording a model happens to prefer, while
 `concept` measures whether the answer is right; with --phantom-wording question the question's
@@ -217,8 +217,8 @@ PHANTOM_CONCEPTS = {" ".join(normalize(name)): concept for concept, names in SYN
 
 
 def phantom_concept(answer):
-    """What a phantom answer names, with synonyms and word order folded: "MRI" and "magnetic
-    resonance imaging" -> "mri"; "lower left" and "Left lower." -> "left lower"."""
+    """What a phantom answer names, with synonyms folded: "two lesions" and "a pair of lesions" ->
+    "2"; an answer that is no phantom wording -> its words, sorted."""
     words = normalize(answer)
     return PHANTOM_CONCEPTS.get(" ".join(words), " ".join(sorted(words)))
 

@@ -3,10 +3,12 @@ answers and chain-of-thought rationales, so the whole pipeline runs and is check
 with nothing downloaded (see phantom_dataset). Not real anatomy or pathology.
 
     records = phantom_dataset("train")          # 6000 records, identical for a seed
+    phantom_captions(32)                        # captioned images for the base model (pretrain.py)
     load_dataset("phantom", "test")             # the same through data.py, as the scripts do
     python data.py --split test --grid grid.png # 16 of its images in one PNG
 """
 
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -18,54 +20,61 @@ from data import SPLITS, DataError, VQARecord
 
 MODALITIES = ("xray", "ct", "mri", "ultrasound")
 REGIONS = ("head", "chest", "abdomen")
-LESION_COUNT_PROBS = (0.5, 0.25, 0.15, 0.10)  # P(0..3 lesions): half the images are normal
+# P(0..3 lesions): uniform, so that "more than one lesion?" is a coin flip. [reconstructed]
+LESION_COUNT_PROBS = (0.25, 0.25, 0.25, 0.25)
 PHANTOM_SIZES = {"train": 6000, "val": 100, "test": 1500}
+# Random streams of images: image i of a stream is drawn from numpy's generator seeded with
+# (seed, stream, i). "base" holds the captioned images the base model is pretrained on (pretrain.py),
+# never a VQA split's.
+STREAMS = {"train": 0, "val": 1, "test": 2, "base": 3}
 
-# Each concept has two wordings; WORDINGS (below) says which one a reference answer uses.
+# Each concept has two wordings; WORDINGS (below) says which one a reference answer uses. The pairs
+# of counts are paraphrases a sentence encoder places close together (cos("two lesions", "a pair
+# of lesions") = 0.95, against 0.88 for "three lesions": `python rewards.py --phantom`).
 SYNONYMS = {
-    "xray": ("X-ray", "radiograph"), "ct": ("CT", "computed tomography"),
-    "mri": ("MRI", "magnetic resonance imaging"), "ultrasound": ("ultrasound", "sonography"),
-    "head": ("head", "skull"), "chest": ("chest", "thorax"),
-    "abdomen": ("abdomen", "abdominal region"),
     "nodule": ("nodule", "small nodule"), "mass": ("mass", "large mass"),
     "nodules": ("multiple nodules", "several nodules"), "masses": ("multiple masses", "several masses"),
     "normal": ("no abnormality", "normal"),
-    "0": ("zero", "0"), "1": ("one", "1"), "2": ("two", "2"), "3": ("three", "3"),
+    "0": ("no lesions", "no lesions at all"), "1": ("one lesion", "a single lesion"),
+    "2": ("two lesions", "a pair of lesions"), "3": ("three lesions", "three separate lesions"),
 }
+MODALITY_WORDS = {"xray": "X-ray", "ct": "CT", "mri": "MRI", "ultrasound": "Ultrasound"}  # in captions
 NAMED = {"xray": "an X-ray", "ct": "a CT scan", "mri": "an MRI scan", "ultrasound": "an ultrasound image"}
-MODALITY_CUES = {
-    "xray": "A projection with white bones and an R marker, typical of an X-ray.",
-    "ct": "A circular field of view with a table line, typical of CT.",
-    "mri": "A bright fat rim, dark bone and grainy soft tissue, typical of MRI.",
-    "ultrasound": "A fan-shaped sector filled with speckle, typical of ultrasound.",
-}
-REGION_CUES = {
-    "head": "The tall oval with a thick skull ring is the head.",
-    "chest": "Two lung fields beside the heart show the chest.",
-    "abdomen": "The liver on the patient's right and two kidneys show the abdomen.",
-}
-QUESTIONS = {  # phrasings of each question; the closed pairs ask a positive and a negated form
-    "presence": ("Is there a lesion?", "Is this scan normal?"),
-    "multiple": ("Are there multiple lesions?", "Is there only one lesion?"),
-    "modality": ("What imaging modality is this?", "How was this image taken?"),
-    "region": ("Which body region is shown?", "What part of the body is imaged?"),
+NUMBER_WORDS = ("No", "One", "Two", "Three")
+PLURAL = {"nodule": "nodules", "mass": "masses"}
+QUADRANTS = ("left upper", "left lower", "right upper", "right lower")  # the patient's sides
+# The landmark organ of a region and the patient's side it lies on (drawn so by _label_map):
+# knowledge a rationale states, as a radiologist's would.
+ORGAN_SIDE = {"chest": ("heart", "left"), "abdomen": ("liver", "right")}
+CAPTION_PROMPT = "Describe the image."
+# Questions, by kind (each record's category). Open kinds: two phrasings; WORDINGS ties the first
+# phrasing to the first wording of the answer's SYNONYMS pair. Closed kinds: a positive and a
+# negated phrasing, drawn with probability 1/2, so a "yes" is not tied to one wording. The closed
+# questions combine what is seen (a count against a threshold, modality and region at once, a side,
+# a side relative to an organ, a kind), the difficulty the papers' RL stage refines; the open ones
+# count on a side or name the finding. [reconstructed] phantom data design choice.
+OPEN_QUESTIONS = {
     "finding": ("What abnormality is seen?", "What does the scan show?"),
     "count": ("How many lesions are there?", "What is the number of lesions?"),
-    "location": ("Where is the lesion located?", "Which quadrant holds the lesion?"),
+    "side_count": ("How many lesions are on the patient's {side} side?",
+                   "What is the number of lesions on the patient's {side} side?"),
+    "organ_count": ("How many lesions are on the same side as the {organ}?",
+                    "What is the number of lesions on the {organ}'s side?"),
+}
+CLOSED_QUESTIONS = {
+    "threshold": ("{verb} there more than {k}?", "{verb} there at most {k}?"),
+    "scan": ("Is this {named} of the {region}?",),
+    "side": ("Is there a lesion on the patient's {side} side?", "Is the patient's {side} side free of lesions?"),
+    "organ_side": ("Is the lesion on the same side as the {organ}?", "Is the lesion on the side opposite the {organ}?"),
+    "kind": ("Is there a {kind}?", "Is the scan free of {kinds}?"),
 }
 # How an open reference is worded (phantom_dataset): "question" ties the wording to the question's
 # phrasing, the first phrasing of each question above to the first wording of each SYNONYMS pair
-# ("What imaging modality is this?" -> "MRI", "How was this image taken?" -> "magnetic resonance
-# imaging"), a convention a model can learn, as real datasets follow their annotators' habits;
+# ("How many lesions are there?" -> "two lesions", "What is the number of lesions?" -> "a pair of
+# lesions"), a convention a model can learn, as real datasets follow their annotators' habits;
 # "random" draws the wording, so text overlap misjudges half of the right answers whatever a model
 # does. [reconstructed] phantom data design choice.
 WORDINGS = ("question", "random")
-ASK_MODALITY, ASK_REGION, ASK_SIDE = "Is this {}?", "Does this image show the {}?", "Is the lesion on the {} side?"
-NUMBER_WORDS = ("No", "One", "Two", "Three")
-# Laterality applies to one-lesion images only (a quarter of them) and is the hardest question:
-# it is always asked where it applies, whatever its answer. [reconstructed] data design choice.
-SIDE_QUESTIONS = {ASK_SIDE.format(side) for side in ("left", "right")}
-PLURAL = {"nodule": "nodules", "mass": "masses"}
 
 # Tissue classes of the label map, then the grey level each modality gives them.
 AIR, SOFT, RIM, BONE, LUNG, ORGAN, LESION = range(7)
@@ -194,38 +203,58 @@ def render_phantom(scene: PhantomScene, size: int, rng: np.random.Generator) -> 
     return image.filter(ImageFilter.GaussianBlur(blur)).convert("RGB")
 
 
-def _quadrant(x: float, y: float, size: int) -> tuple[str, str]:
-    """(patient side, height): the patient's left is the image's right half."""
-    return ("left" if x > size / 2 else "right"), ("upper" if y < size / 2 else "lower")
+def _quadrant(x: float, y: float, size: int) -> str:
+    """The quadrant in the patient's sides, "left upper": the patient's left is the image's right half."""
+    return f"{'left' if x > size / 2 else 'right'} {'upper' if y < size / 2 else 'lower'}"
 
 
-def phantom_cot(scene: PhantomScene, size: int) -> str:
-    """What the image shows: modality cue, region cue, lesion cue (~30-40 words). A record's
-    rationale adds one sentence that ties this to its question (_phantom_questions)."""
-    tone = "dark" if scene.modality == "ultrasound" else "bright"
-    n, big = len(scene.lesions), "large" if scene.kind == "mass" else "small"
+def _lesions(n: int) -> str:
+    """ "no lesions", "one lesion", "two lesions": the first wording of SYNONYMS[str(n)]."""
+    return SYNONYMS[str(n)][0]
+
+
+def phantom_caption(scene: PhantomScene, size: int) -> str:
+    """Everything visible, in one fixed form (the base model's pretraining text, and the start of
+    every rationale): "CT of the chest. Two nodules: left upper, right lower." Quadrants are the
+    patient's sides, in QUADRANTS order."""
+    n = len(scene.lesions)
     if n == 0:
-        lesion = "No focal spot stands out, so there is no lesion."
-    elif n == 1:
-        side, height = _quadrant(*scene.lesions[0][:2], size)
-        # Only the patient's side is named (the image shows it mirrored: see phantom_dataset).
-        # Naming the image's side too would put both "left" and "right" in every rationale,
-        # and a small model then cannot tell which of them the question asked about.
-        lesion = f"One {big} {tone} spot lies on the patient's {side} {height} side, a {scene.kind}."
+        lesions = "No lesion."
     else:
-        sides = {_quadrant(x, y, size)[0] for x, y, _ in scene.lesions}
-        where = f"the patient's {sides.pop()} side" if len(sides) == 1 else "both sides"
-        lesion = f"{NUMBER_WORDS[n]} {big} {tone} spots lie on {where}, {PLURAL[scene.kind]}."
-    return f"{MODALITY_CUES[scene.modality]} {REGION_CUES[scene.region]} {lesion}"
+        where = sorted((_quadrant(x, y, size) for x, y, _ in scene.lesions), key=QUADRANTS.index)
+        lesions = f"{NUMBER_WORDS[n]} {scene.kind if n == 1 else PLURAL[scene.kind]}: {', '.join(where)}."
+    return f"{MODALITY_WORDS[scene.modality]} of the {scene.region}. {lesions}"
+
+
+def parse_caption(text: str) -> dict | None:
+    """The facts a caption states, read from the first two sentences of `text` (a caption, or a
+    rationale that starts with one): {"modality", "region", "count", "kind" (None without lesions),
+    "quadrants" (a tuple in QUADRANTS order)}, or None where they are not a caption."""
+    sentences = text.strip().split(". ", 2)
+    if len(sentences) < 2:
+        return None
+    first, _, region = sentences[0].partition(" of the ")
+    modality = next((m for m, word in MODALITY_WORDS.items() if word == first), None)
+    lesions = sentences[1].rstrip(".")
+    if modality is None or region not in REGIONS:
+        return None
+    if lesions == "No lesion":
+        return dict(modality=modality, region=region, count=0, kind=None, quadrants=())
+    head, _, where = lesions.partition(": ")
+    words = head.split()
+    if len(words) != 2 or words[0] not in NUMBER_WORDS[1:]:
+        return None
+    kind = next((k for k in PLURAL if words[1] in (k, PLURAL[k])), None)
+    quadrants = tuple(sorted(where.split(", "), key=lambda q: QUADRANTS.index(q) if q in QUADRANTS else 9))
+    return dict(modality=modality, region=region, count=NUMBER_WORDS.index(words[0]), kind=kind, quadrants=quadrants)
 
 
 def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
                        wording: str = "question") -> list[tuple]:
-    """Every (question, answer, answer_type, conclusion) this scene supports, one random phrasing
-    each; `wording` (WORDINGS) words the open answers.
-
-    Each yes/no question asks a true or a false value ("Is this an MRI scan?") or a positive or a
-    negated phrasing ("Is there a lesion?" / "Is this scan normal?") with probability 1/2.
+    """Every (kind, question, answer, answer_type, conclusion) this scene supports, one random
+    phrasing each; `wording` (WORDINGS) words the open answers. The conclusion is the rationale's
+    last sentence: what the question asks beside what the caption says, so that the answer follows
+    from two neighbouring phrases (the step RL refines). [reconstructed] phantom data design choice.
     """
     def pick(options):
         return options[rng.integers(len(options))]
@@ -233,68 +262,76 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
     def other(value, values):
         return value if rng.random() < 0.5 else pick([v for v in values if v != value])
 
-    n, modality, region = len(scene.lesions), scene.modality, scene.region
-    asked_modality, asked_region = other(modality, MODALITIES), other(region, REGIONS)
-    presence, multiple = QUESTIONS["presence"], QUESTIONS["multiple"]
-    lesions = "no lesion" if n == 0 else "one lesion" if n == 1 else f"{NUMBER_WORDS[n].lower()} lesions"
-    there = f"there {'are' if n > 1 else 'is'} {lesions}"
-    # Each rationale ends by restating what the question asks beside what the image shows, so
-    # the yes/no compares two neighbouring phrases. [reconstructed] phantom data design choice.
-    asks = "The question asks"
-    questions = [
-        pick([(presence[0], n > 0, f"{asks} about a lesion; {there}."),
-              (presence[1], n == 0, f"{asks} if the scan is normal; {there}.")]),
-        (ASK_MODALITY.format(NAMED[asked_modality]), asked_modality == modality,
-         f"{asks} about {NAMED[asked_modality]}; it is {NAMED[modality]}."),
-        (ASK_REGION.format(asked_region), asked_region == region,
-         f"{asks} about the {asked_region}; it shows the {region}."),
-    ]
-    if n >= 1:
-        questions.append(pick([(multiple[0], n > 1, f"{asks} about multiple lesions; {there}."),
-                               (multiple[1], n == 1, f"{asks} about only one lesion; {there}.")]))
-    if n == 1:
-        side, height = _quadrant(*scene.lesions[0][:2], size)
-        asked_side = pick(("left", "right"))
-        questions.append((ASK_SIDE.format(asked_side), asked_side == side,
-                          f"{asks} about the {asked_side} side; the lesion is on the {side}."))
-    closed = [(q, "yes" if a else "no", "closed", why) for q, a, why in questions]
+    n, modality, region, kind = len(scene.lesions), scene.modality, scene.region, scene.kind
+    quadrants = [_quadrant(x, y, size) for x, y, _ in scene.lesions]
+    on = {side: sum(q.startswith(side) for q in quadrants) for side in ("left", "right")}
+    there = f"there {'is' if n == 1 else 'are'} {_lesions(n)}"
+    closed = []
 
-    def ask(kind, wordings, conclusion):
-        phrasing = rng.integers(len(QUESTIONS[kind]))
+    k = int(rng.integers(1, 3))
+    threshold = "one lesion" if k == 1 else "two lesions"
+    phrasing = rng.integers(2)
+    closed.append(("threshold", CLOSED_QUESTIONS["threshold"][phrasing].format(verb="Is" if k == 1 else "Are", k=threshold),
+                   "yes" if (n > k) != bool(phrasing) else "no", "closed",
+                   f"Asked: {'at most' if phrasing else 'more than'} {threshold}; {there}."))
+    asked_modality, asked_region = modality, region
+    if rng.random() < 0.5:   # a false pair: the modality, the region, or both differ
+        change = rng.integers(3)
+        if change != 1:
+            asked_modality = pick([m for m in MODALITIES if m != modality])
+        if change != 0:
+            asked_region = pick([r for r in REGIONS if r != region])
+    closed.append(("scan", CLOSED_QUESTIONS["scan"][0].format(named=NAMED[asked_modality], region=asked_region),
+                   "yes" if (asked_modality, asked_region) == (modality, region) else "no", "closed",
+                   f"Asked: {NAMED[asked_modality]} of the {asked_region}; it is {NAMED[modality]} of the {region}."))
+    side = pick(("left", "right"))
+    phrasing = rng.integers(2)
+    closed.append(("side", CLOSED_QUESTIONS["side"][phrasing].format(side=side),
+                   "yes" if (on[side] > 0) != bool(phrasing) else "no", "closed",
+                   f"Asked: the {side} side; on the {side}: {_lesions(on[side])}."))
+    if n == 1 and region in ORGAN_SIDE:
+        organ, organ_side = ORGAN_SIDE[region]
+        phrasing = rng.integers(2)
+        closed.append(("organ_side", CLOSED_QUESTIONS["organ_side"][phrasing].format(organ=organ),
+                       "yes" if (on[organ_side] == 1) != bool(phrasing) else "no", "closed",
+                       f"The {organ} is on the patient's {organ_side}; the lesion is on the {quadrants[0].split()[0]}."))
+    asked_kind = pick(tuple(PLURAL))
+    phrasing = rng.integers(2)
+    seen = "no lesions" if n == 0 else f"{NUMBER_WORDS[n].lower()} {kind if n == 1 else PLURAL[kind]}"
+    closed.append(("kind", CLOSED_QUESTIONS["kind"][phrasing].format(kind=asked_kind, kinds=PLURAL[asked_kind]),
+                   "yes" if (n > 0 and kind == asked_kind) != bool(phrasing) else "no", "closed",
+                   f"Asked: a {asked_kind}; there {'is' if n == 1 else 'are'} {seen}."))
+
+    def ask_open(kind_, concept, conclusion, **values):
+        phrasing = rng.integers(2)
+        wordings = SYNONYMS[concept]
         worded = wordings[phrasing] if wording == "question" else pick(wordings)
-        return QUESTIONS[kind][phrasing], worded, "open", conclusion
+        return kind_, OPEN_QUESTIONS[kind_][phrasing].format(**values), worded, "open", conclusion
 
-    finding = "normal" if n == 0 else scene.kind if n == 1 else PLURAL[scene.kind]
-    open_ = [ask("modality", SYNONYMS[modality], f"The modality is {SYNONYMS[modality][0]}."),
-             ask("region", SYNONYMS[region], f"The region is the {region}."),
-             ask("finding", SYNONYMS[finding], f"The finding is {finding}."),
-             ask("count", SYNONYMS[str(n)], f"There is {lesions}." if n < 2 else f"There are {lesions}.")]
-    if n == 1:
-        open_.append(ask("location", (f"{side} {height}", f"{height} {side}"), f"The lesion is {side} {height}."))
+    finding = "normal" if n == 0 else kind if n == 1 else PLURAL[kind]
+    open_ = [ask_open("finding", finding, f"The finding is {SYNONYMS[finding][0]}."),
+             ask_open("count", str(n), f"{there[0].upper()}{there[1:]}.")]
+    side = pick(("left", "right"))
+    open_.append(ask_open("side_count", str(on[side]), f"On the {side}: {_lesions(on[side])}.", side=side))
+    if region in ORGAN_SIDE:
+        organ, organ_side = ORGAN_SIDE[region]
+        open_.append(ask_open("organ_count", str(on[organ_side]),
+                              f"The {organ} is on the patient's {organ_side}; on the {organ_side}: "
+                              f"{_lesions(on[organ_side])}.", organ=organ))
     return closed + open_
 
 
 def _phrasings(answer: str) -> tuple[str, str]:
-    """The two ways a phantom open answer can be worded: its SYNONYMS pair, or a location's two
-    word orders ("left upper", "upper left")."""
-    pair = next((pair for pair in SYNONYMS.values() if answer in pair), None)
-    if pair is None:
-        words = answer.split()
-        side, height = (words[0], words[1]) if words[0] in ("left", "right") else (words[1], words[0])
-        pair = (f"{side} {height}", f"{height} {side}")
-    return pair
+    """The two wordings of a phantom open answer: its SYNONYMS pair."""
+    return next(pair for pair in SYNONYMS.values() if answer in pair)
 
 
 def open_answer_wordings() -> dict[str, list[tuple[str, tuple[str, str]]]]:
-    """Every open answer the phantom data can give, by question kind, each concept with its two
-    wordings: {"count": [("0", ("zero", "0")), ...], "location": [("left upper", ("left upper",
-    "upper left")), ...], ...}. The answers of one kind are each other's wrong answers."""
-    quadrants = [f"{side} {height}" for side in ("left", "right") for height in ("upper", "lower")]
-    concepts = {"modality": MODALITIES, "region": REGIONS, "finding": ("normal", *PLURAL, *PLURAL.values()),
-                "count": tuple("0123")}
-    kinds = {kind: [(c, SYNONYMS[c]) for c in names] for kind, names in concepts.items()}
-    kinds["location"] = [(q, _phrasings(q)) for q in quadrants]
-    return kinds
+    """Every open answer the phantom data can give, by what it names, each concept with its two
+    wordings: {"count": [("0", ("no lesions", "no lesions at all")), ...], "finding": [...]}. The answers
+    of one kind are each other's wrong answers (every count question answers with a count)."""
+    concepts = {"finding": ("normal", *PLURAL, *PLURAL.values()), "count": tuple("0123")}
+    return {kind: [(c, SYNONYMS[c]) for c in names] for kind, names in concepts.items()}
 
 
 def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None, *,
@@ -303,10 +340,10 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
     """`size` SYNTHETIC records (default train 6000, val 100, test 1500), identical for a seed.
 
         phantom_dataset("train")[0] -> VQARecord(id='phantom-train-0-0', image=<112x112 RGB>,
-            question='Is this scan normal?', answer='no', answer_type='closed',
-            cot='A fan-shaped sector filled with speckle, typical of ultrasound. Two lung fields
-            beside the heart show the chest. Three large dark spots lie on both sides, masses.
-            The question asks if the scan is normal; there are three lesions.')
+            question='Is this an ultrasound image of the chest?', answer='yes', answer_type='closed',
+            cot='Ultrasound of the chest. Three masses: left upper, right upper, right lower.
+            Asked: an ultrasound image of the chest; it is an ultrasound image of the chest.',
+            category='scan')
 
     Not real anatomy or pathology: it lets the whole pipeline run, and be checked, on a laptop CPU
     with nothing downloaded. Each image is a scene: a modality style, a body region, 0-3 lesions.
@@ -320,18 +357,20 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
     LEFT AND RIGHT ARE THE PATIENT'S, displayed as in radiology: the patient's left is the
     image's RIGHT half, so "left upper" is the image's upper right quadrant.
 
-    Image i of a split is drawn from numpy's generator seeded with (seed, split number, i), so
-    the splits never share an image and a smaller size is a prefix of a larger one. Each question
-    an image supports is asked with probability `question_rate` (laterality always; about 3 per
-    image, half of them closed): how often a question is asked never depends on its answer, so yes and
-    no are balanced and a question alone does not give its answer away. At 112 px the vision
-    tower's 14-px patches, merged 2x2, give 16 image tokens.
+    Image i of a split is drawn from numpy's generator seeded with (seed, STREAMS[split], i), so
+    the splits (and the base model's captioned images) never share an image and a smaller size is
+    a prefix of a larger one. Each question an image supports (_phantom_questions, CLOSED_QUESTIONS,
+    OPEN_QUESTIONS) is asked with probability `question_rate` (about 3 per image, half of them
+    closed): how often a question is asked never depends on its answer. A record's rationale is the
+    image's caption (phantom_caption) and one sentence that ties it to the question; its category
+    is the question's kind. At 112 px the vision tower's 14-px patches, merged 2x2, give 16 image
+    tokens.
 
-    Each concept has two wordings ("MRI" / "magnetic resonance imaging"). With `wording="question"`
+    Each concept has two wordings ("two lesions" / "a pair of lesions"). With `wording="question"`
     (the default) the question's phrasing decides which one the reference uses (see WORDINGS).
     With "random", training references draw it, and in val and test each concept's references
-    alternate between its two wordings, so a model that always says "X-ray" scores as well as one
-    that always says "radiograph" (one that mixes them image by image matches more or fewer by
+    alternate between its two wordings, so a model that always says "two lesions" scores as well
+    as one that always says "a pair of lesions" (one that mixes them image by image matches more or fewer by
     chance). [reconstructed] phantom data design choice.
     """
     if split not in SPLITS:
@@ -341,35 +380,51 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
     size = PHANTOM_SIZES[split] if size is None else size
     records, index, worded = [], 0, Counter()  # held-out answers given so far, per wording pair
     while len(records) < size:
-        rng = np.random.default_rng([seed, SPLITS.index(split), index])
+        rng = np.random.default_rng([seed, STREAMS[split], index])
         scene = _sample_scene(rng, image_size)
-        questions = [q for q in _phantom_questions(scene, image_size, rng, wording)
-                     if rng.random() < (1.0 if q[0] in SIDE_QUESTIONS else question_rate)]
+        questions = [q for q in _phantom_questions(scene, image_size, rng, wording) if rng.random() < question_rate]
         if questions:
-            image, seen = render_phantom(scene, image_size, rng), phantom_cot(scene, image_size)
-            for slot, (question, answer, answer_type, conclusion) in enumerate(questions):
+            image, seen = render_phantom(scene, image_size, rng), phantom_caption(scene, image_size)
+            for slot, (kind, question, answer, answer_type, conclusion) in enumerate(questions):
                 if answer_type == "open" and split != "train" and wording == "random":
                     pair = _phrasings(answer)
                     answer = pair[worded[pair] % 2]
                     worded[pair] += 1
                 records.append(VQARecord(f"phantom-{split}-{index}-{slot}", image, question, answer,
                                          answer_type, "phantom", f"{seen} {conclusion}",
-                                         f"phantom {split} image {index}"))
+                                         f"phantom {split} image {index}", category=kind))
         index += 1
     return records[:size]
 
 
+def phantom_captions(count: int, seed: int = 0, start: int = 0, image_size: int = 112):
+    """Images `start` .. `start + count` of the "base" stream with their captions, and their scenes:
+    [(image, caption, scene)]. The base model (pretrain.py) is pretrained on these; no VQA split
+    shares an image with them."""
+    out = []
+    for index in range(start, start + count):
+        rng = np.random.default_rng([seed, STREAMS["base"], index])
+        scene = _sample_scene(rng, image_size)
+        out.append((render_phantom(scene, image_size, rng), phantom_caption(scene, image_size), scene))
+    return out
+
+
 def phantom_corpus(samples: int = 2000, image_size: int = 112) -> list[str]:
-    """Every question and answer the phantom data can produce (all synonyms) and the rationales
-    of `samples` random scenes: text to train a tokenizer on."""
-    texts = {"yes", "no"} | {question for phrasings in QUESTIONS.values() for question in phrasings}
-    texts.update(ASK_MODALITY.format(name) for name in NAMED.values())
-    texts.update(ASK_REGION.format(region) for region in REGIONS)
-    texts.update(ASK_SIDE.format(side) for side in ("left", "right"))
+    """Every question and answer the phantom data can produce (all synonyms and phrasings) and the
+    captions and rationales of `samples` random scenes: text to train a tokenizer on."""
+    values = dict(verb=("Is", "Are"), k=("one lesion", "two lesions"), side=("left", "right"), organ=[o for o, _ in ORGAN_SIDE.values()],
+                  named=NAMED.values(), region=REGIONS, kind=PLURAL, kinds=PLURAL.values())
+    texts = {"yes", "no", CAPTION_PROMPT}
+    for phrasings in (*OPEN_QUESTIONS.values(), *CLOSED_QUESTIONS.values()):
+        for phrasing in phrasings:
+            fields = [name for name in values if "{" + name + "}" in phrasing]
+            for combo in itertools.product(*(values[name] for name in fields)):
+                texts.add(phrasing.format(**dict(zip(fields, combo))))
     texts.update(w for answers in open_answer_wordings().values() for _, pair in answers for w in pair)
     rng = np.random.default_rng(12345)
     for _ in range(samples):
         scene = _sample_scene(rng, image_size)
-        seen = phantom_cot(scene, image_size)
-        texts.update(f"{seen} {q[3]}" for q in _phantom_questions(scene, image_size, rng))
+        seen = phantom_caption(scene, image_size)
+        texts.add(seen)
+        texts.update(f"{seen} {q[4]}" for q in _phantom_questions(scene, image_size, rng))
     return sorted(texts)

@@ -1,6 +1,6 @@
 """Chain-of-thought supervised fine-tuning: teach the <think>…</think><answer>…</answer> format.
 
-    python sft.py                                   # tiny model, phantom data, writes runs/sft
+    python sft.py                                   # the phantom base model, phantom data, writes runs/sft
     python sft.py --model Qwen/Qwen2.5-VL-3B-Instruct --dataset slake --data-root data/Slake1.0 \\
         --batch-size 4 --grad-accum 8 --lr 1e-5 --gradient-checkpointing --max-pixels 401408
     python sft.py --resume runs/sft                 # continue an interrupted run
@@ -10,6 +10,10 @@ questions are first answered by that checkpoint (e.g. the stage-1 GRPO model); t
 rationales whose answers score as correct are kept, --cot-select K representative ones are chosen
 by k-means over their sentence embeddings, and the model in --model is fine-tuned on them.
 
+By default SFT starts from runs/base, the tiny model pretrained to describe phantom images
+(pretrain.py builds it the first time, a few minutes): the papers' regime, where SFT on scarce
+chain-of-thought starts from a VLM that already sees. `--model tiny` starts from random weights.
+
 The loss is next-token cross-entropy on the assistant's tokens only (the prompt and the image
 are context, labelled -100). Target: "<think>{cot}</think><answer>{answer}</answer><|im_end|>".
 """
@@ -17,6 +21,7 @@ are context, labelled -100). Target: "<think>{cot}</think><answer>{answer}</answ
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -31,6 +36,7 @@ from distributed import setup
 from evaluate import validate
 from model import add_model_args, check_prompt_lengths, model_from_args
 from policy import sample_completions, to_device
+from pretrain import DEFAULT_BASE, ensure_base
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
                       open_log, save_checkpoint, set_learning_rate)
@@ -38,7 +44,7 @@ from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least,
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_model_args(p)
+    add_model_args(p, default_model=DEFAULT_BASE)
     add_data_args(p)
     add_run_args(p, "sft.py", default_out="runs/sft")
     p.add_argument("--steps", type=at_least(1), default=500,
@@ -149,6 +155,10 @@ def target_token_loss(model, batch):
 def main(argv=None):
     args = parse_args(argv)
     keep_step = claim_output(args, "sft.py")
+    if args.model == DEFAULT_BASE and not args.resume:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not os.path.isdir(DEFAULT_BASE):
+            sys.exit(f"sft.py: no base model at {DEFAULT_BASE}: run `python pretrain.py` once before torchrun")
+        ensure_base(DEFAULT_BASE, "sft.py")
     rt = setup(args.precision, args.device)
     rt.require_divisible(args.batch_size, "--batch-size", "sft.py")
     random.seed(args.seed)

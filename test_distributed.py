@@ -53,7 +53,7 @@ def max_relative_difference(a, b):
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a) / largest
 
 
-SFT = ["--steps", "3", "--batch-size", "8", "--limit", "64", "--eval-size", "4", "--max-new-tokens", "4",
+SFT = ["--model", "tiny", "--steps", "3", "--batch-size", "8", "--limit", "64", "--eval-size", "4", "--max-new-tokens", "4",
        "--eval-every", "0", "--save-every", "0"]
 
 
@@ -199,7 +199,7 @@ def fraction_moved(path):
 def test_bf16_mixed_keeps_updates_that_pure_bf16_loses(tmp_path):
     """lr 1e-6 for 2 steps: under bf16-mixed nearly every weight moves (fp32 master weights); in
     pure bf16 most updates are below the weight's resolution and round away."""
-    options = ["--lr", "1e-6", "--steps", "2", "--batch-size", "8", "--limit", "32", "--eval-size", "4",
+    options = ["--model", "tiny", "--lr", "1e-6", "--steps", "2", "--batch-size", "8", "--limit", "32", "--eval-size", "4",
                "--max-new-tokens", "4", "--eval-every", "0", "--save-every", "0"]
     sft.main(options + ["--precision", "bf16-mixed", "--out", str(tmp_path / "mixed")])
     sft.main(options + ["--precision", "bf16", "--out", str(tmp_path / "bf16")])

@@ -283,7 +283,7 @@ def start_checkpoint(tmp_path_factory):
     """A tiny model after a short SFT (sft.py), so that rollouts earn different rewards."""
     import sft
     path = str(tmp_path_factory.mktemp("sft") / "sft")
-    sft.main(["--out", path, "--steps", "60", "--batch-size", "16", "--limit", "96", "--lr", "3e-3",
+    sft.main(["--model", "tiny", "--out", path, "--steps", "60", "--batch-size", "16", "--limit", "96", "--lr", "3e-3",
               "--eval-every", "0", "--save-every", "0", "--eval-size", "2", "--max-new-tokens", "8"])
     return path
 

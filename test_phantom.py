@@ -63,32 +63,42 @@ def test_train_offset_continues_the_split_and_only_moves_train():
         load_dataset("phantom", "train", offset=-1)
 
 
+def _open_phrasing(question):
+    """(kind, phrasing index) of an open phantom question."""
+    for kind, phrasings in phantom.OPEN_QUESTIONS.items():
+        for i, phrasing in enumerate(phrasings):
+            head, _, tail = phrasing.partition("{")
+            if question.startswith(head) and question.endswith(tail.partition("}")[2]):
+                return kind, i
+    raise AssertionError(question)
+
+
 def test_open_references_are_worded_as_their_question_asks():
     for split in ("train", "test"):
-        records = [r for r in phantom.phantom_dataset(split, size=1500) if r.answer_type == "open"]
+        records = [r for r in phantom.phantom_dataset(split, size=3000) if r.answer_type == "open"]
         phrasings = collections.Counter()
         for record in records:
-            kind, phrasings_of_kind = next((k, p) for k, p in phantom.QUESTIONS.items() if record.question in p)
-            phrasing = phrasings_of_kind.index(record.question)
+            kind, phrasing = _open_phrasing(record.question)
+            assert kind == record.category
             assert record.answer == phantom._phrasings(record.answer)[phrasing], (record.question, record.answer)
             phrasings[kind, phrasing] += 1
         # both phrasings of every open question are asked, about equally often
-        for kind in ("modality", "region", "finding", "count", "location"):
+        for kind in phantom.OPEN_QUESTIONS:
             n0, n1 = phrasings[kind, 0], phrasings[kind, 1]
-            assert n0 > 0 and n1 > 0 and abs(n0 - n1) <= 3 * ((n0 + n1) / 4) ** 0.5, (split, kind, n0, n1)
+            assert n0 > 0 and n1 > 0 and abs(n0 - n1) <= 4 * ((n0 + n1) / 4) ** 0.5, (split, kind, n0, n1)
 
 
 def test_random_wording_alternates_held_out_references_and_draws_training_ones():
     def counts(records):
         return collections.Counter(r.answer for r in records if r.answer_type == "open")
     test = counts(phantom.phantom_dataset("test", wording="random"))
-    for pair in [*phantom.SYNONYMS.values(), ("left upper", "upper left"), ("right lower", "lower right")]:
+    for pair in phantom.SYNONYMS.values():
         assert abs(test[pair[0]] - test[pair[1]]) <= 1 and test[pair[0]] > 0, pair
     train = phantom.phantom_dataset("train", size=1500, wording="random")
     assert max(abs(counts(train)[a] - counts(train)[b]) for a, b in phantom.SYNONYMS.values()) > 1
     # the wording no longer follows the question: both wordings answer the same phrasing
-    modality = {r.answer for r in train if r.question == "What imaging modality is this?"}
-    assert {"MRI", "magnetic resonance imaging"} <= modality
+    count = {r.answer for r in train if r.question == "How many lesions are there?"}
+    assert {"two lesions", "a pair of lesions"} <= count
     assert [r.answer for r in load_dataset("phantom", "test", limit=300, phantom_wording="random")] == \
         [r.answer for r in phantom.phantom_dataset("test", size=300, wording="random")]
     with pytest.raises(DataError, match="unknown wording 'both'"):
@@ -101,67 +111,115 @@ def test_phantom_splits_share_no_image():
     assert not splits["val"] & splits["test"]
 
 
-def test_phantom_answers_are_balanced_and_not_given_by_the_question(train):
+def test_phantom_answers_are_balanced(train):
     records, _ = train
     closed = [r for r in records if r.answer_type == "closed"]
     assert 0.4 < len(closed) / len(records) < 0.6
     assert {r.answer for r in closed} == {"yes", "no"}
     assert 0.45 < sum(r.answer == "yes" for r in closed) / len(closed) < 0.55
-    # each closed question alone is a coin flip: its yes count within 3 binomial sd of n/2
-    by_question = collections.defaultdict(collections.Counter)
+    # every kind of closed question is near a coin flip; a threshold question's wording carries a
+    # prior ("more than two lesions?" is yes for 3 lesions only), its two phrasings balance it
+    by_kind = collections.defaultdict(collections.Counter)
     for record in closed:
-        by_question[record.question][record.answer] += 1
-    for question, counts in by_question.items():
+        by_kind[record.category][record.answer] += 1
+    assert set(by_kind) == set(phantom.CLOSED_QUESTIONS)
+    for kind, counts in by_kind.items():
         n = sum(counts.values())
-        assert abs(counts["yes"] - n / 2) <= 3 * (n / 4) ** 0.5, (question, counts)
+        assert 0.35 < counts["yes"] / n < 0.65, (kind, counts)
 
 
 def test_phantom_answers_use_both_synonyms(train):
     records, _ = train
-    answers = {r.answer for r in records if r.answer_type == "open"}
-    for pair in (("MRI", "magnetic resonance imaging"), ("CT", "computed tomography"),
-                 ("X-ray", "radiograph"), ("ultrasound", "sonography"), ("chest", "thorax"),
-                 ("nodule", "small nodule"), ("two", "2"), ("left upper", "upper left")):
-        assert set(pair) <= answers, pair
+    answers = collections.Counter(r.answer for r in records if r.answer_type == "open")
+    assert set(answers) == {w for pair in phantom.SYNONYMS.values() for w in pair}
 
 
-def test_phantom_rationales_are_short_and_name_what_the_answer_needs(train):
+def test_rationales_are_the_caption_then_one_conclusion(train):
     records, _ = train
-    assert all(25 <= len(r.cot.split()) <= 55 for r in records)
+    assert all(9 <= len(r.cot.split()) <= 30 for r in records)
     for record in records[:300]:
-        if record.question == "What imaging modality is this?":
-            modality = next(m for m, names in phantom.SYNONYMS.items() if record.answer in names)
-            assert phantom.MODALITY_CUES[modality] in record.cot
+        caption = phantom.parse_caption(record.cot)
+        assert caption is not None, record.cot
+        assert record.cot.count(". ") == 2, record.cot
+
+
+def test_caption_states_what_the_scene_holds():
+    # two bright MRI nodules drawn by hand: image upper RIGHT (the patient's left upper), image lower left
+    scene = phantom.PhantomScene("mri", "chest", (56.0, 56.0, 49.0, 42.0), [(80.0, 35.0, 8.0), (30.0, 80.0, 8.0)],
+                                 "nodule")
+    image = np.asarray(phantom.render_phantom(scene, 112, np.random.default_rng(0)))[..., 0]
+    assert image[31:39, 76:84].mean() > 200 and image[31:39, 28:36].mean() < 120
+    caption = phantom.phantom_caption(scene, 112)
+    assert caption == "MRI of the chest. Two nodules: left upper, right lower."
+    assert phantom.parse_caption(caption) == dict(modality="mri", region="chest", count=2, kind="nodule",
+                                                  quadrants=("left upper", "right lower"))
+    assert phantom.parse_caption("MRI of the chest. No lesion.")["count"] == 0
+    assert phantom.parse_caption("What abnormality is seen?") is None
 
 
 def test_left_is_the_patients_left_on_the_image_right():
-    # a bright MRI nodule drawn by hand in the image's upper RIGHT quadrant
+    # one nodule in the image's upper RIGHT quadrant: the patient's left, the heart's side
     scene = phantom.PhantomScene("mri", "chest", (56.0, 56.0, 49.0, 42.0), [(80.0, 35.0, 8.0)], "nodule")
-    image = np.asarray(phantom.render_phantom(scene, 112, np.random.default_rng(0)))[..., 0]
-    assert image[31:39, 76:84].mean() > 200 and image[31:39, 28:36].mean() < 120
-    questions = {q: a for q, a, _, _ in phantom._phantom_questions(scene, 112, np.random.default_rng(0))}
-    location = questions.get("Where is the lesion located?") or questions["Which quadrant holds the lesion?"]
-    assert location in ("left upper", "upper left")
-    side_question = next(q for q in questions if q.startswith("Is the lesion on the"))
-    assert questions[side_question] == ("yes" if "left" in side_question else "no")
-    assert "spot lies on the patient's left upper side, a nodule" in phantom.phantom_cot(scene, 112)
+    rng = np.random.default_rng(0)
+    questions = [q for _ in range(30) for q in phantom._phantom_questions(scene, 112, rng)]
+    answers = {question: answer for _, question, answer, _, _ in questions}
+    assert answers.get("Is there a lesion on the patient's left side?", "yes") == "yes"
+    assert answers.get("Is the patient's left side free of lesions?", "no") == "no"
+    assert answers.get("Is there a lesion on the patient's right side?", "no") == "no"
+    assert answers["Is the lesion on the same side as the heart?"] == "yes"
+    assert answers["Is the lesion on the side opposite the heart?"] == "no"
+    assert answers["How many lesions are on the same side as the heart?"] == "one lesion"
+    assert answers["What is the number of lesions on the patient's right side?"] == "no lesions at all"
 
 
-def test_rationales_end_with_a_conclusion_that_decides_the_answer(train):
+def _answer_from_rationale(record):
+    """The yes/no that the rationale's conclusion decides, worked out independently of phantom.py."""
+    facts = phantom.parse_caption(record.cot)
+    conclusion = record.cot.split(". ", 2)[2]
+    q = record.question
+    if record.category == "threshold":
+        k = 1 if "one lesion" in q else 2
+        return (facts["count"] > k) == ("more than" in q)
+    if record.category == "scan":
+        asked, seen = conclusion.removeprefix("Asked: ").rstrip(".").split("; it is ")
+        return asked == seen
+    if record.category == "side":
+        side = "left" if "left" in q else "right"
+        present = any(quadrant.startswith(side) for quadrant in facts["quadrants"])
+        return present == q.startswith("Is there")
+    if record.category == "organ_side":
+        organ_side = "left" if "heart" in q else "right"
+        same = facts["quadrants"][0].startswith(organ_side)
+        return same == ("same side" in q)
+    if record.category == "kind":
+        kind = "mass" if "mass" in q else "nodule"
+        return (facts["kind"] == kind) == q.startswith("Is there")
+    raise AssertionError(record.category)
+
+
+def test_closed_answers_follow_from_the_caption(train):
     records, _ = train
-    checked = 0
-    for record in records[:600]:
-        last = record.cot.rsplit(". ", 1)[-1]
-        for asked_form, seen_form in (("Is this {};", "it is {}."), ("Does this image show the {};", "it shows the {}."),
-                                      ("Is the lesion on the {} side;", "the lesion is on the {}.")):
-            prefix, suffix = asked_form.split("{}")
-            if record.question.startswith(prefix) and record.question != "Is this scan normal?":
-                asked = record.question[len(prefix):-1].removesuffix(" side")
-                seen = last.split("; ")[1][len(seen_form.split("{}")[0]):-1]
-                assert last.startswith("The question asks about ")
-                assert (asked == seen) == (record.answer == "yes"), (record.question, last)
-                checked += 1
-    assert checked > 100
+    closed = [r for r in records if r.answer_type == "closed"][:800]
+    for record in closed:
+        assert (record.answer == "yes") == _answer_from_rationale(record), (record.question, record.cot)
+    assert {r.category for r in closed} == set(phantom.CLOSED_QUESTIONS)
+
+
+def test_open_answers_follow_from_the_caption(train):
+    records, _ = train
+    for record in [r for r in records if r.answer_type == "open"][:800]:
+        facts = phantom.parse_caption(record.cot)
+        concept = next(c for c, pair in phantom.SYNONYMS.items() if record.answer in pair)
+        if record.category == "finding":
+            n, kind = facts["count"], facts["kind"]
+            assert concept == ("normal" if n == 0 else kind if n == 1 else phantom.PLURAL[kind])
+        else:
+            side = ("left" if "heart" in record.question else "right") if record.category == "organ_side" or \
+                "same side as" in record.question or "'s side" in record.question and "patient" not in record.question \
+                else "left" if "left" in record.question else "right"
+            where = facts["quadrants"] if record.category == "count" else \
+                [q for q in facts["quadrants"] if q.startswith(side)]
+            assert concept == str(len(where)), (record.question, record.cot, record.answer)
 
 
 def test_phantom_corpus_covers_every_text(train):

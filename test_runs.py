@@ -18,7 +18,7 @@ import sft
 from training import load_trainer_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FAST = ["--limit", "24", "--batch-size", "4", "--eval-size", "2", "--max-new-tokens", "4", "--eval-every", "0",
+FAST = ["--model", "tiny", "--limit", "24", "--batch-size", "4", "--eval-size", "2", "--max-new-tokens", "4", "--eval-every", "0",
         "--save-every", "0"]
 
 
@@ -134,7 +134,7 @@ def test_an_over_long_prompt_is_refused_or_skipped_and_counted(tmp_path, capsys)
     for split in ("train", "val"):
         with open(tmp_path / f"{split}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-    data = ["--dataset", "json", "--data-root", str(tmp_path), "--batch-size", "1", "--steps", "1",
+    data = ["--model", "tiny", "--dataset", "json", "--data-root", str(tmp_path), "--batch-size", "1", "--steps", "1",
             "--eval-size", "2", "--max-new-tokens", "2", "--eval-every", "0", "--save-every", "0"]
     with pytest.raises(SystemExit, match=r"train.jsonl line 4.*over --max-prompt-tokens 2048"):
         sft.main(data + ["--out", str(tmp_path / "a")])

@@ -12,7 +12,7 @@ from phantom import phantom_dataset
 from distributed import setup
 from training import load_trainer_state
 
-FAST = ["--limit", "24", "--batch-size", "4", "--eval-size", "4", "--max-new-tokens", "8",
+FAST = ["--model", "tiny", "--limit", "24", "--batch-size", "4", "--eval-size", "4", "--max-new-tokens", "8",
         "--eval-every", "0"]
 
 
