@@ -1,6 +1,83 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the check that the project's own calls raise no deprecation warning.
+
+Every test, and the import of every test module, fails when a FutureWarning, DeprecationWarning or
+PendingDeprecationWarning is issued while one of the project's .py files is on the call stack,
+whichever library issues it: transformers attributes its deprecated-argument warning to its own
+wrappers (`past_key_values` is deprecated ... Use `cache` instead: transformers/utils/generic.py),
+so the warning's own filename would not name the project's call that caused it.
+"""
+
+import contextlib
+import os
+import traceback
+import warnings
 
 import pytest
+
+PROJECT = os.path.dirname(os.path.abspath(__file__))
+DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+@contextlib.contextmanager
+def deprecations_from_project():
+    """Yields a list that collects "file.py:line: Category: message" for each deprecation warning
+    issued inside the block with a project file on the call stack (the innermost such call). The
+    block answers for those; every other warning goes on to the machinery around it (pytest's)."""
+    found = []
+    with warnings.catch_warnings():
+        for category in DEPRECATIONS:          # once per place, whatever the default filters hide
+            warnings.filterwarnings("default", category=category)
+        passed_on = warnings.showwarning
+
+        def record(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DEPRECATIONS):
+                ours = [f for f in traceback.extract_stack()[:-1]
+                        if os.path.dirname(os.path.abspath(f.filename)) == PROJECT and f.filename != __file__]
+                if ours:
+                    found.append(f"{os.path.basename(ours[-1].filename)}:{ours[-1].lineno}: "
+                                 f"{category.__name__}: {message}")
+                    return
+            passed_on(message, category, filename, lineno, file, line)
+        warnings.showwarning = record
+        yield found
+
+
+def failure(found):
+    return "deprecated calls from the project's files:\n  " + "\n  ".join(dict.fromkeys(found))
+
+
+def checked():
+    """A hook wrapper's body: the wrapped phase fails on a deprecation warning from the project."""
+    with deprecations_from_project() as found:
+        result = yield
+    if found:
+        pytest.fail(failure(found), pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):       # fixtures included, module-scoped ones (a short SFT run) too
+    return (yield from checked())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from checked())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item):
+    return (yield from checked())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """Importing a test module imports the project's modules: their import-time warnings count."""
+    with deprecations_from_project() as found:
+        report = yield
+    if found and report.outcome != "failed":
+        report.outcome, report.longrepr = "failed", failure(found)
+    return report
 
 
 class Killed(Exception):

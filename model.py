@@ -291,7 +291,7 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
     model.to(device=device, dtype=dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
         model.config.use_cache = False
     if freeze_vision:
         model.model.visual.requires_grad_(False)

@@ -127,7 +127,7 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
         attention = torch.cat([attention, attention.new_ones(len(token), 1)], dim=1)
         position = (next_position + t).view(1, -1, 1).expand(3, -1, 1)                        # (3, N, 1)
         logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=position,
-                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+                       cache=cache, use_cache=True).logits[:, -1].float()
     model.train(was_training)
     ids = torch.stack(tokens, dim=1)                                                              # (N, T)
     mask = completion_mask(ids, processor.eos_token_ids)
@@ -235,7 +235,7 @@ def prefill(model, prompts, images):
                 mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[images[r] for r in rows])},
                 output_hidden_states=True, logits_to_keep=1)
     of_row = torch.tensor(of_row, device=ids.device)                                              # (N,)
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_select_indices(of_row)
     return cache, out.hidden_states[-1][of_row, -1], positions.amax(dim=(0, 2))[of_row] + 1
 
@@ -283,7 +283,7 @@ def completion_logprobs(model, prompts, completion_ids, mask, temperature=1.0, c
         cache, last_hidden, next_position = prefill(model, prompts, images)
         position = (next_position[:, None] + torch.arange(T, device=next_position.device)).expand(3, N, T)
         out = model(input_ids=completion_ids, attention_mask=attention, position_ids=position,
-                    past_key_values=cache, output_hidden_states=True, logits_to_keep=1)
+                    cache=cache, output_hidden_states=True, logits_to_keep=1)
         hidden = torch.cat([last_hidden[:, None], out.hidden_states[-1][:, :T - 1]], dim=1)       # (N, T, H)
 
     banned = vision_token_ids(model.config)  # the sampler suppresses them: same policy here

@@ -271,7 +271,7 @@ def test_shared_image_and_prompt_passes_give_the_gradients_of_the_repeated_form(
     shared_grads = [p.grad.clone() for p in params]
 
     model.zero_grad()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     repeated = {k: v for k, v in prompts.items() if k != "prompt_index"}   # every row its own image and prompt
     logps = policy.completion_logprobs(model, repeated, ids, mask, temperature=0.7)
     (logps * weights).sum().backward()
