@@ -297,6 +297,13 @@ def open_answer_wordings() -> dict[str, list[tuple[str, tuple[str, str]]]]:
     return kinds
 
 
+# The kind of each question (a record's category): "Is this an MRI scan?" -> "modality".
+QUESTION_KINDS = ({phrasing: kind for kind, phrasings in QUESTIONS.items() for phrasing in phrasings}
+                  | {ASK_MODALITY.format(named): "modality" for named in NAMED.values()}
+                  | {ASK_REGION.format(region): "region" for region in REGIONS}
+                  | {question: "side" for question in SIDE_QUESTIONS})
+
+
 def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None, *,
                     image_size: int = 112, question_rate: float = 0.375,
                     wording: str = "question") -> list[VQARecord]:
@@ -354,7 +361,7 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
                     worded[pair] += 1
                 records.append(VQARecord(f"phantom-{split}-{index}-{slot}", image, question, answer,
                                          answer_type, "phantom", f"{seen} {conclusion}",
-                                         f"phantom {split} image {index}"))
+                                         f"phantom {split} image {index}", category=QUESTION_KINDS[question]))
         index += 1
     return records[:size]
 
