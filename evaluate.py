@@ -555,7 +555,8 @@ def answer_with_models(args):
 
 def report_records(args, rows):
     """(dataset, id) -> the record whose image the report shows for a predictions file: the row's
-    own image path, else the record of that id in the --dataset split (the phantom is drawn again)."""
+    own image path, else the record of that id and question in the --dataset split (the phantom is
+    drawn again: give the --data-seed and --phantom-wording it was evaluated with)."""
     from data import DataError, VQARecord, dataset_from_args
     records = {(row["dataset"], row["id"]): VQARecord(row["id"], row["image"], row["question"], row["answer"],
                                                       row["answer_type"], row["dataset"])
@@ -564,7 +565,9 @@ def report_records(args, rows):
     for options in dataset_options(args):
         if options.dataset in wanted:
             try:
-                records.update(((r.dataset, r.id), r) for r in dataset_from_args(options, args.split))
+                questions = {(row["dataset"], row["id"]): row["question"] for row in rows}
+                records.update(((r.dataset, r.id), r) for r in dataset_from_args(options, args.split)
+                               if questions.get((r.dataset, r.id)) == r.question)  # other options: other ids
             except DataError as error:
                 print(f"evaluate.py: --report: no images from {options.dataset}: {error}", file=sys.stderr)
     missing = sum((row["dataset"], row["id"]) not in records for row in rows)
