@@ -257,7 +257,7 @@ def summarize(rows, per_row, combined="split"):
     parts = [category_parts(row.get("category"), combined) for row in rows]
     metrics = summary(np.ones(len(rows), dtype=bool))
     metrics["by_dataset"] = {}
-    for name in sorted(set(datasets.tolist())):
+    for name in dict.fromkeys(datasets.tolist()):  # in order of appearance
         in_dataset = datasets == name
         metrics["by_dataset"][name] = summary(in_dataset)
         categories = sorted({part for row_parts, inside in zip(parts, in_dataset) if inside for part in row_parts})
@@ -324,8 +324,8 @@ def metric_tables(metrics):
     def rows(named):
         return [[name] + [metric_cell(summary, keys) for _, keys in COLUMNS] for name, summary in named]
 
-    tables = [("dataset", header, rows([("all", metrics)] + sorted(metrics.get("by_dataset", {}).items())))]
-    for name, summary in sorted(metrics.get("by_dataset", {}).items()):
+    tables = [("dataset", header, rows([("all", metrics)] + list(metrics.get("by_dataset", {}).items())))]
+    for name, summary in metrics.get("by_dataset", {}).items():
         if "by_category" in summary:
             tables.append((f"{name} by category", header, rows(summary["by_category"].items())))
     return tables
