@@ -553,30 +553,6 @@ def answer_with_models(args):
     return answered, records, rt.is_main
 
 
-def report_records(args, rows):
-    """(dataset, id) -> the record whose image the report shows for a predictions file: the row's
-    own image path, else the record of that id and question in the --dataset split (the phantom is
-    drawn again: give the --data-seed and --phantom-wording it was evaluated with)."""
-    from data import DataError, VQARecord, dataset_from_args
-    records = {(row["dataset"], row["id"]): VQARecord(row["id"], row["image"], row["question"], row["answer"],
-                                                      row["answer_type"], row["dataset"])
-               for row in rows if row.get("image")}
-    wanted = {row["dataset"] for row in rows if (row["dataset"], row["id"]) not in records}
-    for options in dataset_options(args):
-        if options.dataset in wanted:
-            try:
-                questions = {(row["dataset"], row["id"]): row["question"] for row in rows}
-                records.update(((r.dataset, r.id), r) for r in dataset_from_args(options, args.split)
-                               if questions.get((r.dataset, r.id)) == r.question)  # other options: other ids
-            except DataError as error:
-                print(f"evaluate.py: --report: no images from {options.dataset}: {error}", file=sys.stderr)
-    missing = sum((row["dataset"], row["id"]) not in records for row in rows)
-    if missing:
-        print(f"evaluate.py: --report: {missing} of {len(rows)} predictions have no image (no image path in "
-              "the file, and no record of that id in --dataset/--data-root/--split)", file=sys.stderr)
-    return records
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.model:
@@ -612,10 +588,10 @@ def main(argv=None):
         if path:
             print(f"wrote {path}")
     if args.report:
-        from report import write_report
+        from report import image_records, write_report
         (name, rows), = answered.items()
         if not args.model:
-            records = report_records(args, rows + compared)
+            records = image_records(rows + compared, dataset_options(args), args.split)
         other = None
         if args.compare:
             other_scores = score_rows(compared, scorer, bertscorer)

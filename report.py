@@ -37,6 +37,31 @@ def image_uri(image, longest):
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def image_records(rows, option_sets, split):
+    """(dataset, id) -> the record whose image the report shows for a predictions file: the row's
+    own image path, else the record of that id and question in the split of the dataset options
+    (data.add_data_args; one set per dataset) it names; the phantom is drawn again, so give the
+    --data-seed and --phantom-wording it was evaluated with."""
+    from data import VQARecord, dataset_from_args
+    records = {(row["dataset"], row["id"]): VQARecord(row["id"], row["image"], row["question"], row["answer"],
+                                                      row["answer_type"], row["dataset"])
+               for row in rows if row.get("image")}
+    questions = {(row["dataset"], row["id"]): row["question"] for row in rows}
+    wanted = {row["dataset"] for row in rows if (row["dataset"], row["id"]) not in records}
+    for options in option_sets:
+        if options.dataset in wanted:
+            try:
+                records.update(((r.dataset, r.id), r) for r in dataset_from_args(options, split)
+                               if questions.get((r.dataset, r.id)) == r.question)  # other options: other ids
+            except DataError as error:
+                print(f"report.py: no images from {options.dataset}: {error}", file=sys.stderr)
+    missing = sum(key not in records for key in questions)
+    if missing:
+        print(f"report.py: {missing} of {len(questions)} predictions have no image (no image path in the file, "
+              "and no record of that id in --dataset/--data-root/--split)", file=sys.stderr)
+    return records
+
+
 def embedded_images(rows, records, longest):
     """(data URIs, index of each row's image or -1): each distinct image (a file, or one phantom
     image shared by its questions) encoded once; an unreadable or unknown one is -1."""

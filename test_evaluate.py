@@ -18,16 +18,6 @@ from test_rewards import FixedScorer
 from training import save_checkpoint
 
 
-class FixedBERTScorer(FixedScorer):
-    name, layer = "fixed", 0
-
-
-@pytest.fixture
-def fixed_scorers(monkeypatch):
-    monkeypatch.setattr(evaluate, "SemanticScorer", lambda *args, **kwargs: FixedScorer())
-    monkeypatch.setattr(evaluate, "BERTScorer", lambda *args, **kwargs: FixedBERTScorer())
-
-
 @pytest.mark.parametrize("category, combined, parts", [
     ("POS, PRES", "split", ("POS", "PRES")), ("POS, PRES", "keep", ("POS, PRES",)), ("PRES,POS", "split", ("PRES", "POS")),
     ("Other", "split", ("OTHER",)), (" ATRIB ", "split", ("ATTRIB",)), ("PRSE", "split", ("PRES",)),
@@ -111,7 +101,7 @@ def test_two_checkpoints_over_two_datasets_in_one_command(tmp_path, fixed_scorer
         for dataset, n in (("phantom", 3), ("json", 2)):  # the predictions, saved beside each checkpoint
             rows = evaluate.read_predictions(f"{checkpoint}.predictions-{dataset}-test.jsonl")
             assert len(rows) == n and all(row["category"] for row in rows)
-            again = evaluate.score_predictions(rows, FixedScorer(), FixedBERTScorer())
+            again = evaluate.score_predictions(rows, FixedScorer(), FixedScorer())
             assert again["by_dataset"][dataset] == metrics["by_dataset"][dataset]
     lines = printed.splitlines()
     top = next(i for i, line in enumerate(lines) if line.split() == ["phantom", "json"])

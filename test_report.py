@@ -21,13 +21,8 @@ from PIL import Image
 
 import evaluate
 from data import load_dataset
-from test_rewards import FixedScorer
 
 CHROMIUM = next((path for path in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if path), None)
-
-
-class FixedBERTScorer(FixedScorer):
-    name, layer = "fixed", 0
 
 
 class Browser:
@@ -123,10 +118,8 @@ def completion(answer):
 
 
 @pytest.fixture
-def report(tmp_path, monkeypatch):
+def report(tmp_path, fixed_scorers):
     """A report of 30 phantom questions: model A is right on every third, B on every other one."""
-    monkeypatch.setattr(evaluate, "SemanticScorer", lambda *args, **kwargs: FixedScorer())
-    monkeypatch.setattr(evaluate, "BERTScorer", lambda *args, **kwargs: FixedBERTScorer())
     records = load_dataset("phantom", "test", limit=30, phantom_wording="random")  # evaluate.py's default
     for name, right in (("a", lambda i: i % 3 == 0), ("b", lambda i: i % 2 == 0)):
         with open(tmp_path / f"{name}.jsonl", "w") as file:
