@@ -98,3 +98,12 @@ def kill_after_first_checkpoint(monkeypatch):
         monkeypatch.setattr(module, "save_checkpoint", save_then_die)
         return Killed
     return arm
+
+
+@pytest.fixture
+def fixed_scorers(monkeypatch):
+    """evaluate.py scores with test_rewards.FixedScorer (exact values) instead of loading its encoders."""
+    import evaluate
+    from test_rewards import FixedScorer
+    monkeypatch.setattr(evaluate, "SemanticScorer", lambda *args, **kwargs: FixedScorer())
+    monkeypatch.setattr(evaluate, "BERTScorer", lambda *args, **kwargs: FixedScorer())

