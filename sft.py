@@ -65,8 +65,10 @@ def parse_args(argv=None):
                         "the answer [reconstructed]")
     # [reconstructed] ARMed's regime: chain-of-thought annotations are scarce, so SFT sees a limited
     # CoT subset and GRPO then trains on answer-only questions SFT never saw (grpo.py's default
-    # prompts on phantom start past every record sft.py could use). The size is not published.
-    p.add_argument("--cot-records", type=at_least(0), default=2000,
+    # prompts on phantom start past every record sft.py could use). The size is not published; 500
+    # phantom rationales, 500 steps, is where SFT from runs/base levels off on the validation split
+    # (72.0 at 800 steps; with 2000 rationales it reaches 78.5 and leaves GRPO nothing: EXPERIMENTS.md).
+    p.add_argument("--cot-records", type=at_least(0), default=500,
                    help="[reconstructed] train on the first N records that have a rationale (0: all)")
     p.add_argument("--cot-from", default=None, help="ARMed-A: checkpoint that writes the rationales")
     p.add_argument("--cot-select", type=at_least(0), default=0,
