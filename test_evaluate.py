@@ -108,5 +108,5 @@ def test_two_checkpoints_over_two_datasets_in_one_command(tmp_path, fixed_scorer
     assert lines[top + 1].split() == ["model"] + ["BLEU-1", "ROUGE-1", "BERTScore", "semantic", "recall", "closed",
                                                   "acc"] * 2
     assert [line.split()[0] for line in lines[top + 2:top + 4]] == checkpoints
-    assert lines[top + 4] == "questions: phantom 2 open / 1 closed, json 1 open / 1 closed"  # phantom: modality, region, multiple
+    assert lines[top + 4] == "questions: phantom 2 open / 1 closed, json 1 open / 1 closed"  # phantom: finding, side_count, kind
     assert "phantom by category" in printed and "json by category" in printed
