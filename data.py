@@ -1,5 +1,5 @@
-"""Medical VQA data: one record type, loaders for public sets, and the built-in synthetic
-dataset (phantom.py) behind the same load_dataset.
+"""Medical VQA data: loaders for public sets, and the built-in synthetic dataset (phantom.py), behind
+one load_dataset that returns one record type (VQARecord, from records.py).
 
     records = load_dataset("phantom", "train")              # 6000 synthetic records, no files
     records = load_dataset("slake", "test", "/data/slake")  # SLAKE's English test questions
