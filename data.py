@@ -1,5 +1,5 @@
-"""Medical VQA data: one record type, loaders for public sets, and the built-in synthetic
-dataset (phantom.py) behind the same load_dataset.
+"""Medical VQA data: loaders for public sets, and the built-in synthetic dataset (phantom.py), behind
+one load_dataset that returns one record type (VQARecord, from records.py).
 
     records = load_dataset("phantom", "train")              # 6000 synthetic records, no files
     records = load_dataset("slake", "test", "/data/slake")  # SLAKE's English test questions
@@ -53,34 +53,16 @@ import csv
 import json
 import os
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from images import image_problem, open_image, to_8bit, unreadable
+from phantom import PHANTOM_SIZES, WORDINGS, phantom_dataset
+from records import SPLITS, DataError, VQARecord  # the record type, shared with phantom.py
 
-SPLITS = ("train", "val", "test")
 DATASETS = ("phantom", "vqa_rad", "slake", "pathvqa", "pmc_vqa", "json", "hf")
 FIELDS = ("id", "image", "question", "answer", "answer_type", "cot", "category")
-
-
-@dataclass
-class VQARecord:
-    id: str
-    image: "str | bytes | Image.Image"  # a path, an embedded file's bytes (hf) or an image (phantom)
-    question: str
-    answer: str
-    answer_type: str  # "open" | "closed"
-    dataset: str
-    cot: str | None = None  # chain-of-thought rationale, when the dataset has one
-    source: str = ""  # where the record came from, for error messages: "slake/test.json record 5"
-    window: tuple[float, float] | None = None  # raw range of a 16-bit scan read as 0..255 (--window)
-    category: str | None = None  # the question's kind, as the dataset writes it: "POS, PRES" (evaluate.py folds it)
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file, the record (index or line, and id) and field."""
 
 
 def infer_answer_type(answer: str) -> str:
@@ -384,7 +366,6 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
     if offset < 0:
         raise DataError(f"data.py: {name}: the offset must be 0 or more, got {offset}")
     if name == "phantom":
-        from phantom import PHANTOM_SIZES, phantom_dataset  # phantom.py builds on this file's records
         size = PHANTOM_SIZES.get(split, 0) if limit is None else limit
         return phantom_dataset(split, seed, offset + size, wording=phantom_wording)[offset:]
     if name not in DATASETS:
@@ -475,7 +456,6 @@ def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0,
     """The data options shared by sft.py, grpo.py and evaluate.py (grpo.py: train_offset None,
     resolved per dataset after parsing; evaluate.py: `several` datasets, lists in --dataset and
     --data-root)."""
-    from phantom import WORDINGS
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default=["phantom"] if several else "phantom", choices=DATASETS,
                        nargs="+" if several else None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from data import SPLITS, DataError, VQARecord
+from records import SPLITS, DataError, VQARecord
 
 MODALITIES = ("xray", "ct", "mri", "ultrasound")
 REGIONS = ("head", "chest", "abdomen")
