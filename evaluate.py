@@ -367,7 +367,7 @@ def score_model(args):
     records = dataset_from_args(args, args.split)
     try:
         model, processor = load_model(args.model, device="cpu", dtype=rt.weight_dtype, max_pixels=args.max_pixels,
-                                      attn_implementation=args.attn_implementation)
+                                      attn_implementation=args.attn_implementation, weights=rt.reads_weights)
     except FileNotFoundError as error:
         sys.exit(f"evaluate.py: {error}")
     model = rt.prepare(model)
