@@ -64,14 +64,27 @@ class Runtime:
         return torch.float32 if self.precision == "fp32" else torch.bfloat16
 
 
-    def prepare(self, model, frozen=False):
+    @property
+    def reads_weights(self):
+        """Whether this process reads the weights from disk: under torchrun only rank 0 does; the
+        others build the model on the meta device and get rank 0's weights in prepare()."""
+        return self.is_main
+
+    def prepare(self, model, frozen=False, adapters=False):
         """Put `model` on this process's device in this run's precision; shard it under torchrun.
 
         One process, bf16-mixed: the weights stay fp32 and the forward runs under bf16 autocast.
-        Several processes: FSDP2 with a MixedPrecisionPolicy (bf16 compute, fp32 reduction).
+        Several processes: FSDP2 with a MixedPrecisionPolicy (bf16 compute, fp32 reduction), and
+        the weights of rank 0 (the only process that read them) broadcast into every shard.
+        adapters (LoRA): only the adapters train; the frozen base is stored as a frozen model is
+        (bf16 under bf16-mixed), the adapters and their AdamW state as trained weights (fp32).
         """
         dtype = self.frozen_dtype if frozen else self.weight_dtype
-        model.to(dtype=dtype)
+        model.to(dtype=dtype)               # also on the meta device: shapes and dtypes only
+        if adapters:
+            for param in model.parameters():
+                if not param.requires_grad:
+                    param.data = param.data.to(self.frozen_dtype)
         mixed = self.precision == "bf16-mixed" and not frozen
         if not self.sharded:
             model.to(self.device)
@@ -80,6 +93,7 @@ class Runtime:
                     setattr(model, method, torch.autocast(self.device.type, dtype=torch.bfloat16)(getattr(model, method)))
             return model
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+        full = model.state_dict() if self.is_main else {}    # rank 0's weights, to broadcast once sharded
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if mixed else None, reduce_dtype=torch.float32)
         mesh = dist.device_mesh.init_device_mesh(self.device.type, (self.world_size,))
         units = [*model.model.visual.blocks, *model.model.language_model.layers, model]
@@ -91,6 +105,7 @@ class Runtime:
             # sum also is the one reduction gloo has.
             unit.set_gradient_divide_factor(1.0)
             unit.set_force_sum_reduction_for_comms(True)
+        self._broadcast_weights(model, full)
         # policy.ImageFeatures runs the vision tower apart from the forward: gather the root's weights
         # (patch embedding, merger) for it as for a forward
         register_fsdp_forward_method(model, "get_image_features")
@@ -99,6 +114,21 @@ class Runtime:
         # lm_head after the forward returns.
         model.set_reshard_after_forward(False, recurse=False)
         return model
+
+    def _broadcast_weights(self, model, full):
+        """Fill every process's shards with rank 0's weights (`full`, its state dict; {} elsewhere).
+
+        A model built on the meta device gets memory first (to_empty); the broadcast then writes every shard
+        (set_model_state_dict, as verl and accelerate do). Buffers are not sharded and the rotary
+        inv_freq ones are not in the state dict: each is broadcast whole. Tied embeddings stay one
+        parameter through fully_shard and to_empty (checked in test_distributed.py).
+        """
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        if any(p.is_meta for p in model.parameters()):
+            model.to_empty(device=self.device)
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
     @contextmanager
     def gathered(self, model):
@@ -181,11 +211,16 @@ class Runtime:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-    def model_state(self, model):
+    def model_state(self, model, trainable_only=False):
         """The full (unsharded) state dict on the main process, None elsewhere; None with one
-        process (save_pretrained then reads the model itself)."""
+        process (save_pretrained then reads the model itself). trainable_only (LoRA): only the
+        parameters that train, every process's shard of each gathered (the frozen base is not
+        saved, so it is not gathered either)."""
         if not self.sharded:
             return None
+        if trainable_only:   # full_tensor() is a collective: every process gathers every adapter, in one order
+            state = {name: param.full_tensor().cpu() for name, param in model.named_parameters() if param.requires_grad}
+            return state if self.is_main else None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if model.config.get_text_config().tie_word_embeddings:

@@ -531,7 +531,8 @@ def answer_with_models(args):
     for name in args.model:
         try:
             model, processor = load_model(name, device="cpu", dtype=rt.weight_dtype, max_pixels=args.max_pixels,
-                                          attn_implementation=args.attn_implementation)
+                                          attn_implementation=args.attn_implementation,
+                                          weights=rt.reads_weights)
         except FileNotFoundError as error:
             sys.exit(f"evaluate.py: {error}")
         model = rt.prepare(model)

@@ -31,12 +31,13 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import add_model_args, check_prompt_lengths, model_from_args
+from model import add_model_args, check_prompt_lengths, has_lora, model_from_args, reference_policy
 from policy import Completions, ImageFeatures, completion_logprobs, repeat_prompts, sample_completions, select_prompts
 from phantom import PHANTOM_SIZES
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
-                      open_log, positive_float, save_checkpoint, set_learning_rate)
+                      open_log, peak_learning_rate, positive_float, save_checkpoint,
+                      set_learning_rate)
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "token", "dr_grpo")
@@ -220,6 +221,7 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=at_least(0), default=20, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     args = p.parse_args(argv)
+    args.lr = peak_learning_rate(args)
     if args.top_p > 1:
         p.error(f"argument --top-p: must be <= 1, got {args.top_p}")
     # [reconstructed] The phantom generator never runs out, so by default GRPO's prompts come from
@@ -297,7 +299,8 @@ def collect_rollout(model, ref_model, processor, draw, reward_fn, args, rt):
         if args.mu > 1:   # with one update, π_old equals π_θ and the ratio is exp(logp - logp.detach())
             old = micro_logprobs(model, prompts, out, args)
         if args.beta > 0:
-            ref = micro_logprobs(ref_model, prompts, out, args)
+            with reference_policy(model, ref_model) as reference:   # LoRA: the model, adapters off
+                ref = micro_logprobs(reference, prompts, out, args)
     return Rollout(prompts, out, advantages, old, ref, all_total, all_components, all_types, first, draws)
 
 
@@ -448,7 +451,7 @@ def main(argv=None):
     train, val = (check_prompt_lengths(records, processor, args.max_prompt_tokens, args.skip_bad, "grpo.py")
                   for records in (train, val))
     ref_model = None
-    if args.beta > 0:   # frozen copy of the starting policy for the KL term
+    if args.beta > 0 and not has_lora(model):   # frozen copy of the starting policy for the KL term
         ref_model, _ = model_from_args(args, rt, name=args.ref_model, frozen=True)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

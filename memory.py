@@ -1,7 +1,8 @@
-"""Per-GPU memory of full fine-tuning, from a model's config alone (no weights are loaded).
+"""Per-GPU memory of full fine-tuning and of LoRA, from a model's config alone (no weights are loaded).
 
-    python memory.py                          # Qwen2.5-VL-3B and -7B, GRPO, 1/2/4/8 GPUs, each precision
-    python memory.py --model runs/sft --gpus 1 --precision bf16-mixed --stage sft
+    python memory.py                          # Qwen2.5-VL-3B and -7B, GRPO, 1/2/4/8 GPUs, each precision,
+                                              # full fine-tuning and LoRA rank 64
+    python memory.py --model runs/sft --gpus 1 --precision bf16-mixed --stage sft --lora-rank 0
 
 The model is built on the meta device, so its parameters are counted exactly (tied embeddings
 once). What is held per GPU with FSDP2 over W GPUs (distributed.py):
@@ -19,6 +20,12 @@ once). What is held per GPU with FSDP2 over W GPUs (distributed.py):
                 of the weights that autocast keeps for backward)
     peak        weights + gradients + AdamW + reference + max(rollout, activations)
 
+With LoRA (--lora-rank R, model.py): the base is frozen and stored as a frozen model is (bf16, fp32
+under --precision fp32), sharded; gradients and AdamW moments exist only for the adapters (R x (in
++ out) per adapted layer, in the trained weights' dtype); GRPO's reference is the same model with
+its adapters off (0 bytes); one GPU in bf16-mixed has no autocast copies (the base is bf16 already).
+The last column names the GPU sizes (24, 40, 48, 80 GB) the peak fits in.
+
 [reconstructed] The per-layer working set (10 h + 3 i values per token in bf16), the 2 GiB of
 CUDA context and allocator slack are estimates, not measurements: read the table as a plan, and
 check it on your GPU (bench figures in the README).
@@ -30,36 +37,49 @@ import torch
 
 GIB = 2 ** 30
 CONTEXT_BYTES = 2 * GIB     # [reconstructed] CUDA context, kernels and allocator slack per GPU
+GPU_SIZES = (24, 40, 48, 80)   # GB of common GPUs (RTX 4090 / A100-40 / L40S, A6000 / A100-80, H100)
 
 
-def count_parameters(config):
-    """(total, vision) parameter counts of the model `config` describes, built on the meta device."""
+def count_parameters(config, lora_rank=0):
+    """(total, vision) parameter counts of the model `config` describes, built on the meta device;
+    with lora_rank, also the adapters' parameters that model.py's default targets would add."""
+    import re
+
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    from model import lora_target_pattern
     cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     with torch.device("meta"):
         model = cls(config)
     total = sum(p.numel() for p in model.parameters())           # parameters() lists a tied one once
     vision = sum(p.numel() for p in model.model.visual.parameters())
-    return total, vision
+    if not lora_rank:
+        return total, vision
+    pattern = re.compile(lora_target_pattern())
+    adapters = sum(lora_rank * (m.in_features + m.out_features) for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name))
+    return total, vision, adapters
 
 
 def memory_plan(config, precision="bf16-mixed", gpus=1, stage="grpo", micro_batch=8, prompt_tokens=600,
-                completion_tokens=512, prompts_per_step=8, num_generations=8, chunk_rows=4):
-    """Bytes per GPU of each part of full fine-tuning (see the module docstring), as a dict.
+                completion_tokens=512, prompts_per_step=8, num_generations=8, chunk_rows=4, lora_rank=0):
+    """Bytes per GPU of each part of fine-tuning (see the module docstring), as a dict.
 
     The default workload is ARMed's GRPO at the paper's image size: ~512 image tokens + the
     question (prompt_tokens 600), 512 new tokens, 8 prompts x G = 8 per step, micro-batches of 8.
+    lora_rank > 0: LoRA on the language model's projections instead of full fine-tuning.
     """
-    total, _ = count_parameters(config)
+    total, _, *adapters = count_parameters(config, lora_rank)
     text = config.get_text_config()
     h, i, layers, vocab = text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size
     weight_bytes = 2 if precision == "bf16" else 4
     frozen_bytes = 4 if precision == "fp32" else 2
-    plan = {"parameters": total,
-            "weights": total * weight_bytes / gpus,
-            "gradients": total * weight_bytes / gpus,
-            "adamw": 2 * total * weight_bytes / gpus,
-            "reference": total * frozen_bytes / gpus if stage == "grpo" else 0.0}
+    trained = adapters[0] if lora_rank else total
+    plan = {"parameters": total, "trained": trained,
+            "weights": (total * frozen_bytes + trained * weight_bytes if lora_rank else total * weight_bytes) / gpus,
+            "gradients": trained * weight_bytes / gpus,
+            "adamw": 2 * trained * weight_bytes / gpus,
+            "reference": total * frozen_bytes / gpus if stage == "grpo" and not lora_rank else 0.0}
     tokens = prompt_tokens + (completion_tokens if stage == "grpo" else 0)
     if stage == "grpo":
         sequences = max(1, prompts_per_step // gpus) * num_generations
@@ -75,7 +95,7 @@ def memory_plan(config, precision="bf16-mixed", gpus=1, stage="grpo", micro_batc
     working_set = micro_batch * tokens * (10 * h + 3 * i) * 2
     logits = logit_rows * vocab * (4 + 4)               # fp32 logits and their log-softmax
     plan["activations"] = checkpoints + working_set + logits
-    if precision == "bf16-mixed" and gpus == 1:
+    if precision == "bf16-mixed" and gpus == 1 and not lora_rank:
         plan["activations"] += total * 2    # autocast's bf16 copies of the weights, kept for backward
     plan["peak"] = (plan["weights"] + plan["gradients"] + plan["adamw"] + plan["reference"]
                     + max(plan["rollout"], plan["activations"]) + CONTEXT_BYTES)
@@ -83,6 +103,11 @@ def memory_plan(config, precision="bf16-mixed", gpus=1, stage="grpo", micro_batc
 
 
 PARTS = ("weights", "gradients", "adamw", "reference", "rollout", "activations", "peak")
+
+
+def fits(peak):
+    """The GPU sizes of GPU_SIZES (GB, as their makers count: GiB) that hold `peak` bytes: "24 40 48 80"."""
+    return " ".join(str(size) for size in GPU_SIZES if peak <= size * GIB) or "none"
 
 
 def main(argv=None):
@@ -100,23 +125,28 @@ def main(argv=None):
     p.add_argument("--completion-tokens", type=int, default=512, help="GRPO: new tokens per completion")
     p.add_argument("--prompts-per-step", type=int, default=8, help="GRPO: global prompts per step")
     p.add_argument("--num-generations", type=int, default=8, help="GRPO: completions per prompt")
+    p.add_argument("--lora-rank", type=int, nargs="+", default=[0, 64],
+                   help="0: full fine-tuning; R: LoRA of rank R [reconstructed: 64, as VLM-R1 on Qwen2.5-VL-3B]")
     args = p.parse_args(argv)
     print(f"GiB per GPU, {args.stage}, micro-batch {args.micro_batch}, prompt {args.prompt_tokens} tokens"
           + (f", {args.prompts_per_step} prompts x G={args.num_generations}, {args.completion_tokens} new tokens"
              if args.stage == "grpo" else "") + "; gradient checkpointing; estimates (see --help)")
-    print(f"{'model':<16}{'precision':<12}{'GPUs':>5}" + "".join(f"{part:>12}" for part in PARTS))
+    print(f"{'model':<16}{'training':<10}{'precision':<12}{'GPUs':>5}" + "".join(f"{part:>12}" for part in PARTS)
+          + "  fits in (GB)")
     for name in args.model:
         if name in QWEN25_VL_SHAPES:
             config = qwen25_vl_config(name)
         else:
             from transformers import AutoConfig
             config = AutoConfig.from_pretrained(name)
-        for precision in args.precision:
-            for gpus in args.gpus:
-                plan = memory_plan(config, precision, gpus, args.stage, args.micro_batch, args.prompt_tokens,
-                                   args.completion_tokens, args.prompts_per_step, args.num_generations)
-                print(f"{name[-16:]:<16}{precision:<12}{gpus:>5}" +
-                      "".join(f"{plan[part] / GIB:>12.1f}" for part in PARTS))
+        for rank in args.lora_rank:
+            for precision in args.precision:
+                for gpus in args.gpus:
+                    plan = memory_plan(config, precision, gpus, args.stage, args.micro_batch, args.prompt_tokens,
+                                       args.completion_tokens, args.prompts_per_step, args.num_generations,
+                                       lora_rank=rank)
+                    print(f"{name[-16:]:<16}{f'LoRA {rank}' if rank else 'full':<10}{precision:<12}{gpus:>5}" +
+                          "".join(f"{plan[part] / GIB:>12.1f}" for part in PARTS) + f"  {fits(plan['peak'])}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ and Qwen2.5-VL alike), and every checkpoint this project writes reloads with pla
     Qwen2_5_VLForConditionalGeneration.from_pretrained("runs/sft")
     AutoTokenizer.from_pretrained("runs/sft")
 
+A run with --lora-rank R writes its LoRA adapter in peft's format instead (adapter_config.json,
+adapter_model.safetensors): load_model reads such a folder directly (base + adapter merged), and
+
+    python model.py merge runs/grpo-lora runs/grpo-lora-merged    # a full checkpoint, as above
+
 The image side does not use transformers' stock Qwen2-VL *processor*, which needs torchvision for
 video even when there is none; it uses the stock *image* processor (the PIL one where torchvision
 is missing) and expands the image placeholder itself: one `<|image_pad|>` per merged 2x2 patch.
@@ -23,6 +28,7 @@ is missing) and expands the image placeholder itself: one `<|image_pad|>` per me
 import json
 import os
 import sys
+from contextlib import contextmanager, nullcontext
 
 import torch
 from transformers import (AutoConfig, AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
@@ -252,15 +258,57 @@ class VLProcessor:
 
 
 def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_checkpointing=False,
-               freeze_vision=False, min_pixels=None, max_pixels=None, seed=0, attn_implementation="sdpa", layers=None):
+               freeze_vision=False, min_pixels=None, max_pixels=None, seed=0, attn_implementation="sdpa", layers=None,
+               lora=None, train_adapter=False, weights=True):
     """Load (model, processor). `tiny` builds the offline default; anything else is from_pretrained.
 
     Weights in `dtype` (fp32 unless asked: how training computes is distributed.py's business),
     on `device` (default: cuda if available). `max_pixels` caps the image size fed to the vision
     tower (the image processor resizes larger scans down) so that one large scan cannot exhaust
     memory. `layers`: fewer decoder layers for a qwen2.5-vl-* shape (benchmarks on a CPU).
+
+    An adapter folder (adapter_config.json, as a LoRA run writes) loads its base
+    (base_model_name_or_path; a tiny or qwen2.5-vl-* base is built again from `seed`) with the
+    adapter merged into the weights, or with train_adapter (a resumed LoRA run) the adapter kept
+    apart and trainable. lora: a LoraConfig (lora_config) adds fresh trainable adapters to the
+    loaded model and freezes the rest. weights=False builds the model on the meta device without
+    reading any weights (the processes other than rank 0 under torchrun: distributed.py fills them).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if is_adapter_dir(name_or_path):
+        model, processor = load_model(_adapter_config(name_or_path).base_model_name_or_path, device="cpu",
+                                      dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels, seed=seed,
+                                      attn_implementation=attn_implementation, layers=layers, weights=weights)
+        if train_adapter:
+            _add_adapter(model, _adapter_config(name_or_path, trainable=True), name_or_path if weights else None)
+        elif weights:   # on meta there is nothing to merge: the merged model has the base's shapes
+            from peft import PeftModel
+            model = PeftModel.from_pretrained(model, name_or_path).merge_and_unload()
+    elif train_adapter:
+        raise FileNotFoundError(f"--resume {name_or_path}: no adapter_config.json there; this run was not "
+                                "trained with --lora-rank (resume it without)")
+    else:
+        model, processor = _load_base(name_or_path, dtype, min_pixels, max_pixels, seed, attn_implementation, layers,
+                                      weights)
+    if lora is not None:
+        lora.base_model_name_or_path = os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
+        _add_adapter(model, lora)
+    if weights:
+        model.to(device=device, dtype=dtype)
+    model.generation_config.pad_token_id = processor.pad_token_id
+    if gradient_checkpointing:
+        # transformers also makes the embeddings' output require grad (enable_input_require_grads):
+        # with a frozen base, a checkpointed layer's input must still carry gradient to the adapters
+        # inside ("element 0 of tensors does not require grad" otherwise, TRL #3089)
+        model.activation_checkpointing_enable()
+        model.config.use_cache = False
+    if freeze_vision:
+        model.model.visual.requires_grad_(False)
+    return model, processor
+
+
+def _load_base(name_or_path, dtype, min_pixels, max_pixels, seed, attn_implementation, layers, weights):
+    """(model, processor) of a model without adapters: tiny, a qwen2.5-vl-* shape or a checkpoint."""
     pixels = {k: v for k, v in dict(min_pixels=min_pixels, max_pixels=max_pixels).items() if v}
     if name_or_path == "tiny" or name_or_path in QWEN25_VL_SHAPES:
         # built here, random weights: the tiny default, or a real Qwen2.5-VL shape for benchmarks
@@ -271,31 +319,172 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
         torch.manual_seed(seed)
         config = tiny_config(tokenizer) if tiny else qwen25_vl_config(name_or_path, layers, tokenizer)
         config._attn_implementation = attn_implementation
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    else:
-        if not os.path.isdir(name_or_path) and (os.environ.get("HF_HUB_OFFLINE") == "1"
-                                                or name_or_path.count("/") != 1 or name_or_path[0] in "./~"):
-            raise FileNotFoundError(f"--model {name_or_path}: no such checkpoint directory"
-                                    + (" (and HF_HUB_OFFLINE=1: no hub download)" if "/" in name_or_path else ""))
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        except (OSError, ValueError) as error:   # neither a local directory nor a reachable hub id
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise FileNotFoundError(f"--model {name_or_path}: not a checkpoint directory, and the hub "
-                                    f"could not provide it ({reason})") from None
-        _chat_template_from_processor_files(tokenizer, name_or_path)
-        image_processor = _image_processor(name_or_path, **pixels)
-        model_type = AutoConfig.from_pretrained(name_or_path).model_type
-        cls = Qwen2VLForConditionalGeneration if model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+        with torch.device("cpu" if weights else "meta"):
+            model = Qwen2_5_VLForConditionalGeneration(config)
+        return model, VLProcessor(tokenizer, image_processor)
+    if not os.path.isdir(name_or_path) and (os.environ.get("HF_HUB_OFFLINE") == "1"
+                                            or name_or_path.count("/") != 1 or name_or_path[0] in "./~"):
+        raise FileNotFoundError(f"--model {name_or_path}: no such checkpoint directory"
+                                + (" (and HF_HUB_OFFLINE=1: no hub download)" if "/" in name_or_path else ""))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:   # neither a local directory nor a reachable hub id
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise FileNotFoundError(f"--model {name_or_path}: not a checkpoint directory, and the hub "
+                                f"could not provide it ({reason})") from None
+    _chat_template_from_processor_files(tokenizer, name_or_path)
+    image_processor = _image_processor(name_or_path, **pixels)
+    config = AutoConfig.from_pretrained(name_or_path)
+    cls = model_class(config)
+    if weights:
         model = cls.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation)
-    model.to(device=device, dtype=dtype)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if gradient_checkpointing:
-        model.activation_checkpointing_enable()
-        model.config.use_cache = False
-    if freeze_vision:
-        model.model.visual.requires_grad_(False)
+    else:
+        config._attn_implementation = attn_implementation
+        with torch.device("meta"):
+            model = cls(config)
     return model, VLProcessor(tokenizer, image_processor)
+
+
+def model_class(config):
+    """The transformers class of a Qwen2-VL or Qwen2.5-VL config."""
+    return Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+
+
+def save_weights(model, path, state_dict=None):
+    """Write the model's weights to `path` as transformers (or, for a LoRA model, peft) reads them.
+
+    state_dict: the full state dict gathered from a sharded model (Runtime.model_state). fully_shard
+    renames the model's class (FSDPQwen2_5_VL…), and transformers finds the mapping back to the hub
+    names (model.layers.*, visual.*) by class name: saved from the sharded model, the tensors would
+    keep their in-memory names (model.language_model.*, model.visual.*), which vLLM and other tools
+    refuse. A plain model of the same config, on the meta device (no memory), saves them under the
+    hub names, exactly as one process does.
+    """
+    if has_lora(model):
+        save_adapter(model, path, state_dict)
+        return
+    if state_dict is not None:
+        with torch.device("meta"):
+            plain = model_class(model.config)(model.config)
+        plain.generation_config = model.generation_config
+        model = plain
+    model.save_pretrained(path, state_dict=state_dict)
+
+
+# LoRA (--lora-rank R > 0): low-rank adapters on the frozen model, through peft (imported only
+# then). Each adapted linear layer W (out x in) computes W x + (alpha / R) B A x, with A (R x in)
+# random and B (out x R) zero at the start: the adapted model starts as the base model exactly.
+# [reconstructed] The default targets, as verl and EasyR1 do: every attention and MLP projection
+# of the language model; the vision tower stays frozen (--lora-vision adapts its blocks too).
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+VISION_LORA_TARGETS = "qkv|proj|gate_proj|up_proj|down_proj"   # a Qwen2.5-VL vision block's linear layers
+
+
+def add_lora_args(parser):
+    parser.add_argument("--lora-rank", type=at_least(0), default=0,
+                        help="LoRA adapters of this rank on the frozen model, through peft (0: full fine-tuning, "
+                             "as ARMed); the learning rate then defaults to 10x the full fine-tuning one")
+    parser.add_argument("--lora-alpha", type=float, default=None,
+                        help="LoRA scale numerator: the update is (alpha / rank) B A [reconstructed: 2 x rank, as "
+                             "VLM-R1's r=64, alpha=128]")
+    parser.add_argument("--lora-dropout", type=at_least(0.0, float), default=0.0,
+                        help="dropout on the adapters' input [reconstructed: 0, so that the sampling policy and "
+                             "the trained one are the same function, as GRPO's ratio assumes]")
+    parser.add_argument("--lora-targets", default=LORA_TARGETS,
+                        help="comma-separated linear layers of each language-model decoder layer that get adapters "
+                             "[reconstructed: all attention and MLP projections]")
+    parser.add_argument("--lora-vision", action="store_true",
+                        help="adapt the vision tower's blocks too (qkv, proj and MLP); by default it stays frozen")
+
+
+def lora_config(args):
+    """The peft LoraConfig the add_lora_args options ask for, or None for full fine-tuning."""
+    if not args.lora_rank:
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: --lora-rank needs peft (`pip install peft`)")
+    return LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+                      lora_dropout=args.lora_dropout, target_modules=lora_target_pattern(args.lora_targets,
+                                                                                         args.lora_vision))
+
+
+def lora_target_pattern(targets=LORA_TARGETS, vision=False):
+    """The regular expression (peft's target_modules) of the module names that get adapters:
+    "q_proj,v_proj" -> model.language_model.layers.<n>.(self_attn|mlp).(q_proj|v_proj)."""
+    names = "|".join(t.strip() for t in targets.split(",") if t.strip())
+    pattern = rf"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.({names})"
+    if vision:
+        pattern += rf"|model\.visual\.blocks\.\d+\.(attn|mlp)\.({VISION_LORA_TARGETS})"
+    return pattern
+
+
+def has_lora(model):
+    """Whether `model` carries LoRA adapters (then only they train, and only they are saved)."""
+    return bool(getattr(model, "peft_config", None))
+
+
+def is_adapter_dir(path):
+    return os.path.isfile(os.path.join(str(path), "adapter_config.json"))
+
+
+def _adapter_config(path, trainable=False):
+    from peft import LoraConfig
+    config = LoraConfig.from_pretrained(path)
+    config.inference_mode = not trainable
+    return config
+
+
+def _add_adapter(model, config, weights_from=None):
+    """Inject the adapters of `config` into `model` in place (only they then require grad), with
+    the weights of the adapter folder `weights_from` if given."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    inject_adapter_in_model(config, model)
+    if weights_from is not None:
+        from safetensors.torch import load_file
+        state = load_file(os.path.join(weights_from, "adapter_model.safetensors"))
+        prefix = "base_model.model."
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+        unexpected = set_peft_model_state_dict(model, state).unexpected_keys
+        if unexpected:
+            raise ValueError(f"model.py: {weights_from}/adapter_model.safetensors: {len(unexpected)} tensor(s) "
+                             f"match no adapter of the model, e.g. {unexpected[0]}")
+    if not config.inference_mode:
+        for name, param in model.named_parameters():
+            param.requires_grad_("lora_" in name)
+
+
+def save_adapter(model, path, state_dict=None):
+    """The adapters in peft's format (adapter_config.json, adapter_model.safetensors with peft's
+    base_model.model.* names), which peft, TRL and vLLM read. state_dict: the adapters' weights
+    gathered from a sharded model (Runtime.model_state); by default the model's own."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    state = get_peft_model_state_dict(model, state_dict=state_dict, save_embedding_layers=False)
+    save_file({f"base_model.model.{k}": v.detach().contiguous() for k, v in state.items()},
+              os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
+    model.peft_config["default"].save_pretrained(path)
+
+
+@contextmanager
+def adapters_disabled(model):
+    """Run `model` as its base model: every LoRA adapter off, no copy made."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def reference_policy(model, ref_model):
+    """GRPO's frozen reference: ref_model, or for a LoRA model (ref_model None) the same model with
+    its adapters off, which is exactly the starting policy without a second copy in memory."""
+    return adapters_disabled(model) if ref_model is None and has_lora(model) else nullcontext(ref_model)
 
 
 def _chat_template_from_processor_files(tokenizer, path):
@@ -318,6 +507,7 @@ def add_model_args(parser, default_model="tiny"):
                         help="recompute activations in backward to save memory")
     parser.add_argument("--freeze-vision", action="store_true", help="do not train the vision tower")
     add_prompt_limit_arg(parser)
+    add_lora_args(parser)
     parser.add_argument("--attn-implementation", default="sdpa",
                         help="sdpa, eager, or flash_attention_2 (where the flash-attn package is installed)")
     add_runtime_args(parser)
@@ -331,18 +521,24 @@ def add_prompt_limit_arg(parser):
 
 def model_from_args(args, rt, name=None, seed=0, frozen=False):
     """(model, processor) from the add_model_args options, placed by the Runtime `rt`: on its
-    device, in its precision, sharded under torchrun. frozen: a model that is never trained."""
+    device, in its precision, sharded under torchrun (only rank 0 reads the weights). frozen: a
+    model that is never trained. With --lora-rank, the model gets fresh adapters, or, resumed
+    (name is --resume), the adapters of the run it continues."""
+    name = name or args.model
+    lora = None if frozen else lora_config(args)
+    resuming = not frozen and bool(getattr(args, "resume", None)) and name == args.resume
     try:
         model, processor = load_model(
-            name or args.model, device="cpu", dtype=rt.frozen_dtype if frozen else rt.weight_dtype,
+            name, device="cpu", dtype=rt.frozen_dtype if frozen else rt.weight_dtype,
             gradient_checkpointing=args.gradient_checkpointing and not frozen,
             freeze_vision=args.freeze_vision, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-            seed=seed, attn_implementation=args.attn_implementation)
+            seed=seed, attn_implementation=args.attn_implementation, lora=None if resuming else lora,
+            train_adapter=resuming and (lora is not None or is_adapter_dir(name)), weights=rt.reads_weights)
     except FileNotFoundError as error:
         sys.exit(f"{os.path.basename(sys.argv[0])}: {error}")
     if frozen:
         model.eval().requires_grad_(False)
-    return rt.prepare(model, frozen=frozen), processor
+    return rt.prepare(model, frozen=frozen, adapters=has_lora(model)), processor
 
 
 def check_prompt_lengths(records, processor, limit, skip_bad, script):
@@ -378,3 +574,29 @@ def check_prompt_lengths(records, processor, limit, skip_bad, script):
         print(f"{script}: skipped {len(skipped)} record(s) whose prompt is over --max-prompt-tokens {limit}",
               file=sys.stderr)
     return kept
+
+
+def merge_adapter(adapter_dir, out):
+    """Write the model of a LoRA run's folder, adapter merged into the base weights, as a full
+    checkpoint at `out` (hub layout, fp32) that plain transformers, vLLM and evaluate.py load."""
+    from training import save_checkpoint
+    if not is_adapter_dir(adapter_dir):
+        sys.exit(f"model.py: {adapter_dir}: no adapter_config.json there (not a --lora-rank run's folder)")
+    model, processor = load_model(adapter_dir, device="cpu")
+    save_checkpoint(model, processor, out, meta=dict(script="model.py merge", adapter=os.path.abspath(adapter_dir)))
+    print(f"model.py: wrote {out} ({adapter_dir} merged into its base)")
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(description="python model.py merge runs/grpo-lora runs/grpo-lora-merged: "
+                                     "a LoRA run's adapter merged into its base, as a full checkpoint")
+    parser.add_argument("command", choices=["merge"])
+    parser.add_argument("adapter", help="folder a --lora-rank run wrote (adapter_config.json)")
+    parser.add_argument("out", help="folder for the merged checkpoint")
+    args = parser.parse_args(argv)
+    merge_adapter(args.adapter, args.out)
+
+
+if __name__ == "__main__":
+    main()

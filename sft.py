@@ -39,7 +39,7 @@ from policy import sample_completions, to_device
 from pretrain import DEFAULT_BASE, ensure_base
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
-                      open_log, save_checkpoint, set_learning_rate)
+                      open_log, peak_learning_rate, save_checkpoint, set_learning_rate)
 
 
 def parse_args(argv=None):
@@ -77,7 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--cot-min-score", type=float, default=1.0,
                    help="ARMed-A: textual reward an answer needs to count as correct [reconstructed]")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.lr = peak_learning_rate(args)
+    return args
 
 
 def sft_target(record, missing_cot="skip"):

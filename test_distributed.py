@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 import grpo
@@ -61,11 +62,29 @@ def test_sft_on_two_processes_ends_with_the_weights_of_one(tmp_path):
     sft.main(SFT + ["--out", str(tmp_path / "one")])
     torchrun("sft.py", *SFT, "--out", str(tmp_path / "two"))
     assert max_relative_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < 1e-5
+    # the same tensor names in the files, the hub layout tools such as vLLM read
+    names = [set(load_file(tmp_path / run / "model.safetensors")) for run in ("one", "two")]
+    assert names[0] == names[1]
+    assert "model.layers.0.self_attn.q_proj.weight" in names[1] and "visual.blocks.0.attn.qkv.weight" in names[1]
+    assert not any(".language_model." in name or name.startswith("model.visual.") for name in names[1])
     one = [json.loads(line) for line in open(tmp_path / "one.log.jsonl")]
     two = [json.loads(line) for line in open(tmp_path / "two.log.jsonl")]
     assert [r["world_size"] for r in two] == [2, 2, 2]
     assert np.allclose([r["loss"] for r in one], [r["loss"] for r in two], rtol=1e-5)
     assert json.load(open(tmp_path / "two" / "meta.json"))["world_size"] == 2
+
+
+def test_lora_sft_on_two_processes_saves_the_whole_adapter_of_one(tmp_path):
+    """Every process's shard of every adapter reaches the saved file (accelerate #4206 kept only
+    rank 0's), and the adapters after 3 steps on 2 processes are those of 1."""
+    pytest.importorskip("peft")
+    sft.main(SFT + ["--lora-rank", "4", "--out", str(tmp_path / "one")])
+    torchrun("sft.py", *SFT, "--lora-rank", "4", "--out", str(tmp_path / "two"))
+    one, two = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("one", "two"))
+    assert one.keys() == two.keys() and len(one) == 3 * 7 * 2        # 3 layers x 7 projections x (A, B)
+    assert all(one[k].shape == two[k].shape for k in one)
+    assert max_relative_difference(one, two) < 1e-5
+    assert load_trainer_state(tmp_path / "two")["world_size"] == 2
 
 
 def fixed_rollouts(processor, seed=0, B=4, G=2, T=12):
@@ -86,20 +105,32 @@ def update_args(loss_type):
                               max_new_tokens=12, clip=1.0)
 
 
-def policy_update_on_fixed_batch(rt, loss_type):
+def lora_config(rank=4, *options):
+    """The LoraConfig of --lora-rank `rank` and further command-line `options`."""
+    from model import add_lora_args, lora_config
+    parser = argparse.ArgumentParser()
+    add_lora_args(parser)
+    return lora_config(parser.parse_args(["--lora-rank", str(rank), *options]))
+
+
+def policy_update_on_fixed_batch(rt, loss_type, lora=None):
     """One GRPO update of the tiny model on the fixed batch; this process takes its share of rows.
-    Plain SGD, so that the change of every weight is the (clipped) gradient itself: AdamW's first
-    step is ±lr for any non-zero gradient and would turn rounding noise into full-size steps."""
-    model, processor = load_model("tiny", device="cpu", seed=0)
-    model = rt.prepare(model).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    Under torchrun only rank 0 reads (here: builds) the weights. Plain SGD, so that the change of
+    every weight is the (clipped) gradient itself: AdamW's first step is ±lr for any non-zero
+    gradient and would turn rounding noise into full-size steps. lora: a LoraConfig; the update
+    then moves only the adapters, and the state returned is theirs."""
+    model, processor = load_model("tiny", device="cpu", seed=0, lora=lora, weights=rt.reads_weights)
+    model = rt.prepare(model, adapters=lora is not None).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1.0)
     prompts, completions, advantages, ref = fixed_rollouts(processor)
     rows = rt.share(list(range(len(advantages))))
     rollout = grpo.Rollout(select_prompts(prompts, rows), Completions(completions.ids[rows], completions.mask[rows], []),
                            advantages[rows], None, ref[rows], None, None, None)
-    stats = grpo.policy_update(model, optimizer, list(model.parameters()), rollout, update_args(loss_type), rt)
-    state = rt.model_state(model) if rt.sharded else model.state_dict()
-    return state, stats
+    stats = grpo.policy_update(model, optimizer, params, rollout, update_args(loss_type), rt)
+    if rt.sharded:
+        return rt.model_state(model, trainable_only=lora is not None), stats
+    return {k: v for k, v in model.state_dict().items() if lora is None or "lora_" in k}, stats
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +142,40 @@ def worker_results(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "token"])
+@pytest.mark.parametrize("loss_type", ["grpo", "token", "lora"])
 def test_grpo_update_on_two_processes_equals_one(worker_results, loss_type):
+    """Full fine-tuning (loss types grpo and token) and LoRA (grpo loss): the weights rank 1
+    never read, the adapters peft wrapped before fully_shard, and the update, all as one process."""
     two = torch.load(worker_results / f"state-{loss_type}.pt")
     two_stats = json.load(open(worker_results / f"stats-{loss_type}.json"))
-    one, one_stats = policy_update_on_fixed_batch(Runtime(), loss_type)
-    start = load_model("tiny", device="cpu", seed=0)[0].state_dict()
-    one = {k: one[k] - start[k] for k in two}  # the updates (one process also lists the tied lm_head)
+    lora = lora_config() if loss_type == "lora" else None
+    one, one_stats = policy_update_on_fixed_batch(Runtime(), "grpo" if lora else loss_type, lora)
+    start = load_model("tiny", device="cpu", seed=0, lora=lora)[0].state_dict()
+    assert set(two) <= set(one) and len(two) >= len(one) - 1   # (one process also lists the tied lm_head)
+    one = {k: one[k] - start[k] for k in two}  # the updates
     two = {k: two[k] - start[k] for k in two}
+    assert max(v.abs().max().item() for v in one.values()) > 1e-3   # the update moves them
     assert max_relative_difference(one, two) < 1e-5
     for k in ("loss", "kl", "grad_norm", "clip_fraction"):
         assert two_stats[k] == pytest.approx(one_stats[k], rel=1e-5, abs=1e-7), k
+
+
+def test_rank_1_builds_on_meta_and_gets_rank_0s_weights_buffers_and_tied_embeddings(worker_results):
+    """Only rank 0 reads the weights; after fully_shard the others get them by broadcast, with the
+    rotary inv_freq buffers (not in the state dict) and the tied embedding (tie_word_embeddings=True,
+    as the real Qwen2.5-VL-3B config) still one parameter."""
+    model, _ = load_model("tiny", device="cpu", seed=0)
+    assert model.config.tie_word_embeddings
+    with torch.no_grad():
+        logits = model(input_ids=torch.arange(5, 25)[None]).logits
+    for rank in (0, 1):
+        got = torch.load(worker_results / f"loaded{rank}.pt")
+        assert got["built_on_meta"] == (rank == 1)
+        assert got["tied"]
+        assert (got["logits"] - logits).abs().max() <= 1e-5 * logits.abs().max()
+        buffers = dict(model.named_buffers())
+        assert got["buffers"].keys() == buffers.keys()
+        assert all(torch.equal(got["buffers"][k], buffers[k]) for k in buffers)
 
 
 def test_adaptive_buffers_of_all_processes_equal_one_fed_every_score(worker_results):
@@ -208,10 +262,24 @@ def test_bf16_mixed_keeps_updates_that_pure_bf16_loses(tmp_path):
     assert weights(tmp_path / "mixed")["lm_head.weight"].dtype == torch.float32
 
 
+def loaded_on_rank0_only(rt):
+    """What each process holds after loading the tiny model under torchrun (rank 0 reads it)."""
+    model, _ = load_model("tiny", device="cpu", seed=0, weights=rt.reads_weights)
+    built_on_meta = next(model.parameters()).is_meta
+    model = rt.prepare(model)
+    with torch.no_grad():
+        logits = model(input_ids=torch.arange(5, 25)[None]).logits
+    tied = model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    return dict(built_on_meta=built_on_meta, tied=tied, logits=logits,
+                buffers={k: v.clone() for k, v in model.named_buffers()})
+
+
 def worker(out):
     rt = setup()
-    for loss_type in ("grpo", "token"):
-        state, stats = policy_update_on_fixed_batch(rt, loss_type)
+    torch.save(loaded_on_rank0_only(rt), os.path.join(out, f"loaded{rt.rank}.pt"))
+    for loss_type in ("grpo", "token", "lora"):
+        lora = lora_config() if loss_type == "lora" else None
+        state, stats = policy_update_on_fixed_batch(rt, "grpo" if lora else loss_type, lora)
         if rt.is_main:
             torch.save(state, os.path.join(out, f"state-{loss_type}.pt"))
             json.dump(stats, open(os.path.join(out, f"stats-{loss_type}.json"), "w"))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from memory import GIB, count_parameters, memory_plan
+from memory import GIB, count_parameters, fits, memory_plan
 from model import qwen25_vl_config
 
 
@@ -39,3 +39,19 @@ def test_reference_model_and_rollout_only_in_grpo():
     kv = 2 * 36 * 2 * 128 * (600 + 512) * 32 * 2
     assert grpo["rollout"] == pytest.approx(2 * 3_754_622_976 + kv)
     assert memory_plan(config, "bf16-mixed", 4)["peak"] < 80 * GIB     # ARMed: 4 x H100 80 GB
+
+
+def test_lora_holds_the_frozen_base_in_bf16_and_trains_only_the_adapters():
+    config = qwen25_vl_config("qwen2.5-vl-3b")
+    total, _, adapters = count_parameters(config, lora_rank=64)
+    # by hand, per decoder layer, r x (in + out): q and o 2048 -> 2048, k and v 2048 -> 256 (2 heads of 128),
+    # gate and up 2048 -> 11008, down 11008 -> 2048; 36 layers
+    assert adapters == 64 * 36 * (2 * 4096 + 2 * 2304 + 3 * 13056)
+    for gpus in (1, 2):
+        lora, full = memory_plan(config, "bf16-mixed", gpus, lora_rank=64), memory_plan(config, "bf16-mixed", gpus)
+        assert lora["weights"] == pytest.approx((2 * total + 4 * adapters) / gpus)
+        assert lora["gradients"] + lora["adamw"] == pytest.approx(12 * adapters / gpus)
+        assert lora["reference"] == 0 and lora["rollout"] == full["rollout"]
+    one = memory_plan(config, "bf16-mixed", 1, lora_rank=64)
+    assert one["peak"] < 24 * GIB < memory_plan(config, "bf16-mixed", 1)["peak"]   # EasyR1's estimate: 1 x 24 GB
+    assert fits(one["peak"]) == "24 40 48 80" and fits(100 * GIB) == "none"

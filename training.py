@@ -57,14 +57,29 @@ def add_run_args(parser, script, default_out):
     parser.set_defaults(default_out=default_out)
 
 
+# [reconstructed] LoRA trains about 10x the full fine-tuning learning rate (TRL's and verl's docs).
+LORA_LR_SCALE = 10
+
+
 def add_optimizer_args(parser, lr):
-    """AdamW and schedule options shared by sft.py and grpo.py."""
-    parser.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate (AdamW) [reconstructed]")
+    """AdamW and schedule options shared by sft.py and grpo.py; lr: the full fine-tuning default
+    (peak_learning_rate sets --lr when it is not given)."""
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help=f"peak learning rate (AdamW) [reconstructed]; default {lr}, or {lr * LORA_LR_SCALE:g} "
+                             f"with --lora-rank ({LORA_LR_SCALE}x, as TRL's and verl's docs advise) [reconstructed]")
+    parser.set_defaults(full_fine_tuning_lr=lr)
     parser.add_argument("--weight-decay", type=at_least(0.0, float), default=0.0, help="AdamW weight decay")
     parser.add_argument("--warmup", type=at_least(0.0, float), default=0.05, help="fraction of steps of linear warmup")
     parser.add_argument("--min-lr-ratio", type=at_least(0.0, float), default=0.1,
                         help="cosine decay floor, as a fraction of --lr")
     parser.add_argument("--clip", type=positive_float, default=1.0, help="gradient-norm clipping")
+
+
+def peak_learning_rate(args):
+    """--lr as given, else the script's full fine-tuning default, x LORA_LR_SCALE under LoRA."""
+    if args.lr is not None:
+        return args.lr
+    return args.full_fine_tuning_lr * (LORA_LR_SCALE if getattr(args, "lora_rank", 0) else 1)
 
 
 def set_learning_rate(optimizer, step, args):
@@ -91,19 +106,21 @@ def learning_rate(step, total, peak, warmup_frac, min_ratio):
 
 
 def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=None):
-    """Write a Hugging Face checkpoint (+ trainer_state.pt, meta.json) to `path` atomically.
+    """Write a Hugging Face checkpoint (+ trainer_state.pt, meta.json) to `path` atomically; for a
+    LoRA model, its adapter in peft's format (model.save_weights).
 
     Everything goes to a temporary sibling directory first, which then replaces `path` with
     renames: an interrupted save leaves the previous checkpoint intact. With a Runtime `rt` of
     several processes, every process must call this (the weights are gathered from all shards);
     the main process writes.
     """
-    state_dict = rt.model_state(model) if rt is not None else None
+    from model import has_lora, save_weights   # model.py imports this file
+    state_dict = rt.model_state(model, trainable_only=has_lora(model)) if rt is not None else None
     if rt is not None and not rt.is_main:
         rt.barrier()
         return
     path = os.path.abspath(path)
-    if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+    if os.path.isdir(path) and os.listdir(path) and not is_checkpoint(path):
         raise FileExistsError(f"model.py: {path} exists and is not a checkpoint; saving would replace "
                               "it whole: choose another --out")
     parent = os.path.dirname(path)
@@ -113,7 +130,7 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=No
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it private (0700); a checkpoint is a normal folder
     try:
-        model.save_pretrained(tmp, state_dict=state_dict)
+        save_weights(model, tmp, state_dict)
         processor.save_pretrained(tmp)
         if trainer_state is not None:
             torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
@@ -132,6 +149,11 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=No
     finally:
         if rt is not None:
             rt.barrier()
+
+
+def is_checkpoint(path):
+    """Whether the folder `path` holds a model checkpoint: full weights, or a LoRA adapter."""
+    return any(os.path.isfile(os.path.join(path, name)) for name in ("config.json", "adapter_config.json"))
 
 
 def claim_output(args, script):
@@ -158,7 +180,7 @@ def claim_output(args, script):
     out, log = args.out, args.out + ".log.jsonl"
     if os.path.exists(out) and not os.path.isdir(out):
         sys.exit(f"{script}: --out {out} is a file, not a checkpoint directory")
-    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "config.json")):
+    if os.path.isdir(out) and os.listdir(out) and not is_checkpoint(out):
         sys.exit(f"{script}: --out {out} holds files that are not a checkpoint; nothing there is replaced: "
                  "choose another --out")
     continuing = args.resume and out == os.path.normpath(args.resume)
