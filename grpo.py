@@ -31,12 +31,12 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import add_model_args, check_prompt_lengths, has_lora, model_from_args, reference_policy
+from model import add_model_args, check_prompt_lengths, has_lora, model_from_args, reference_policy, save_checkpoint
 from policy import Completions, ImageFeatures, completion_logprobs, repeat_prompts, sample_completions, select_prompts
 from phantom import PHANTOM_SIZES
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
-                      open_log, peak_learning_rate, positive_float, save_checkpoint,
+                      open_log, peak_learning_rate, positive_float,
                       set_learning_rate)
 
 ADVANTAGE_SCALES = ("group", "batch", "none")

@@ -27,7 +27,9 @@ is missing) and expands the image placeholder itself: one `<|image_pad|>` per me
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -35,7 +37,7 @@ from transformers import (AutoConfig, AutoTokenizer, PreTrainedTokenizerFast, Qw
                           Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration)
 
 from distributed import add_runtime_args
-from training import at_least
+from training import at_least, is_checkpoint
 
 SYSTEM_PROMPT = ("You are a medical imaging assistant. Look at the image and answer the question. "
                  "First reason inside <think> </think>, then give a short final answer inside "
@@ -576,10 +578,54 @@ def check_prompt_lengths(records, processor, limit, skip_bad, script):
     return kept
 
 
+def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=None):
+    """Write a Hugging Face checkpoint (+ trainer_state.pt, meta.json) to `path` atomically; for a
+    LoRA model, its adapter in peft's format (model.save_weights).
+
+    Everything goes to a temporary sibling directory first, which then replaces `path` with
+    renames: an interrupted save leaves the previous checkpoint intact. With a Runtime `rt` of
+    several processes, every process must call this (the weights are gathered from all shards);
+    the main process writes.
+    """
+    state_dict = rt.model_state(model, trainable_only=has_lora(model)) if rt is not None else None
+    if rt is not None and not rt.is_main:
+        rt.barrier()
+        return
+    path = os.path.abspath(path)
+    if os.path.isdir(path) and os.listdir(path) and not is_checkpoint(path):
+        raise FileExistsError(f"model.py: {path} exists and is not a checkpoint; saving would replace "
+                              "it whole: choose another --out")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it private (0700); a checkpoint is a normal folder
+    try:
+        save_weights(model, tmp, state_dict)
+        processor.save_pretrained(tmp)
+        if trainer_state is not None:
+            torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
+        if meta is not None:
+            with open(os.path.join(tmp, "meta.json"), "w") as f:
+                json.dump(meta, f, indent=2)
+        old = path + ".old"
+        if os.path.exists(path):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if rt is not None:
+            rt.barrier()
+
+
 def merge_adapter(adapter_dir, out):
     """Write the model of a LoRA run's folder, adapter merged into the base weights, as a full
     checkpoint at `out` (hub layout, fp32) that plain transformers, vLLM and evaluate.py load."""
-    from training import save_checkpoint
     if not is_adapter_dir(adapter_dir):
         sys.exit(f"model.py: {adapter_dir}: no adapter_config.json there (not a --lora-rank run's folder)")
     model, processor = load_model(adapter_dir, device="cpu")

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import load_model
+from model import load_model, save_checkpoint
 from phantom import CAPTION_PROMPT, parse_caption, phantom_captions, phantom_caption
 from policy import sample_completions, to_device
-from training import HelpFormatter, at_least, learning_rate, save_checkpoint
+from training import HelpFormatter, at_least, learning_rate, target_token_loss
 
 DEFAULT_BASE = "runs/base"
 PROBE_START = 10_000_000   # held-out probe images: far past any image pretraining draws
@@ -88,7 +88,6 @@ def probe(model, processor, size=400, seed=0, batch_size=64):
 def pretrain(out=DEFAULT_BASE, steps=1500, batch_size=32, lr=2e-3, seed=0, probe_size=400, log=print):
     """Train the tiny model from random weights to caption base-stream images; write it to `out`
     (atomically, with its probe in meta.json) and return the probe."""
-    from sft import target_token_loss   # the same next-token loss on the target tokens as SFT
     torch.manual_seed(seed)
     model, processor = load_model("tiny", device="cpu", seed=seed)
     model.train()

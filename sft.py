@@ -28,18 +28,17 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import add_model_args, check_prompt_lengths, model_from_args
+from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import sample_completions, to_device
 from pretrain import DEFAULT_BASE, ensure_base
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
-                      open_log, peak_learning_rate, save_checkpoint, set_learning_rate)
+                      open_log, peak_learning_rate, set_learning_rate, target_token_loss)
 
 
 def parse_args(argv=None):
@@ -138,22 +137,6 @@ def generate_cot(records, ckpt, args, rt):
         rt.print(f"ARMed-A: k-means kept {len(kept)} representative rationales")
     del model
     return kept
-
-
-def target_token_loss(model, batch):
-    """Summed next-token cross-entropy over the target tokens of `batch`, and their number.
-
-    Summed, not averaged, so that the loop can divide by the target tokens of the whole global
-    batch: the gradient is then the same on one process or many. Token t+1 is predicted at t:
-        labels  = [-100, -100, 7, 9, EOS]   (prompt, then target)
-        targets = labels[1:] = [-100, 7, 9, EOS], scored against logits[:-1]  -> 3 tokens
-    """
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits                                                  # (B, L, V)
-    targets = batch["labels"][:, 1:]                                                 # (B, L-1)
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
-                           reduction="sum")
-    return loss, int((targets != -100).sum())
 
 
 def main(argv=None):

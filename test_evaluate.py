@@ -15,7 +15,7 @@ from PIL import Image
 import evaluate
 from model import load_model
 from test_rewards import FixedScorer
-from training import save_checkpoint
+from model import save_checkpoint
 
 
 @pytest.mark.parametrize("category, combined, parts", [

@@ -10,7 +10,8 @@ from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 import model as M
 import policy
-from training import load_trainer_state, save_checkpoint
+from model import save_checkpoint
+from training import load_trainer_state
 
 CORPUS = ["Is there a lesion in the left lung? <think>A bright round spot lies in the left upper "
           "field.</think><answer>yes</answer>", "What imaging modality is this? magnetic resonance "

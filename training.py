@@ -1,9 +1,8 @@
 """What sft.py and grpo.py share around the model: options, the learning-rate schedule, the run's
-output folder, atomic checkpoints and the JSONL log.
+output folder, the SFT loss and the JSONL log (checkpoints are written by model.save_checkpoint).
 
     claim_output(args, "grpo.py")        # before anything is opened: may this run write to --out?
     log = open_log(args.out, keep_step)  # runs/grpo.log.jsonl, cut back to the checkpoint on resume
-    save_checkpoint(model, processor, args.out, trainer_state, meta, rt=rt)   # atomic, HF format
     state = load_trainer_state("runs/grpo")                                   # --resume
 """
 
@@ -17,6 +16,7 @@ import sys
 import tempfile
 
 import torch
+import torch.nn.functional as F
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -105,52 +105,6 @@ def learning_rate(step, total, peak, warmup_frac, min_ratio):
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=None):
-    """Write a Hugging Face checkpoint (+ trainer_state.pt, meta.json) to `path` atomically; for a
-    LoRA model, its adapter in peft's format (model.save_weights).
-
-    Everything goes to a temporary sibling directory first, which then replaces `path` with
-    renames: an interrupted save leaves the previous checkpoint intact. With a Runtime `rt` of
-    several processes, every process must call this (the weights are gathered from all shards);
-    the main process writes.
-    """
-    from model import has_lora, save_weights   # model.py imports this file
-    state_dict = rt.model_state(model, trainable_only=has_lora(model)) if rt is not None else None
-    if rt is not None and not rt.is_main:
-        rt.barrier()
-        return
-    path = os.path.abspath(path)
-    if os.path.isdir(path) and os.listdir(path) and not is_checkpoint(path):
-        raise FileExistsError(f"model.py: {path} exists and is not a checkpoint; saving would replace "
-                              "it whole: choose another --out")
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it private (0700); a checkpoint is a normal folder
-    try:
-        save_weights(model, tmp, state_dict)
-        processor.save_pretrained(tmp)
-        if trainer_state is not None:
-            torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
-        if meta is not None:
-            with open(os.path.join(tmp, "meta.json"), "w") as f:
-                json.dump(meta, f, indent=2)
-        old = path + ".old"
-        if os.path.exists(path):
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if rt is not None:
-            rt.barrier()
-
-
 def is_checkpoint(path):
     """Whether the folder `path` holds a model checkpoint: full weights, or a LoRA adapter."""
     return any(os.path.isfile(os.path.join(path, name)) for name in ("config.json", "adapter_config.json"))
@@ -226,3 +180,19 @@ def load_trainer_state(path):
     if "torch_rng" in state:   # written before the multi-process runtime: one process, CPU RNG
         state["rng"] = [{"cpu": state.pop("torch_rng")}]
     return state
+
+
+def target_token_loss(model, batch):
+    """Summed next-token cross-entropy over the target tokens of `batch`, and their number.
+
+    Summed, not averaged, so that the loop can divide by the target tokens of the whole global
+    batch: the gradient is then the same on one process or many. Token t+1 is predicted at t:
+        labels  = [-100, -100, 7, 9, EOS]   (prompt, then target)
+        targets = labels[1:] = [-100, 7, 9, EOS], scored against logits[:-1]  -> 3 tokens
+    """
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits                                                  # (B, L, V)
+    targets = batch["labels"][:, 1:]                                                 # (B, L-1)
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                           reduction="sum")
+    return loss, int((targets != -100).sum())
