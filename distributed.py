@@ -219,7 +219,8 @@ class Runtime:
         if not self.sharded:
             return None
         if trainable_only:   # full_tensor() is a collective: every process gathers every adapter, in one order
-            state = {name: param.full_tensor().cpu() for name, param in model.named_parameters() if param.requires_grad}
+            state = {name: (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().cpu()
+                     for name, param in model.named_parameters() if param.requires_grad}
             return state if self.is_main else None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
