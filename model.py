@@ -284,8 +284,12 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
         if train_adapter:
             _add_adapter(model, _adapter_config(name_or_path, trainable=True), name_or_path if weights else None)
         elif weights:   # on meta there is nothing to merge: the merged model has the base's shapes
+            import warnings
+
             from peft import PeftModel
-            model = PeftModel.from_pretrained(model, name_or_path).merge_and_unload()
+            with warnings.catch_warnings():   # peft itself reads transformers' deprecated is_gradient_checkpointing
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+                model = PeftModel.from_pretrained(model, name_or_path).merge_and_unload()
     elif train_adapter:
         raise FileNotFoundError(f"--resume {name_or_path}: no adapter_config.json there; this run was not "
                                 "trained with --lora-rank (resume it without)")

@@ -302,7 +302,7 @@ def test_phantom_prompts_default_to_images_sft_never_saw():
 
 def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_path):
     out = str(tmp_path / "grpo")
-    grpo.main(_grpo_args(start_checkpoint, out, 2, "--mu", "2"))
+    grpo.main(_grpo_args(start_checkpoint, out, 2, "--mu", "2", "--prompts-per-step", "4"))
     rows = [json.loads(line) for line in open(out + ".log.jsonl")]
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert set(rows[0]) == {"step", "val"} and rows[0]["val"]["n"] == 2   # the start, for plot.py
@@ -314,7 +314,9 @@ def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_
     assert 0 < rows[-1]["completion_length"] <= 48
     assert "val" in rows[-1] and rows[-1]["val"]["n"] == 2
     state = training.load_trainer_state(out)
-    assert state["step"] == 2 and len(state["adaptive"]["buffer"]) > 0
+    # the adaptive reward's history: every open completion's raw score, of both steps
+    open_completions = sum(len(r.get("open_semantic_raw", [])) for r in rows)
+    assert state["step"] == 2 and open_completions > 0 and len(state["adaptive"]["buffer"]) == open_completions
     # every open completion's raw and weighted semantic reward, for plot.py's Figure 4
     for row in rows:
         assert row["draws"] == 1 and len(row["open_semantic_raw"]) == len(row["open_semantic"])

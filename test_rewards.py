@@ -520,10 +520,11 @@ def test_score_predictions_exact_values(tmp_path):
 
 
 def test_concept_metric_folds_phantom_synonyms_and_word_order(tmp_path):
-    pairs = [("magnetic resonance imaging", "MRI", 1.0), ("X-ray", "radiograph", 1.0),
-             ("lower left", "left lower", 1.0), ("zero", "0", 1.0), ("several nodules", "multiple nodules", 1.0),
-             ("three", "two", 0.0), ("upper left", "upper right", 0.0), ("mass", "large mass", 1.0),
-             ("nodule", "mass", 0.0), ("head", "", 0.0)]
+    pairs = [("a pair of lesions", "two lesions", 1.0), ("no lesions at all", "No lesions.", 1.0),
+             ("left lower", "lower left", 1.0),   # not a phantom wording: its words, sorted
+             ("one lesion", "a single lesion", 1.0), ("several nodules", "multiple nodules", 1.0),
+             ("three lesions", "two lesions", 0.0), ("no lesions", "one lesion", 0.0), ("mass", "large mass", 1.0),
+             ("nodule", "mass", 0.0), ("normal", "", 0.0)]
     rows = [{"question": "q", "answer": ref, "prediction": completion(pred), "answer_type": "open",
              "dataset": "phantom"} for ref, pred, _ in pairs]
     rows.append(dict(rows[0], dataset="vqa_rad"))        # other datasets get no concept score
