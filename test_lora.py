@@ -20,7 +20,7 @@ from policy import completion_logprobs
 from test_distributed import fixed_rollouts, lora_config as lora, update_args
 from training import load_trainer_state
 
-FAST = ["--limit", "24", "--batch-size", "4", "--eval-size", "4", "--max-new-tokens", "8", "--eval-every", "0"]
+FAST = ["--model", "tiny", "--limit", "24", "--batch-size", "4", "--eval-size", "4", "--max-new-tokens", "8", "--eval-every", "0"]
 
 
 def with_trained_adapters(model, seed=1):
