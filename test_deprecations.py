@@ -51,7 +51,7 @@ def test_sft_grpo_and_evaluate_make_no_deprecated_call(tmp_path):
     get_logger("transformers").addHandler(log)
     try:
         with deprecations_from_project() as found:
-            sft.main(TINY + ["--out", str(tmp_path / "sft"), "--steps", "2", "--batch-size", "2",
+            sft.main(TINY + ["--model", "tiny", "--out", str(tmp_path / "sft"), "--steps", "2", "--batch-size", "2",
                              "--gradient-checkpointing"])
             grpo.main(TINY + ["--model", str(tmp_path / "sft"), "--out", str(tmp_path / "grpo"), "--steps", "1",
                               "--prompts-per-step", "2", "--num-generations", "2", "--train-offset", "0"])
