@@ -83,7 +83,13 @@ def test_lora_sft_on_two_processes_saves_the_whole_adapter_of_one(tmp_path):
     one, two = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("one", "two"))
     assert one.keys() == two.keys() and len(one) == 3 * 7 * 2        # 3 layers x 7 projections x (A, B)
     assert all(one[k].shape == two[k].shape for k in one)
-    assert max_relative_difference(one, two) < 1e-5
+    # AdamW steps by g / (|g| + eps): where an adapter's gradient is near eps (1e-8), rounding in the
+    # sum over processes moves that element by a visible fraction of lr (2e-2 under LoRA); measured
+    # 2.2e-4 at most, 1.6e-5 elsewhere. A lost shard would differ by the weights themselves (~1).
+    assert max_relative_difference(one, two) < 1e-3
+    logs = [[json.loads(line) for line in open(tmp_path / f"{run}.log.jsonl")] for run in ("one", "two")]
+    for key in ("loss", "grad_norm"):
+        assert np.allclose([r[key] for r in logs[0]], [r[key] for r in logs[1]], rtol=1e-5), key
     assert load_trainer_state(tmp_path / "two")["world_size"] == 2
 
 
