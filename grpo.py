@@ -31,7 +31,8 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import add_model_args, check_prompt_lengths, has_lora, model_from_args, reference_policy, save_checkpoint
+from lora import has_lora, reference_policy
+from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import Completions, ImageFeatures, completion_logprobs, repeat_prompts, sample_completions, select_prompts
 from phantom import PHANTOM_SIZES
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args

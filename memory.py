@@ -47,7 +47,7 @@ def count_parameters(config, lora_rank=0):
 
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
-    from model import lora_target_pattern
+    from lora import lora_target_pattern
     cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     with torch.device("meta"):
         model = cls(config)

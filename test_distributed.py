@@ -114,7 +114,7 @@ def update_args(loss_type):
 
 def lora_config(rank=4, *options):
     """The LoraConfig of --lora-rank `rank` and further command-line `options`."""
-    from model import add_lora_args, lora_config
+    from lora import add_lora_args, lora_config
     parser = argparse.ArgumentParser()
     add_lora_args(parser)
     return lora_config(parser.parse_args(["--lora-rank", str(rank), *options]))

@@ -13,6 +13,7 @@ pytest.importorskip("peft")
 
 import evaluate
 import grpo
+import lora as L
 import model as M
 import sft
 from distributed import Runtime
@@ -57,7 +58,7 @@ def test_reference_is_the_model_with_adapters_off_and_kl_starts_at_zero():
             return completion_logprobs(policy, prompts, ids, mask, temperature=0.7)
     expected = logps(base)
     # before the first update the adapters add exactly zero: the KL of the first update is 0
-    with M.reference_policy(model, None) as reference:
+    with L.reference_policy(model, None) as reference:
         ref = logps(reference)
     rollout = grpo.Rollout(prompts, completions, advantages, None, ref, None, None, None)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -66,7 +67,7 @@ def test_reference_is_the_model_with_adapters_off_and_kl_starts_at_zero():
     assert stats["kl"] < 1e-10           # (micro-batches of other shapes than the reference's: rounding only)
     with_trained_adapters(model)
     assert (logps(model) - expected).abs().max() > 1e-2                  # the adapters do change the policy
-    with M.reference_policy(model, None) as reference:
+    with L.reference_policy(model, None) as reference:
         assert (logps(reference) - expected).abs().max() <= 1e-5         # the reference does not move
     assert (logps(model) - expected).abs().max() > 1e-2                  # and the adapters are back on
 
@@ -92,7 +93,7 @@ def test_bf16_mixed_keeps_adapters_and_their_adamw_state_fp32_and_the_base_bf16(
     class Options:
         model, gradient_checkpointing, freeze_vision, min_pixels, max_pixels = "tiny", False, False, None, None
         attn_implementation, resume = "sdpa", None
-        lora_rank, lora_alpha, lora_dropout, lora_targets, lora_vision = 4, None, 0.0, M.LORA_TARGETS, False
+        lora_rank, lora_alpha, lora_dropout, lora_targets, lora_vision = 4, None, 0.0, L.LORA_TARGETS, False
     model, _ = M.model_from_args(Options, Runtime(precision="bf16-mixed"))
     dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
     assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
@@ -142,7 +143,7 @@ def test_lora_run_writes_a_peft_adapter_and_its_merge_is_base_plus_scaled_produc
         expected = base[f"model.language_model.layers.{layer}.{proj}.weight"] + update
         assert torch.allclose(full[f"model.layers.{layer}.{proj}.weight"], expected, atol=1e-6)
     plain = Qwen2_5_VLForConditionalGeneration.from_pretrained(merged)
-    assert not M.has_lora(plain)
+    assert not L.has_lora(plain)
 
 
 def test_evaluate_scores_the_adapter_folder_as_its_merged_checkpoint(lora_run, tmp_path):
