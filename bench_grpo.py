@@ -5,6 +5,7 @@
     python bench_grpo.py --compare-trl --max-pixels 401408    # images at the papers' size
     python bench_grpo.py --shape qwen2.5-vl-3b --layers 2 --max-pixels 50176   # the 3B shape on a CPU
     python bench_grpo.py --shape qwen2.5-vl-3b --device cuda  # the whole 3B (random weights) on a GPU
+    python bench_grpo.py --shape qwen2.5-vl-3b --device cuda --lora-rank 64 --max-pixels 401408   # LoRA, one GPU
 
 A step is grpo.py's: sample G completions for each of B prompts (generate), score them
 (rewards), reference log-probs, then one optimizer step over micro-batches (update); the phases
@@ -30,6 +31,7 @@ import torch
 import grpo
 from data import load_image
 from distributed import PRECISIONS, setup
+from lora import lora_config
 from model import QWEN25_VL_SHAPES, load_model
 from phantom import PHANTOM_SIZES, phantom_dataset
 
@@ -60,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=5e-5, help="learning rate (constant here)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps of each trainer first")
     p.add_argument("--runs", type=int, default=5, help="timed steps of each trainer (interleaved)")
+    p.add_argument("--lora-rank", type=int, default=0, help="LoRA of this rank (grpo.py's other LoRA defaults; "
+                   "the reference is the model with its adapters off); 0: full fine-tuning")
     p.add_argument("--compare-trl", action="store_true", help="also time TRL's GRPOTrainer (needs trl)")
     return p.parse_args(argv)
 
@@ -153,16 +157,16 @@ def grpo_args(args, name):
                             str(args.num_generations), "--max-new-tokens", str(args.max_new_tokens),
                             "--micro-batch", str(args.micro_batch), "--temperature", str(args.temperature),
                             "--beta", str(args.beta), "--clip-eps", str(args.clip_eps), "--loss-type", args.loss_type,
-                            "--lr", str(args.lr), "--mu", "1"]
+                            "--lr", str(args.lr), "--mu", "1", "--lora-rank", str(args.lora_rank)]
                            + (["--max-pixels", str(args.max_pixels)] if args.max_pixels else []))
 
 
-def load(args, rt, frozen=False):
+def load(args, rt, frozen=False, lora=None):
     model, processor = load_model(model_name(args), device="cpu", max_pixels=args.max_pixels, layers=args.layers,
-                                  dtype=rt.frozen_dtype if frozen else rt.weight_dtype)
+                                  dtype=rt.frozen_dtype if frozen else rt.weight_dtype, lora=lora)
     if frozen:
         model.eval().requires_grad_(False)
-    return rt.prepare(model, frozen=frozen), processor
+    return rt.prepare(model, frozen=frozen, adapters=lora is not None), processor
 
 
 class Ours:
@@ -172,8 +176,8 @@ class Ours:
 
     def __init__(self, args, rt):
         self.args, self.rt = grpo_args(args, model_name(args)), rt
-        self.model, self.processor = load(args, rt)
-        self.ref_model = load(args, rt, frozen=True)[0] if args.beta > 0 else None
+        self.model, self.processor = load(args, rt, lora=lora_config(self.args))
+        self.ref_model = load(args, rt, frozen=True)[0] if args.beta > 0 and not args.lora_rank else None
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.0)
@@ -327,13 +331,17 @@ def report(args, rt, results):
         med["peak GiB"] = med.pop("memory")
         medians[name] = med
     threads = torch.get_num_threads() if rt.device.type == "cpu" else "-"
-    print(f"model {model_name(args)}{f' ({args.layers} layers)' if args.layers else ''}, "
+    print(f"model {model_name(args)}{f' ({args.layers} layers)' if args.layers else ''}"
+          f"{f', LoRA rank {args.lora_rank}' if args.lora_rank else ', full fine-tuning'}, "
           f"{args.prompts} prompts x G={args.num_generations}, {args.max_new_tokens} new tokens, "
           f"max pixels {args.max_pixels or 'default'}, {rt.device.type} ({threads} threads), precision {rt.precision}; "
           f"median of {args.runs} steps after {args.warmup} warm-up" + (", interleaved" if len(results) > 1 else ""))
     print(f"{'seconds':<14}" + "".join(f"{c:>14}" for c in columns))
     for name, med in medians.items():
         print(f"{name:<14}" + "".join(f"{med[c]:>14.3f}" if c != "tok/s" else f"{med[c]:>14.0f}" for c in columns))
+    if rt.device.type == "cuda" and len(results) == 1:   # to set beside memory.py's peak (+ its CUDA context)
+        print(f"peak GPU memory allocated in the last step, weights and optimizer state included: "
+              f"{torch.cuda.max_memory_allocated(rt.device) / 2 ** 30:.2f} GiB")
     if len(medians) == 2:
         (a, ma), (b, mb) = medians.items()
         print(f"{b + ' / ' + a:<14}" + "".join(f"{mb[c] / ma[c]:>13.2f}x" if ma[c] > 1e-3 else f"{'-':>14}"

@@ -21,6 +21,7 @@ The training scripts build a `Runtime` once; the loops call its methods and neve
 they are in.
 """
 
+import argparse
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ def add_runtime_args(parser):
                         help="fp32 (CPU default) | bf16-mixed: fp32 master weights and optimizer, bf16 "
                              "compute (CUDA default) | bf16: all bf16, least memory, but updates below "
                              "~0.4%% of a weight are lost (small learning rates train almost nothing)")
+    parser.add_argument("--gather-for-generation", action=argparse.BooleanOptionalAction, default=True,
+                        help="under torchrun, gather the whole model on every process once per rollout or "
+                             "evaluation (fast: no collective per token). --no-gather-for-generation keeps "
+                             "the weights sharded while sampling: each layer is gathered per token, the "
+                             "processes step in lockstep, and a process holds its shard plus one unit "
+                             "(least memory, slower; TRL's ds3_gather_for_generation=False)")
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Runtime:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"
+    gather_for_generation: bool = True
 
     @property
     def is_main(self):
@@ -131,15 +139,25 @@ class Runtime:
             dist.broadcast(buffer, src=0)
 
     @contextmanager
-    def gathered(self, model):
-        """Hold every shard of `model` gathered for a while (a whole rollout or evaluation).
+    def generation(self, model):
+        """Sampling from `model` for a while (a whole rollout or evaluation); yields `all_done`, the
+        stop test of policy.sample_completions.
 
         Sampling runs one forward per token, and their number differs between processes (each
-        stops when its own completions end): gathering once up front means no collective runs
-        inside, and the weights travel once per rollout instead of once per token.
+        stops when its own completions end). By default (--gather-for-generation) every shard is
+        gathered up front: no collective runs inside, the weights travel once per rollout instead
+        of once per token, and all_done(done) is this process's own `done`. With
+        --no-gather-for-generation the weights stay sharded, every forward gathers its units one
+        by one (a process holds its shard plus the unit running), and the processes step in
+        lockstep: all_done(done) is True only when every process is done, and a process that is
+        done keeps running forwards, drawing nothing, until then. The callers give every process
+        the same number of batches (every_nth).
         """
         if not self.sharded:
-            yield
+            yield bool
+            return
+        if not self.gather_for_generation:
+            yield self.all_true
             return
         from torch.distributed.fsdp import FSDPModule
         units = [m for m in model.modules() if isinstance(m, FSDPModule)]
@@ -147,13 +165,24 @@ class Runtime:
         for unit in units:
             unit.unshard()
         try:
-            yield
+            yield bool
         finally:
             model.set_reshard_after_forward(True)
             model.set_reshard_after_forward(False, recurse=False)   # the root's own setting: see prepare
             for unit in units:
                 unit.reshard()
 
+    def every_nth(self, n):
+        """(indices, own): this process's indices of range(n), every world_size-th from its rank, then
+        repeats of its first up to ceil(n / world_size), so that every process runs as many batches
+        (generation with sharded weights steps in lockstep). Only the first `own` are its share; the
+        caller drops what the repeats return."""
+        mine = list(range(n))[self.rank::self.world_size]
+        return mine + [mine[0] if mine else 0] * (-(-n // self.world_size) - len(mine)), len(mine)
+
+    def all_true(self, flag):
+        """Whether `flag` holds on every process (itself when there is one)."""
+        return self.sum(0.0 if flag else 1.0) == 0
 
     def sum(self, value):
         """Sum of a python number over processes (itself when there is one)."""
@@ -266,7 +295,7 @@ class Runtime:
             dist.destroy_process_group()
 
 
-def setup(precision=None, device=None):
+def setup(precision=None, device=None, gather_for_generation=True):
     """The Runtime of this process: torchrun's environment if launched by it, else one process.
 
     Under torchrun (WORLD_SIZE > 1) the process group starts here: NCCL with one GPU per process
@@ -286,4 +315,5 @@ def setup(precision=None, device=None):
     precision = precision or ("bf16-mixed" if device.type == "cuda" else "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return Runtime(rank=rank, world_size=world_size, device=device, precision=precision)
+    return Runtime(rank=rank, world_size=world_size, device=device, precision=precision,
+                   gather_for_generation=gather_for_generation)

@@ -50,13 +50,12 @@ import csv
 import json
 import os
 import sys
-from contextlib import nullcontext
 
 import numpy as np
 from PIL import Image
 
 from data import add_data_args
-from distributed import add_runtime_args
+from distributed import Runtime, add_runtime_args
 from phantom import SYNONYMS
 from rewards import (ANSWER_TYPES, SemanticScorer, as_text, bleu1, exact_match, extract_answer, format_reward,
                      normalize, rouge1_f1, token_recall)
@@ -400,20 +399,21 @@ def answer_records(model, processor, records, batch_size=32, max_new_tokens=128,
     """
     from data import load_image  # the model side is imported only when a model is evaluated
     from policy import sample_completions
-    rank, world = (rt.rank, rt.world_size) if rt is not None else (0, 1)
-    mine = list(range(len(records)))[rank::world]
+    rt = rt or Runtime()
+    mine, own = rt.every_nth(len(records))
     rows = {}
-    with rt.gathered(model) if rt is not None else nullcontext():
+    with rt.generation(model) as all_done:
         for start in range(0, len(mine), batch_size):
             chunk = [records[j] for j in mine[start:start + batch_size]]
             images = [load_image(r) for r in chunk]
             if blank_images:
                 images = [Image.new("RGB", im.size) for im in images]
             batch = processor.prompts([r.question for r in chunk], images)
-            out = sample_completions(model, processor, batch, greedy=True, max_new_tokens=max_new_tokens)
-            rows.update({j: prediction_row(r, text) for j, r, text in zip(mine[start:], chunk, out.texts)})
-    if rt is not None:
-        rows = {j: row for part in rt.gather(rows) for j, row in part.items()}
+            out = sample_completions(model, processor, batch, greedy=True, max_new_tokens=max_new_tokens,
+                                     all_done=all_done)
+            rows.update({mine[i]: prediction_row(r, text)
+                         for i, r, text in zip(range(start, own), chunk, out.texts)})
+    rows = {j: row for part in rt.gather(rows) for j, row in part.items()}
     return [rows[j] for j in range(len(records))]
 
 
@@ -522,7 +522,7 @@ def answer_with_models(args):
     from data import DataError, dataset_from_args
     from distributed import setup
     from model import check_prompt_lengths, load_model
-    rt = setup(args.precision, args.device)
+    rt = setup(args.precision, args.device, args.gather_for_generation)
     try:
         datasets = {options.dataset: dataset_from_args(options, args.split) for options in dataset_options(args)}
     except DataError as error:

@@ -266,9 +266,9 @@ def sample_and_score(model, processor, records, reward_fn, args, rt):
     """G completions for each of this process's prompts, and their rewards."""
     G = args.num_generations
     prompts = processor.prompts([r.question for r in records], [load_image(r) for r in records])
-    with rt.gathered(model):
+    with rt.generation(model) as all_done:
         out = sample_completions(model, processor, prompts, num_samples=G, temperature=args.temperature,
-                                 top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+                                 top_p=args.top_p, max_new_tokens=args.max_new_tokens, all_done=all_done)
     total, components = reward_fn([r for r in records for _ in range(G)], out.texts)
     return prompts, out, total, components
 
@@ -433,7 +433,7 @@ def build_reward_fn(args, rt):
 def main(argv=None):
     args = parse_args(argv)
     keep_step = claim_output(args, "grpo.py")
-    rt = setup(args.precision, args.device)
+    rt = setup(args.precision, args.device, args.gather_for_generation)
     rt.require_divisible(args.prompts_per_step, "--prompts-per-step", "grpo.py")
     state = None
     args.schedule_steps = args.steps

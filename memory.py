@@ -12,8 +12,9 @@ once). What is held per GPU with FSDP2 over W GPUs (distributed.py):
     AdamW       two moments / W               same dtype as the weights (2 x 4 B, or 2 x 2 B)
     reference   GRPO's frozen model / W       bf16 (fp32 under --precision fp32); 0 for SFT
     rollout     GRPO: the whole model gathered once for generation (bf16, or fp32 under fp32;
-                with one GPU these are the weights themselves) + the KV cache of this GPU's
-                prompts x G sequences
+                with one GPU these are the weights themselves; --no-gather-for-generation: the
+                root's own weights and one decoder layer or vision block) + the KV cache of this
+                GPU's prompts x G sequences
     activations one micro-batch with gradient checkpointing: every decoder layer's input kept,
                 one layer's working set recomputed at a time, and the fp32 log-probs of a chunk
                 of completion rows over the vocabulary (one GPU in bf16-mixed: + the bf16 copies
@@ -61,8 +62,23 @@ def count_parameters(config, lora_rank=0):
     return total, vision, adapters
 
 
+def sharded_rollout_parameters(config):
+    """Parameters a process holds gathered while it samples with sharded weights
+    (--no-gather-for-generation): the root's own (embeddings, lm_head, final norm, the vision
+    tower's patch embedding and merger), which stay gathered, plus the largest decoder layer or
+    vision block, gathered one at a time (the FSDP2 units of distributed.py)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+    cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+    with torch.device("meta"):
+        model = cls(config)
+    units = [sum(p.numel() for p in unit.parameters())
+             for unit in (*model.model.visual.blocks, *model.model.language_model.layers)]
+    return sum(p.numel() for p in model.parameters()) - sum(units) + max(units)
+
+
 def memory_plan(config, precision="bf16-mixed", gpus=1, stage="grpo", micro_batch=8, prompt_tokens=600,
-                completion_tokens=512, prompts_per_step=8, num_generations=8, chunk_rows=4, lora_rank=0):
+                completion_tokens=512, prompts_per_step=8, num_generations=8, chunk_rows=4, lora_rank=0,
+                gather_for_generation=True):
     """Bytes per GPU of each part of fine-tuning (see the module docstring), as a dict.
 
     The default workload is ARMed's GRPO at the paper's image size: ~512 image tokens + the
@@ -85,7 +101,7 @@ def memory_plan(config, precision="bf16-mixed", gpus=1, stage="grpo", micro_batc
         sequences = max(1, prompts_per_step // gpus) * num_generations
         head_dim = h // text.num_attention_heads
         kv_cache = 2 * layers * text.num_key_value_heads * head_dim * tokens * sequences * 2
-        gathered = total * frozen_bytes if gpus > 1 else 0.0
+        gathered = 0.0 if gpus == 1 else (total if gather_for_generation else sharded_rollout_parameters(config)) * frozen_bytes
         plan["rollout"] = gathered + kv_cache
         logit_rows = chunk_rows * completion_tokens
     else:
@@ -110,6 +126,41 @@ def fits(peak):
     return " ".join(str(size) for size in GPU_SIZES if peak <= size * GIB) or "none"
 
 
+def measure(shape, layers=None, questions=2, new_tokens=2, gather_for_generation=True):
+    """Measured, not planned: peak memory of each process as evaluate.py runs (no optimizer state).
+    Run under torchrun to see what rank-0 loading saves:
+        torchrun --nproc-per-node 2 memory.py --measure qwen2.5-vl-3b --layers 8 [--no-gather-for-generation]
+    Each process loads `shape` (random weights; under torchrun only rank 0 builds them, the
+    others build on the meta device), shards it, and answers `questions` phantom questions.
+    Prints, per process, the peak resident set after loading and over the whole run (GiB; on a
+    CPU this is where the weights live) and, on CUDA, the peak GPU memory allocated."""
+    import resource
+
+    from distributed import setup
+    from evaluate import answer_records
+    from model import load_model
+    from phantom import phantom_dataset
+    rt = setup(gather_for_generation=gather_for_generation)
+    peak_rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB   # Linux: KiB
+    model, processor = load_model(shape, device="cpu", dtype=rt.frozen_dtype, layers=layers, weights=rt.reads_weights)
+    model = rt.prepare(model.eval().requires_grad_(False), frozen=True)
+    loaded = peak_rss()
+    answer_records(model, processor, phantom_dataset("val", size=questions), batch_size=questions,
+                   max_new_tokens=new_tokens, rt=rt)
+    own = dict(rank=rt.rank, loaded=loaded, run=peak_rss(),
+               gpu=torch.cuda.max_memory_allocated() / GIB if rt.device.type == "cuda" else None)
+    rows = rt.gather(own)
+    rt.print(f"{shape}, {model.config.get_text_config().num_hidden_layers} decoder layers, {rt.world_size} "
+             f"process(es), {rt.precision}, gather for generation: {gather_for_generation}")
+    rt.print(f"{'rank':>4} {'RSS after loading':>18} {'RSS whole run':>14} {'GPU peak':>9}  (GiB)")
+    for row in rows:
+        rt.print(f"{row['rank']:>4} {row['loaded']:>18.2f} {row['run']:>14.2f} "
+                 + (f"{row['gpu']:>9.2f}" if row["gpu"] is not None else f"{'-':>9}"))
+    if len(rows) > 1:
+        rt.print(f"rank 1 / rank 0, whole run: {rows[1]['run'] / rows[0]['run']:.2f}")
+    rt.close()
+
+
 def main(argv=None):
     from distributed import PRECISIONS
     from model import QWEN25_VL_SHAPES, qwen25_vl_config
@@ -127,7 +178,14 @@ def main(argv=None):
     p.add_argument("--num-generations", type=int, default=8, help="GRPO: completions per prompt")
     p.add_argument("--lora-rank", type=int, nargs="+", default=[0, 64],
                    help="0: full fine-tuning; R: LoRA of rank R [reconstructed: 64, as VLM-R1 on Qwen2.5-VL-3B]")
+    p.add_argument("--gather-for-generation", action=argparse.BooleanOptionalAction, default=True,
+                   help="GRPO on 2+ GPUs: the whole model gathered for the rollout (distributed.py's default), "
+                        "or only one unit at a time")
+    p.add_argument("--measure", metavar="SHAPE", help="measure instead (see measure()): qwen2.5-vl-3b, -7b or tiny")
+    p.add_argument("--layers", type=int, help="--measure: fewer decoder layers (a reduced-depth shape)")
     args = p.parse_args(argv)
+    if args.measure:
+        return measure(args.measure, args.layers, gather_for_generation=args.gather_for_generation)
     print(f"GiB per GPU, {args.stage}, micro-batch {args.micro_batch}, prompt {args.prompt_tokens} tokens"
           + (f", {args.prompts_per_step} prompts x G={args.num_generations}, {args.completion_tokens} new tokens"
              if args.stage == "grpo" else "") + "; gradient checkpointing; estimates (see --help)")
@@ -144,7 +202,7 @@ def main(argv=None):
                 for gpus in args.gpus:
                     plan = memory_plan(config, precision, gpus, args.stage, args.micro_batch, args.prompt_tokens,
                                        args.completion_tokens, args.prompts_per_step, args.num_generations,
-                                       lora_rank=rank)
+                                       lora_rank=rank, gather_for_generation=args.gather_for_generation)
                     print(f"{name[-16:]:<16}{f'LoRA {rank}' if rank else 'full':<10}{precision:<12}{gpus:>5}" +
                           "".join(f"{plan[part] / GIB:>12.1f}" for part in PARTS) + f"  {fits(plan['peak'])}")
 

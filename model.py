@@ -298,6 +298,7 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
                                       weights)
     if lora is not None:
         lora.base_model_name_or_path = os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
+        torch.manual_seed(seed)   # the adapters' initial A: the same for a seed, whatever ran before
         _add_adapter(model, lora)
     if weights:
         model.to(device=device, dtype=dtype)

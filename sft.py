@@ -112,16 +112,16 @@ def generate_cot(records, ckpt, args, rt):
     record order, so every process trains on the same list.
     """
     model, processor = model_from_args(args, rt, name=ckpt, frozen=True)
-    mine = list(range(len(records)))[rt.rank::rt.world_size]
+    mine, own = rt.every_nth(len(records))
     kept = {}
-    with rt.gathered(model):
+    with rt.generation(model) as all_done:
         for start in tqdm(range(0, len(mine), args.batch_size), desc="writing CoT", file=sys.stderr,
                           disable=not rt.is_main):
             chunk = mine[start:start + args.batch_size]
             batch = processor.prompts([records[j].question for j in chunk], [load_image(records[j]) for j in chunk])
             out = sample_completions(model, processor, batch, num_samples=args.cot_samples,
-                                     temperature=0.7, max_new_tokens=args.max_new_tokens)
-            for i, j in enumerate(chunk):
+                                     temperature=0.7, max_new_tokens=args.max_new_tokens, all_done=all_done)
+            for i, j in enumerate(chunk[:max(own - start, 0)]):   # not the repeats that pad the share
                 r = records[j]
                 for text in out.texts[i * args.cot_samples:(i + 1) * args.cot_samples]:
                     score = textual_reward(extract_answer(text), r.answer, r.answer_type)
@@ -146,7 +146,7 @@ def main(argv=None):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not os.path.isdir(DEFAULT_BASE):
             sys.exit(f"sft.py: no base model at {DEFAULT_BASE}: run `python pretrain.py` once before torchrun")
         ensure_base(DEFAULT_BASE, "sft.py")
-    rt = setup(args.precision, args.device)
+    rt = setup(args.precision, args.device, args.gather_for_generation)
     rt.require_divisible(args.batch_size, "--batch-size", "sft.py")
     random.seed(args.seed)
     torch.manual_seed(args.seed)

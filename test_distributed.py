@@ -250,6 +250,24 @@ def test_torchrun_grpo_checkpoints_loads_in_transformers_and_resumes(tmp_path):
         Runtime().set_rng_state(load_trainer_state(out)["rng"])
 
 
+def test_torchrun_lora_in_bf16_mixed_resumes_to_the_same_adapters(tmp_path):
+    """LoRA under torchrun and bf16-mixed: fp32 adapters and AdamW moments beside the bf16 base,
+    and 2 steps + a resumed third equal 3 steps straight (constant lr, so that the schedule of
+    the shorter first run plays no part)."""
+    pytest.importorskip("peft")
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    options = [*SFT, "--lora-rank", "4", "--precision", "bf16-mixed", "--warmup", "0", "--min-lr-ratio", "1"]
+    torchrun("sft.py", *options, "--out", straight)                        # SFT: --steps 3
+    torchrun("sft.py", *options, "--steps", "2", "--out", split)
+    torchrun("sft.py", *options, "--resume", split, "--out", split)
+    a, b = (load_file(f"{path}/adapter_model.safetensors") for path in (straight, split))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert {v.dtype for v in a.values()} == {torch.float32}
+    assert any(k.endswith("lora_B.weight") and a[k].abs().max() > 0 for k in a)   # the adapters did train
+    moments = load_trainer_state(straight)["optimizer"]["state"].values()
+    assert {m["exp_avg"].dtype for m in moments} == {m["exp_avg_sq"].dtype for m in moments} == {torch.float32}
+
+
 def fraction_moved(path):
     start = load_model("tiny", device="cpu", seed=0)[0].state_dict()
     end = weights(path)
@@ -281,9 +299,50 @@ def loaded_on_rank0_only(rt):
                 buffers={k: v.clone() for k, v in model.named_buffers()})
 
 
+def test_sharded_generation_steps_in_lockstep_and_answers_as_gathered(worker_results):
+    """--no-gather-for-generation: every forward gathers its units and the processes step in
+    lockstep (the one that is done keeps pace, drawing nothing); the greedy answers of
+    evaluate.py and the sampled completions equal those with the whole model gathered. 5 records
+    over 2 processes in batches of 2: rank 0 runs 2 batches of its own, rank 1 pads its share."""
+    got = [torch.load(worker_results / f"generation{rank}.pt") for rank in (0, 1)]
+    ids = [r.id for r in phantom_dataset("val", size=5)]
+    for rank in (0, 1):
+        gathered, sharded = got[rank][True], got[rank][False]
+        assert [row["id"] for row in gathered["rows"]] == ids
+        assert sharded["rows"] == gathered["rows"] == got[0][True]["rows"]
+        for key in ("ids", "logps", "after"):
+            assert torch.equal(sharded[key], gathered[key]), key
+    lengths = [got[rank][True]["ids"].shape[1] for rank in (0, 1)]
+    assert lengths[0] != lengths[1], lengths   # so one process had to keep pace with the other
+
+
+def generation_both_ways(rt):
+    """Each process's evaluate.py answers to 5 records and its sampled completions, with the whole
+    model gathered and with sharded weights. Every 4th token ends a completion, so they end early."""
+    from evaluate import answer_records
+    from policy import sample_completions
+    model, processor = load_model("tiny", device="cpu", seed=0, weights=rt.reads_weights)
+    model = rt.prepare(model, frozen=True)
+    processor.eos_token_ids = list(range(3, 200, 4))
+    records = phantom_dataset("val", size=5)
+    prompts = processor.prompts([r.question for r in records[rt.rank::2]], [load_image(r) for r in records[rt.rank::2]])
+    got = {}
+    for gather in (True, False):
+        rt.gather_for_generation = gather
+        rows = answer_records(model, processor, records, batch_size=2, max_new_tokens=24, rt=rt)
+        torch.manual_seed(rt.rank)
+        with rt.generation(model) as all_done:
+            out = sample_completions(model, processor, prompts, num_samples=2, temperature=1.0, max_new_tokens=24,
+                                     all_done=all_done)
+        got[gather] = dict(rows=rows, ids=out.ids, logps=out.logps, after=torch.rand(2))
+    rt.gather_for_generation = True
+    return got
+
+
 def worker(out):
     rt = setup()
     torch.save(loaded_on_rank0_only(rt), os.path.join(out, f"loaded{rt.rank}.pt"))
+    torch.save(generation_both_ways(rt), os.path.join(out, f"generation{rt.rank}.pt"))
     for loss_type in ("grpo", "token", "lora"):
         lora = lora_config() if loss_type == "lora" else None
         state, stats = policy_update_on_fixed_batch(rt, "grpo" if lora else loss_type, lora)

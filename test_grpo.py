@@ -350,6 +350,22 @@ def test_grpo_resume_gives_the_same_weights_as_an_uninterrupted_run(start_checkp
     assert sa["adaptive"] == sb["adaptive"]
 
 
+def test_lora_grpo_resume_gives_the_same_adapters(start_checkpoint, tmp_path, kill_after_first_checkpoint):
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    lora = ("--lora-rank", "4")
+    grpo.main(_grpo_args(start_checkpoint, straight, 4, *lora))
+    with pytest.raises(kill_after_first_checkpoint(grpo)):
+        grpo.main(_grpo_args(start_checkpoint, split, 4, "--save-every", "2", *lora))
+    assert training.load_trainer_state(split)["step"] == 2
+    grpo.main(_grpo_args(start_checkpoint, split, 4, "--resume", split, *lora))
+    a, b = (load_file(f"{path}/adapter_model.safetensors") for path in (straight, split))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith("lora_B.weight") and a[k].abs().max() > 0 for k in a)   # the adapters did train
+    assert training.load_trainer_state(straight)["adaptive"] == training.load_trainer_state(split)["adaptive"]
+
+
 def test_non_finite_loss_skips_the_step_and_never_reaches_the_weights(start_checkpoint, tmp_path, monkeypatch):
     real = grpo.grpo_loss
 

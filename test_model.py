@@ -1,5 +1,6 @@
 """Tests for model.py: the tiny model, prompts, masks, log-probs and checkpoints."""
 
+import copy
 import os
 
 import numpy as np
@@ -229,6 +230,26 @@ def test_sampler_draws_the_tokens_generate_draws_for_a_seed(tiny):
         assert torch.equal(ours.ids, theirs[:, prompts["input_ids"].shape[1]:])
         assert torch.equal(after_ours, torch.rand(3))
         assert len(set(map(tuple, ours.ids.tolist()))) > 1        # the draws differ: it is sampling
+
+
+def test_a_sampler_kept_in_lockstep_draws_what_it_draws_alone(tiny):
+    """Under torchrun with sharded weights a process whose rows are done keeps running forwards
+    until every process is (all_done False): its completions, log-probs and generator state after
+    are those it gets alone. Every 4th token ends a completion here, so the rows end early."""
+    model, processor = tiny
+    processor = copy.copy(processor)
+    processor.eos_token_ids = list(range(3, 200, 4))
+    prompts = processor.prompts(["Is there a lesion?", "What imaging modality is this?"], images(2, seed=6))
+    runs = []
+    for all_done in (bool, lambda done: False):
+        torch.manual_seed(7)
+        out = policy.sample_completions(model, processor, prompts, num_samples=3, temperature=1.0,
+                                        max_new_tokens=40, all_done=all_done)
+        runs.append((out, torch.rand(3)))
+    (alone, after_alone), (kept, after_kept) = runs
+    assert alone.ids.shape[1] < 40 and len(set(alone.mask.sum(1).tolist())) > 1   # ended early, unequal
+    assert torch.equal(alone.ids, kept.ids) and torch.equal(alone.logps, kept.logps) and alone.texts == kept.texts
+    assert torch.equal(after_alone, after_kept)
 
 
 def test_sampler_logprobs_equal_completion_logprobs(tiny):
