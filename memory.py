@@ -3,6 +3,7 @@
     python memory.py                          # Qwen2.5-VL-3B and -7B, GRPO, 1/2/4/8 GPUs, each precision,
                                               # full fine-tuning and LoRA rank 64
     python memory.py --model runs/sft --gpus 1 --precision bf16-mixed --stage sft --lora-rank 0
+    torchrun --nproc-per-node 2 memory.py --measure qwen2.5-vl-3b --layers 8   # measured, per process
 
 The model is built on the meta device, so its parameters are counted exactly (tied embeddings
 once). What is held per GPU with FSDP2 over W GPUs (distributed.py):

@@ -268,6 +268,21 @@ def test_torchrun_lora_in_bf16_mixed_resumes_to_the_same_adapters(tmp_path):
     assert {m["exp_avg"].dtype for m in moments} == {m["exp_avg_sq"].dtype for m in moments} == {torch.float32}
 
 
+def test_torchrun_grpo_with_sharded_generation_logs_what_gathered_generation_logs(tmp_path):
+    """grpo.py end to end (validation, rollouts, LoRA update) with --no-gather-for-generation: the
+    same completions, so the same rewards, losses and held-out scores as with the default."""
+    pytest.importorskip("peft")
+    options = ["--model", "tiny", "--lora-rank", "4", "--prompts-per-step", "4", "--num-generations", "2",
+               "--max-new-tokens", "8", "--eval-size", "4", "--steps", "2"]
+    torchrun("grpo.py", *options, "--out", str(tmp_path / "gathered"))
+    torchrun("grpo.py", *options, "--no-gather-for-generation", "--out", str(tmp_path / "sharded"))
+    logs = [[json.loads(line) for line in open(tmp_path / f"{name}.log.jsonl")] for name in ("gathered", "sharded")]
+    drop = ("step_time", "rollout_time", "tokens_per_s")
+    assert [{k: v for k, v in row.items() if k not in drop} for row in logs[0]] == \
+           [{k: v for k, v in row.items() if k not in drop} for row in logs[1]]
+    assert len(logs[0]) == 3 and "val" in logs[0][0]
+
+
 def fraction_moved(path):
     start = load_model("tiny", device="cpu", seed=0)[0].state_dict()
     end = weights(path)

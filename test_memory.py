@@ -2,7 +2,7 @@
 
 import pytest
 
-from memory import GIB, count_parameters, fits, memory_plan
+from memory import GIB, count_parameters, fits, memory_plan, sharded_rollout_parameters
 from model import qwen25_vl_config
 
 
@@ -39,6 +39,14 @@ def test_reference_model_and_rollout_only_in_grpo():
     kv = 2 * 36 * 2 * 128 * (600 + 512) * 32 * 2
     assert grpo["rollout"] == pytest.approx(2 * 3_754_622_976 + kv)
     assert memory_plan(config, "bf16-mixed", 4)["peak"] < 80 * GIB     # ARMed: 4 x H100 80 GB
+    # --no-gather-for-generation: the root's own weights (embeddings 151936 x 2048, final norm, the
+    # vision tower's patch conv and merger) and one decoder layer (the largest unit), in bf16
+    merger = 1280 + (5120 * 5120 + 5120) + (5120 * 2048 + 2048)
+    root = 151936 * 2048 + 2048 + 3 * 2 * 14 * 14 * 1280 + merger
+    layer = 2 * 2048 + (2048 * 2048 + 2048) + 2 * (2048 * 256 + 256) + 2048 * 2048 + 3 * 2048 * 11008
+    assert sharded_rollout_parameters(config) == root + layer == 426_457_856
+    sharded = memory_plan(config, "bf16-mixed", 2, gather_for_generation=False)
+    assert sharded["rollout"] == pytest.approx(2 * (root + layer) + kv)
 
 
 def test_lora_holds_the_frozen_base_in_bf16_and_trains_only_the_adapters():
@@ -55,3 +63,12 @@ def test_lora_holds_the_frozen_base_in_bf16_and_trains_only_the_adapters():
     one = memory_plan(config, "bf16-mixed", 1, lora_rank=64)
     assert one["peak"] < 24 * GIB < memory_plan(config, "bf16-mixed", 1)["peak"]   # EasyR1's estimate: 1 x 24 GB
     assert fits(one["peak"]) == "24 40 48 80" and fits(100 * GIB) == "none"
+
+
+def test_measure_prints_each_process_peak_resident_memory(capsys):
+    import memory
+    memory.main(["--measure", "tiny"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("tiny, 3 decoder layers, 1 process(es), fp32, gather for generation: True")
+    rank, loaded, run, gpu = lines[2].split()
+    assert rank == "0" and 0.1 < float(loaded) <= float(run) < 20 and gpu == "-"
