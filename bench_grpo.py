@@ -5,7 +5,8 @@
     python bench_grpo.py --compare-trl --max-pixels 401408    # images at the papers' size
     python bench_grpo.py --shape qwen2.5-vl-3b --layers 2 --max-pixels 50176   # the 3B shape on a CPU
     python bench_grpo.py --shape qwen2.5-vl-3b --device cuda  # the whole 3B (random weights) on a GPU
-    python bench_grpo.py --shape qwen2.5-vl-3b --device cuda --lora-rank 64 --max-pixels 401408   # LoRA, one GPU
+    python bench_grpo.py --shape qwen2.5-vl-3b --device cuda --lora-rank 64 --max-pixels 401408 \
+        --max-new-tokens 512 --micro-batch 8 --gradient-checkpointing     # LoRA on one GPU, memory.py's workload
 
 A step is grpo.py's: sample G completions for each of B prompts (generate), score them
 (rewards), reference log-probs, then one optimizer step over micro-batches (update); the phases
@@ -64,6 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--runs", type=int, default=5, help="timed steps of each trainer (interleaved)")
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA of this rank (grpo.py's other LoRA defaults; "
                    "the reference is the model with its adapters off); 0: full fine-tuning")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="as grpo.py's (memory.py assumes it)")
     p.add_argument("--compare-trl", action="store_true", help="also time TRL's GRPOTrainer (needs trl)")
     return p.parse_args(argv)
 
@@ -163,7 +165,8 @@ def grpo_args(args, name):
 
 def load(args, rt, frozen=False, lora=None):
     model, processor = load_model(model_name(args), device="cpu", max_pixels=args.max_pixels, layers=args.layers,
-                                  dtype=rt.frozen_dtype if frozen else rt.weight_dtype, lora=lora)
+                                  dtype=rt.frozen_dtype if frozen else rt.weight_dtype, lora=lora,
+                                  gradient_checkpointing=args.gradient_checkpointing and not frozen)
     if frozen:
         model.eval().requires_grad_(False)
     return rt.prepare(model, frozen=frozen, adapters=lora is not None), processor
@@ -306,6 +309,9 @@ def main(argv=None):
     rt = setup(args.precision, args.device)
     if rt.sharded:
         raise SystemExit("bench_grpo.py: one process (no torchrun)")
+    if args.compare_trl and (args.lora_rank or args.gradient_checkpointing):
+        raise SystemExit("bench_grpo.py: --compare-trl times full fine-tuning without gradient checkpointing "
+                         "on both sides; drop --lora-rank and --gradient-checkpointing")
     steps = bench_records(args)
     ours = Ours(args, rt)
     results = {ours.name: []}

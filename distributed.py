@@ -22,6 +22,7 @@ they are in.
 """
 
 import argparse
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ def add_runtime_args(parser):
                         help="under torchrun, gather the whole model on every process once per rollout or "
                              "evaluation (fast: no collective per token). --no-gather-for-generation keeps "
                              "the weights sharded while sampling: each layer is gathered per token, the "
-                             "processes step in lockstep, and a process holds its shard plus one unit "
-                             "(least memory, slower; TRL's ds3_gather_for_generation=False)")
+                             "processes step in lockstep, and a process holds its shard, the root unit "
+                             "(embeddings, final norm, vision merger) and the layer running (least memory, "
+                             "slower; TRL's ds3_gather_for_generation=False)")
 
 
 @dataclass
@@ -141,20 +143,20 @@ class Runtime:
     @contextmanager
     def generation(self, model):
         """Sampling from `model` for a while (a whole rollout or evaluation); yields `all_done`, the
-        stop test of policy.sample_completions.
+        stop test of policy.sample_completions (None: each process stops on its own).
 
         Sampling runs one forward per token, and their number differs between processes (each
         stops when its own completions end). By default (--gather-for-generation) every shard is
         gathered up front: no collective runs inside, the weights travel once per rollout instead
-        of once per token, and all_done(done) is this process's own `done`. With
-        --no-gather-for-generation the weights stay sharded, every forward gathers its units one
-        by one (a process holds its shard plus the unit running), and the processes step in
-        lockstep: all_done(done) is True only when every process is done, and a process that is
+        of once per token, and each process stops on its own. With --no-gather-for-generation the
+        weights stay sharded, every forward gathers its units one by one (a process holds its
+        shard, the root unit, which stays gathered, and the layer running), and the processes step
+        in lockstep: all_done(done) is True only when every process is done, and a process that is
         done keeps running forwards, drawing nothing, until then. The callers give every process
         the same number of batches (every_nth).
         """
         if not self.sharded:
-            yield bool
+            yield None
             return
         if not self.gather_for_generation:
             yield self.all_true
@@ -165,7 +167,7 @@ class Runtime:
         for unit in units:
             unit.unshard()
         try:
-            yield bool
+            yield None
         finally:
             model.set_reshard_after_forward(True)
             model.set_reshard_after_forward(False, recurse=False)   # the root's own setting: see prepare
@@ -173,12 +175,14 @@ class Runtime:
                 unit.reshard()
 
     def every_nth(self, n):
-        """(indices, own): this process's indices of range(n), every world_size-th from its rank, then
-        repeats of its first up to ceil(n / world_size), so that every process runs as many batches
-        (generation with sharded weights steps in lockstep). Only the first `own` are its share; the
-        caller drops what the repeats return."""
-        mine = list(range(n))[self.rank::self.world_size]
-        return mine + [mine[0] if mine else 0] * (-(-n // self.world_size) - len(mine)), len(mine)
+        """(indices, own): this process's share of range(n), every world_size-th index from its
+        rank, padded to ceil(n / world_size) indices with repeats of its first (of 0 when it has
+        none), so that every process runs as many batches: generation with sharded weights steps
+        in lockstep (generation). Only the first `own` are its share; the caller drops what the
+        repeats return. (The padding also runs with gathered weights: one record at most.)"""
+        mine = list(range(self.rank, n, self.world_size))
+        padding = [mine[0] if mine else 0] * (math.ceil(n / self.world_size) - len(mine))
+        return mine + padding, len(mine)
 
     def all_true(self, flag):
         """Whether `flag` holds on every process (itself when there is one)."""

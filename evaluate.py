@@ -411,8 +411,10 @@ def answer_records(model, processor, records, batch_size=32, max_new_tokens=128,
             batch = processor.prompts([r.question for r in chunk], images)
             out = sample_completions(model, processor, batch, greedy=True, max_new_tokens=max_new_tokens,
                                      all_done=all_done)
-            rows.update({mine[i]: prediction_row(r, text)
-                         for i, r, text in zip(range(start, own), chunk, out.texts)})
+            for i, (r, text) in enumerate(zip(chunk, out.texts)):
+                if start + i >= own:
+                    break   # the repeats that pad the share (every_nth)
+                rows[mine[start + i]] = prediction_row(r, text)
     rows = {j: row for part in rt.gather(rows) for j, row in part.items()}
     return [rows[j] for j in range(len(records))]
 

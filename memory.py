@@ -19,7 +19,8 @@ once). What is held per GPU with FSDP2 over W GPUs (distributed.py):
     activations one micro-batch with gradient checkpointing: every decoder layer's input kept,
                 one layer's working set recomputed at a time, and the fp32 log-probs of a chunk
                 of completion rows over the vocabulary (one GPU in bf16-mixed: + the bf16 copies
-                of the weights that autocast keeps for backward)
+                of the weights that autocast keeps for backward; 2+ GPUs: + the root unit, which
+                FSDP2 keeps gathered from forward to backward, and the unit running)
     peak        weights + gradients + AdamW + reference + max(rollout, activations)
 
 With LoRA (--lora-rank R, model.py): the base is frozen and stored as a frozen model is (bf16, fp32
@@ -114,6 +115,8 @@ def memory_plan(config, precision="bf16-mixed", gpus=1, stage="grpo", micro_batc
     plan["activations"] = checkpoints + working_set + logits
     if precision == "bf16-mixed" and gpus == 1 and not lora_rank:
         plan["activations"] += total * 2    # autocast's bf16 copies of the weights, kept for backward
+    if gpus > 1:                            # gathered in the compute dtype: the root and the unit running
+        plan["activations"] += sharded_rollout_parameters(config) * frozen_bytes
     plan["peak"] = (plan["weights"] + plan["gradients"] + plan["adamw"] + plan["reference"]
                     + max(plan["rollout"], plan["activations"]) + CONTEXT_BYTES)
     return plan

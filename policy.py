@@ -77,7 +77,7 @@ def top_p_filter(scores, top_p):
 
 @torch.no_grad()
 def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, top_p=1.0,
-                       max_new_tokens=128, greedy=False, all_done=bool):
+                       max_new_tokens=128, greedy=False, all_done=None):
     """Sample `num_samples` completions per prompt (greedy when `greedy`), grouped by prompt.
 
     A plain key/value-cache loop: the steps of transformers' `generate` with the same ops in the
@@ -87,9 +87,10 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
       each token: last position's logits in fp32 -> vision tokens -inf -> / temperature ->
         top-p filter -> softmax -> torch.multinomial (greedy: argmax); a row that has emitted EOS
         gets pad from then on, and the loop stops when every row has (or at max_new_tokens).
-    all_done(done) -> whether to stop: the Runtime's (Runtime.generation); under torchrun with
-    sharded weights it waits for every process, and a process whose rows are done keeps running
-    forwards, drawing nothing, so its completions are those it would sample alone.
+    all_done(done) -> whether to stop, from Runtime.generation: None stops when this process's
+    rows are done; under torchrun with sharded weights it waits for every process, and a process
+    whose rows are done keeps running forwards, drawing nothing, so its completions are those it
+    would sample alone.
     A completion token is text: its (time, height, width) positions all continue one past the
     prompt's largest position, as in Qwen2.5-VL's own generation.
 
@@ -126,7 +127,8 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
             logps.append(F.log_softmax(scores, dim=-1).gather(1, token[:, None]).squeeze(1) * unfinished)
             tokens.append(token)
             unfinished &= ~torch.isin(token, eos)
-        if all_done(not unfinished.any()) or t + 1 == max_new_tokens:
+        done = not unfinished.any()
+        if (all_done(done) if all_done else done) or t + 1 == max_new_tokens:
             break
         attention = torch.cat([attention, attention.new_ones(len(token), 1)], dim=1)
         position = (next_position + t).view(1, -1, 1).expand(3, -1, 1)                        # (3, N, 1)

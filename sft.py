@@ -121,7 +121,9 @@ def generate_cot(records, ckpt, args, rt):
             batch = processor.prompts([records[j].question for j in chunk], [load_image(records[j]) for j in chunk])
             out = sample_completions(model, processor, batch, num_samples=args.cot_samples,
                                      temperature=0.7, max_new_tokens=args.max_new_tokens, all_done=all_done)
-            for i, j in enumerate(chunk[:max(own - start, 0)]):   # not the repeats that pad the share
+            for i, j in enumerate(chunk):
+                if start + i >= own:
+                    break   # the repeats that pad the share (every_nth)
                 r = records[j]
                 for text in out.texts[i * args.cot_samples:(i + 1) * args.cot_samples]:
                     score = textual_reward(extract_answer(text), r.answer, r.answer_type)

@@ -327,13 +327,25 @@ def test_sharded_generation_steps_in_lockstep_and_answers_as_gathered(worker_res
         assert sharded["rows"] == gathered["rows"] == got[0][True]["rows"]
         for key in ("ids", "logps", "after"):
             assert torch.equal(sharded[key], gathered[key]), key
+        assert all(sharded["layer_sharded"]) and not any(gathered["layer_sharded"])
     lengths = [got[rank][True]["ids"].shape[1] for rank in (0, 1)]
     assert lengths[0] != lengths[1], lengths   # so one process had to keep pace with the other
+    steps = [len(got[rank][False]["layer_sharded"]) for rank in (0, 1)]
+    assert steps[0] == steps[1] == max(lengths), steps   # in lockstep: as many forwards as the longer
+
+
+def test_every_nth_gives_every_process_as_many_indices():
+    assert Runtime().every_nth(4) == ([0, 1, 2, 3], 4)
+    assert Runtime(rank=0, world_size=2).every_nth(5) == ([0, 2, 4], 3)
+    assert Runtime(rank=1, world_size=2).every_nth(5) == ([1, 3, 1], 2)     # one repeat pads the share
+    assert Runtime(rank=2, world_size=3).every_nth(1) == ([0], 0)           # nothing of its own
 
 
 def generation_both_ways(rt):
     """Each process's evaluate.py answers to 5 records and its sampled completions, with the whole
     model gathered and with sharded weights. Every 4th token ends a completion, so they end early."""
+    from torch.distributed.tensor import DTensor
+
     from evaluate import answer_records
     from policy import sample_completions
     model, processor = load_model("tiny", device="cpu", seed=0, weights=rt.reads_weights)
@@ -342,14 +354,20 @@ def generation_both_ways(rt):
     records = phantom_dataset("val", size=5)
     prompts = processor.prompts([r.question for r in records[rt.rank::2]], [load_image(r) for r in records[rt.rank::2]])
     got = {}
+    layer = model.model.language_model.layers[0].mlp.up_proj
     for gather in (True, False):
         rt.gather_for_generation = gather
         rows = answer_records(model, processor, records, batch_size=2, max_new_tokens=24, rt=rt)
         torch.manual_seed(rt.rank)
+        layer_sharded = []   # at each stop test: is a decoder layer's weight still this process's shard?
+
+        def watched(done):
+            layer_sharded.append(isinstance(layer.weight, DTensor))
+            return all_done(done) if all_done else done
         with rt.generation(model) as all_done:
             out = sample_completions(model, processor, prompts, num_samples=2, temperature=1.0, max_new_tokens=24,
-                                     all_done=all_done)
-        got[gather] = dict(rows=rows, ids=out.ids, logps=out.logps, after=torch.rand(2))
+                                     all_done=watched)
+        got[gather] = dict(rows=rows, ids=out.ids, logps=out.logps, after=torch.rand(2), layer_sharded=layer_sharded)
     rt.gather_for_generation = True
     return got
 

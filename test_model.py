@@ -241,7 +241,7 @@ def test_a_sampler_kept_in_lockstep_draws_what_it_draws_alone(tiny):
     processor.eos_token_ids = list(range(3, 200, 4))
     prompts = processor.prompts(["Is there a lesion?", "What imaging modality is this?"], images(2, seed=6))
     runs = []
-    for all_done in (bool, lambda done: False):
+    for all_done in (None, lambda done: False):
         torch.manual_seed(7)
         out = policy.sample_completions(model, processor, prompts, num_samples=3, temperature=1.0,
                                         max_new_tokens=40, all_done=all_done)
