@@ -316,6 +316,13 @@ def setup(precision=None, device=None, gather_for_generation=True):
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device
                                 if device.type == "cuda" else None)
+    if device.type == "cpu":
+        # On several CPU threads some torch kernel (used by GRPO's update, not by SFT) sums in an order
+        # that varies from run to run: two runs from one start differed at the 9th digit from step 2.
+        # Its deterministic variant makes a CPU run bit-reproducible for a given thread count
+        # (EXPERIMENTS.md §1), at no measurable cost. Not on CUDA, where it costs speed and needs
+        # CUBLAS_WORKSPACE_CONFIG.
+        torch.use_deterministic_algorithms(True)
     precision = precision or ("bf16-mixed" if device.type == "cuda" else "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
