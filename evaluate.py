@@ -46,7 +46,6 @@ The JSON written by --out holds fractions in [0, 1] (null where a group has no q
 and with several models {"by_model": {"runs/sft": {the shape above}, ...}}.
 """
 import argparse
-import csv
 import json
 import os
 import sys
@@ -59,6 +58,7 @@ from distributed import Runtime, add_runtime_args
 from phantom import SYNONYMS
 from rewards import (ANSWER_TYPES, SemanticScorer, as_text, bleu1, exact_match, extract_answer, format_reward,
                      normalize, rouge1_f1, token_recall)
+from tables import format_paper_table, format_table, metric_tables, write_paper_table
 
 REQUIRED_FIELDS = ("question", "answer", "prediction", "answer_type")
 OPTIONAL_FIELDS = ("dataset", "id", "category", "image")  # text, or absent (category and image may be null)
@@ -292,95 +292,6 @@ def _same_concept(prediction, reference):
 
 def _mean(values, mask):
     return float(values[mask].mean()) if mask.any() else None
-
-
-COLUMNS = (("open n", ("open", "n")), ("BLEU-1", ("open", "bleu1")), ("ROUGE-1", ("open", "rouge1")),
-           ("BERTScore", ("open", "bertscore")),
-           ("recall", ("open", "recall")), ("semantic", ("open", "semantic")), ("concept", ("open", "concept")),
-           ("closed n", ("closed", "n")),
-           ("accuracy", ("closed", "accuracy")), ("format", ("format",)))
-# ARMed's main table: per dataset, the open metrics and the closed accuracy.
-PAPER_COLUMNS = (("BLEU-1", ("open", "bleu1")), ("ROUGE-1", ("open", "rouge1")), ("BERTScore", ("open", "bertscore")),
-                 ("semantic", ("open", "semantic")), ("recall", ("open", "recall")),
-                 ("closed acc", ("closed", "accuracy")))
-
-
-def metric_cell(summary, keys):
-    """A summary's value as shown: a count as it is, a fraction in percent, '-' where there is none."""
-    value = summary
-    for key in keys:
-        value = value.get(key) if isinstance(value, dict) else None
-    if value is None:
-        return "-"
-    return str(value) if keys[-1] == "n" else f"{100 * value:.1f}"
-
-
-def metric_tables(metrics):
-    """[(title, header, rows)]: one table with a row per dataset and one for all, then per dataset
-    with categories one with a row per category (each with its n, however small)."""
-    header = [title for title, _ in COLUMNS]
-
-    def rows(named):
-        return [[name] + [metric_cell(summary, keys) for _, keys in COLUMNS] for name, summary in named]
-
-    tables = [("dataset", header, rows([("all", metrics)] + list(metrics.get("by_dataset", {}).items())))]
-    for name, summary in metrics.get("by_dataset", {}).items():
-        if "by_category" in summary:
-            tables.append((f"{name} by category", header, rows(summary["by_category"].items())))
-    return tables
-
-
-def text_table(title, header, rows, width=10):
-    """Rows of cells as aligned text, the first column left-aligned under `title`."""
-    first = max(len(title), *(len(row[0]) for row in rows)) + 2
-    return "\n".join([f"{title:<{first}}" + "".join(f"{cell:>{width}}" for cell in header)] +
-                     [f"{row[0]:<{first}}" + "".join(f"{cell:>{width}}" for cell in row[1:]) for row in rows])
-
-
-def format_table(metrics):
-    """The tables of metric_tables as text: metrics in percent, '-' where a group is empty."""
-    return "\n\n".join(text_table(*table) for table in metric_tables(metrics))
-
-
-def paper_table(results):
-    """ARMed's main table from {model name: metrics}: (datasets, rows), a row per model, [model, then
-    per dataset (in order of appearance) PAPER_COLUMNS in percent, then its open n and closed n]."""
-    datasets = list(dict.fromkeys(name for metrics in results.values() for name in metrics["by_dataset"]))
-    rows = [[model] + [metric_cell(metrics["by_dataset"].get(name, {}), keys)
-                       for name in datasets for _, keys in PAPER_COLUMNS]
-            + [metric_cell(metrics["by_dataset"].get(name, {}), (kind, "n"))
-               for name in datasets for kind in ("open", "closed")] for model, metrics in results.items()]
-    return datasets, rows
-
-
-def format_paper_table(results):
-    """paper_table as text: the dataset names over their columns, the question counts below."""
-    datasets, rows = paper_table(results)
-    width, metrics = 11, len(datasets) * len(PAPER_COLUMNS)
-    first = max(len("model"), *(len(row[0]) for row in rows)) + 2
-    lines = [" " * first + "".join(f"{name:^{width * len(PAPER_COLUMNS)}}" for name in datasets),
-             f"{'model':<{first}}" + "".join(f"{title:>{width}}" for title, _ in PAPER_COLUMNS) * len(datasets)]
-    lines += [f"{row[0]:<{first}}" + "".join(f"{cell:>{width}}" for cell in row[1:1 + metrics]) for row in rows]
-    counts = [", ".join(f"{name} {opened} open / {closed} closed" for name, opened, closed
-                        in zip(datasets, row[1 + metrics::2], row[2 + metrics::2])) for row in rows]
-    if len(set(counts)) == 1:
-        return "\n".join(lines + [f"questions: {counts[0]}"])
-    return "\n".join(lines + [f"questions, {row[0]}: {text}" for row, text in zip(rows, counts)])
-
-
-def write_paper_table(results, csv_path=None, markdown_path=None):
-    """paper_table as CSV (with the question counts) and as a Markdown table (without)."""
-    datasets, rows = paper_table(results)
-    header = [f"{name} {title}" for name in datasets for title, _ in PAPER_COLUMNS]
-    if csv_path:
-        counts = [f"{name} {kind} n" for name in datasets for kind in ("open", "closed")]
-        with open(csv_path, "w", newline="") as file:
-            csv.writer(file).writerows([["model", *header, *counts], *rows])
-    if markdown_path:
-        lines = ["| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
-        lines += ["| " + " | ".join(row[:1 + len(header)]) + " |" for row in rows]
-        with open(markdown_path, "w") as file:
-            file.write("\n".join(lines) + "\n")
 
 
 def prediction_row(record, prediction):

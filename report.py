@@ -126,7 +126,7 @@ def write_report(path, title, rows, scores, tables, records, categories, compare
 
 
 def tables_html(sections):
-    """The metric tables (evaluate.metric_tables) of each model as HTML."""
+    """The metric tables (tables.metric_tables) of each model as HTML."""
     out = []
     for heading, tables in sections:
         if heading:
