@@ -169,7 +169,7 @@ def load(args, rt, frozen=False, lora=None):
                                   gradient_checkpointing=args.gradient_checkpointing and not frozen)
     if frozen:
         model.eval().requires_grad_(False)
-    return rt.prepare(model, frozen=frozen, adapters=lora is not None), processor
+    return rt.prepare(model, frozen=frozen), processor
 
 
 class Ours:

@@ -107,3 +107,15 @@ def fixed_scorers(monkeypatch):
     from test_rewards import FixedScorer
     monkeypatch.setattr(evaluate, "SemanticScorer", lambda *args, **kwargs: FixedScorer())
     monkeypatch.setattr(evaluate, "BERTScorer", lambda *args, **kwargs: FixedScorer())
+
+
+def assert_same_trained_adapters(straight, split):
+    """Two LoRA runs (an uninterrupted one and a resumed one) saved the same adapters, bit for bit,
+    and the adapters did train (some lora_B is not zero: B starts at zero). Returns the first run's
+    adapter tensors for further checks."""
+    import torch
+    from safetensors.torch import load_file
+    a, b = (load_file(f"{path}/adapter_model.safetensors") for path in (straight, split))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith("lora_B.weight") and a[k].abs().max() > 0 for k in a)
+    return a

@@ -80,18 +80,19 @@ class Runtime:
         others build the model on the meta device and get rank 0's weights in prepare()."""
         return self.is_main
 
-    def prepare(self, model, frozen=False, adapters=False):
+    def prepare(self, model, frozen=False):
         """Put `model` on this process's device in this run's precision; shard it under torchrun.
 
         One process, bf16-mixed: the weights stay fp32 and the forward runs under bf16 autocast.
         Several processes: FSDP2 with a MixedPrecisionPolicy (bf16 compute, fp32 reduction), and
         the weights of rank 0 (the only process that read them) broadcast into every shard.
-        adapters (LoRA): only the adapters train; the frozen base is stored as a frozen model is
+        With LoRA adapters only the adapters train; the frozen base is stored as a frozen model is
         (bf16 under bf16-mixed), the adapters and their AdamW state as trained weights (fp32).
         """
+        from lora import has_lora
         dtype = self.frozen_dtype if frozen else self.weight_dtype
         model.to(dtype=dtype)               # also on the meta device: shapes and dtypes only
-        if adapters:
+        if has_lora(model):
             for param in model.parameters():
                 if not param.requires_grad:
                     param.data = param.data.to(self.frozen_dtype)

@@ -43,25 +43,40 @@ CONTEXT_BYTES = 2 * GIB     # [reconstructed] CUDA context, kernels and allocato
 GPU_SIZES = (24, 40, 48, 80)   # GB of common GPUs (RTX 4090 / A100-40 / L40S, A6000 / A100-80, H100)
 
 
+_META_COUNTS = {}   # config as JSON -> its counts: building a 7B model on meta takes a while
+
+
+def _meta_counts(config):
+    """Counts of the model `config` describes, built once on the meta device (no memory):
+    total and vision parameters, the parameters a process holds gathered while sampling with
+    sharded weights, and in + out of each linear layer the default LoRA targets adapt."""
+    key = config.to_json_string()
+    if key not in _META_COUNTS:
+        import re
+
+        from lora import lora_target_pattern
+        from model import model_class
+        with torch.device("meta"):
+            model = model_class(config)(config)
+        units = [sum(p.numel() for p in unit.parameters())
+                 for unit in (*model.model.visual.blocks, *model.model.language_model.layers)]
+        total = sum(p.numel() for p in model.parameters())           # parameters() lists a tied one once
+        pattern = re.compile(lora_target_pattern())
+        _META_COUNTS[key] = dict(
+            total=total, vision=sum(p.numel() for p in model.model.visual.parameters()),
+            sharded_rollout=total - sum(units) + max(units),
+            adapted=sum(m.in_features + m.out_features for name, m in model.named_modules()
+                        if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name)))
+    return _META_COUNTS[key]
+
+
 def count_parameters(config, lora_rank=0):
     """(total, vision) parameter counts of the model `config` describes, built on the meta device;
     with lora_rank, also the adapters' parameters that model.py's default targets would add."""
-    import re
-
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
-
-    from lora import lora_target_pattern
-    cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
-    with torch.device("meta"):
-        model = cls(config)
-    total = sum(p.numel() for p in model.parameters())           # parameters() lists a tied one once
-    vision = sum(p.numel() for p in model.model.visual.parameters())
+    counts = _meta_counts(config)
     if not lora_rank:
-        return total, vision
-    pattern = re.compile(lora_target_pattern())
-    adapters = sum(lora_rank * (m.in_features + m.out_features) for name, m in model.named_modules()
-                   if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name))
-    return total, vision, adapters
+        return counts["total"], counts["vision"]
+    return counts["total"], counts["vision"], lora_rank * counts["adapted"]
 
 
 def sharded_rollout_parameters(config):
@@ -69,13 +84,7 @@ def sharded_rollout_parameters(config):
     (--no-gather-for-generation): the root's own (embeddings, lm_head, final norm, the vision
     tower's patch embedding and merger), which stay gathered, plus the largest decoder layer or
     vision block, gathered one at a time (the FSDP2 units of distributed.py)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
-    cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
-    with torch.device("meta"):
-        model = cls(config)
-    units = [sum(p.numel() for p in unit.parameters())
-             for unit in (*model.model.visual.blocks, *model.model.language_model.layers)]
-    return sum(p.numel() for p in model.parameters()) - sum(units) + max(units)
+    return _meta_counts(config)["sharded_rollout"]
 
 
 def memory_plan(config, precision="bf16-mixed", gpus=1, stage="grpo", micro_batch=8, prompt_tokens=600,

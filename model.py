@@ -278,11 +278,12 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if is_adapter_dir(name_or_path):
-        model, processor = load_model(_adapter_config(name_or_path).base_model_name_or_path, device="cpu",
+        config = _adapter_config(name_or_path, trainable=train_adapter)
+        model, processor = load_model(config.base_model_name_or_path, device="cpu",
                                       dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels, seed=seed,
                                       attn_implementation=attn_implementation, layers=layers, weights=weights)
         if train_adapter:
-            _add_adapter(model, _adapter_config(name_or_path, trainable=True), name_or_path if weights else None)
+            _add_adapter(model, config, name_or_path if weights else None)
         elif weights:   # on meta there is nothing to merge: the merged model has the base's shapes
             import warnings
 
@@ -429,7 +430,7 @@ def model_from_args(args, rt, name=None, seed=0, frozen=False):
         sys.exit(f"{os.path.basename(sys.argv[0])}: {error}")
     if frozen:
         model.eval().requires_grad_(False)
-    return rt.prepare(model, frozen=frozen, adapters=has_lora(model)), processor
+    return rt.prepare(model, frozen=frozen), processor
 
 
 def check_prompt_lengths(records, processor, limit, skip_bad, script):

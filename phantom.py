@@ -259,9 +259,6 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
     def pick(options):
         return options[rng.integers(len(options))]
 
-    def other(value, values):
-        return value if rng.random() < 0.5 else pick([v for v in values if v != value])
-
     n, modality, region, kind = len(scene.lesions), scene.modality, scene.region, scene.kind
     quadrants = [_quadrant(x, y, size) for x, y, _ in scene.lesions]
     on = {side: sum(q.startswith(side) for q in quadrants) for side in ("left", "right")}
@@ -269,7 +266,7 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
     closed = []
 
     k = int(rng.integers(1, 3))
-    threshold = "one lesion" if k == 1 else "two lesions"
+    threshold = _lesions(k)
     phrasing = rng.integers(2)
     closed.append(("threshold", CLOSED_QUESTIONS["threshold"][phrasing].format(verb="Is" if k == 1 else "Are", k=threshold),
                    "yes" if (n > k) != bool(phrasing) else "no", "closed",
@@ -398,21 +395,20 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
 
 
 def phantom_captions(count: int, seed: int = 0, start: int = 0, image_size: int = 112):
-    """Images `start` .. `start + count` of the "base" stream with their captions, and their scenes:
-    [(image, caption, scene)]. The base model (pretrain.py) is pretrained on these; no VQA split
-    shares an image with them."""
+    """Images `start` .. `start + count` of the "base" stream with their captions: [(image, caption)].
+    The base model (pretrain.py) is pretrained on these; no VQA split shares an image with them."""
     out = []
     for index in range(start, start + count):
         rng = np.random.default_rng([seed, STREAMS["base"], index])
         scene = _sample_scene(rng, image_size)
-        out.append((render_phantom(scene, image_size, rng), phantom_caption(scene, image_size), scene))
+        out.append((render_phantom(scene, image_size, rng), phantom_caption(scene, image_size)))
     return out
 
 
 def phantom_corpus(samples: int = 2000, image_size: int = 112) -> list[str]:
     """Every question and answer the phantom data can produce (all synonyms and phrasings) and the
     captions and rationales of `samples` random scenes: text to train a tokenizer on."""
-    values = dict(verb=("Is", "Are"), k=("one lesion", "two lesions"), side=("left", "right"), organ=[o for o, _ in ORGAN_SIDE.values()],
+    values = dict(verb=("Is", "Are"), k=(_lesions(1), _lesions(2)), side=("left", "right"), organ=[o for o, _ in ORGAN_SIDE.values()],
                   named=NAMED.values(), region=REGIONS, kind=PLURAL, kinds=PLURAL.values())
     texts = {"yes", "no", CAPTION_PROMPT}
     for phrasings in (*OPEN_QUESTIONS.values(), *CLOSED_QUESTIONS.values()):

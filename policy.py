@@ -113,9 +113,10 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
     attention = batch["attention_mask"].repeat_interleave(G, dim=0)                               # (N, P)
     next_position = next_position.repeat_interleave(G)                                            # (N,)
     unfinished = torch.ones_like(next_position, dtype=torch.bool)
+    done = not unfinished.any()
     tokens, logps = [], []
     for t in range(max_new_tokens):
-        if unfinished.any():   # else only keeping pace with other processes (all_done)
+        if not done:   # else only keeping pace with other processes (all_done)
             scores = logits.masked_fill(banned, float("-inf"))                                   # (N, V)
             if greedy:
                 token = scores.argmax(dim=-1)
@@ -127,7 +128,7 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
             logps.append(F.log_softmax(scores, dim=-1).gather(1, token[:, None]).squeeze(1) * unfinished)
             tokens.append(token)
             unfinished &= ~torch.isin(token, eos)
-        done = not unfinished.any()
+            done = not unfinished.any()
         if (all_done(done) if all_done else done) or t + 1 == max_new_tokens:
             break
         attention = torch.cat([attention, attention.new_ones(len(token), 1)], dim=1)

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from model import load_model, save_checkpoint
-from phantom import CAPTION_PROMPT, parse_caption, phantom_captions, phantom_caption
+from phantom import CAPTION_PROMPT, parse_caption, phantom_captions
 from policy import sample_completions, to_device
 from training import HelpFormatter, at_least, learning_rate, target_token_loss
 
@@ -78,17 +78,16 @@ def probe(model, processor, size=400, seed=0, batch_size=64):
     with torch.no_grad():
         for i in range(0, size, batch_size):
             chunk = samples[i:i + batch_size]
-            batch = to_device(processor.prompts([CAPTION_PROMPT] * len(chunk), [im for im, _, _ in chunk]),
+            batch = to_device(processor.prompts([CAPTION_PROMPT] * len(chunk), [im for im, _ in chunk]),
                               model.device)
             texts += [t.split("<|im_end|>")[0] for t in
                       sample_completions(model, processor, batch, greedy=True, max_new_tokens=32).texts]
-    return caption_accuracy(texts, [caption for _, caption, _ in samples])
+    return caption_accuracy(texts, [caption for _, caption in samples])
 
 
 def pretrain(out=DEFAULT_BASE, steps=1500, batch_size=32, lr=2e-3, seed=0, probe_size=400, log=print):
     """Train the tiny model from random weights to caption base-stream images; write it to `out`
     (atomically, with its probe in meta.json) and return the probe."""
-    torch.manual_seed(seed)
     model, processor = load_model("tiny", device="cpu", seed=seed)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -98,8 +97,8 @@ def pretrain(out=DEFAULT_BASE, steps=1500, batch_size=32, lr=2e-3, seed=0, probe
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr, 0.05, 0.1)
         samples = phantom_captions(batch_size, seed=seed, start=step * batch_size)
-        batch = processor.training_batch([CAPTION_PROMPT] * batch_size, [im for im, _, _ in samples],
-                                         [caption for _, caption, _ in samples])
+        batch = processor.training_batch([CAPTION_PROMPT] * batch_size, [im for im, _ in samples],
+                                         [caption for _, caption in samples])
         loss_sum, n = target_token_loss(model, batch)
         (loss_sum / n).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

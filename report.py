@@ -19,7 +19,7 @@ import io
 import json
 import sys
 
-from data import DataError, load_image
+from data import DataError, VQARecord, dataset_from_args, load_image
 from rewards import extract_answer, normalize, think_text
 
 # Per-row scores shown beside each answer: (label, score_rows key), open and closed.
@@ -42,7 +42,6 @@ def image_records(rows, option_sets, split):
     own image path, else the record of that id and question in the split of the dataset options
     (data.add_data_args; one set per dataset) it names; the phantom is drawn again, so give the
     --data-seed and --phantom-wording it was evaluated with."""
-    from data import VQARecord, dataset_from_args
     records = {(row["dataset"], row["id"]): VQARecord(row["id"], row["image"], row["question"], row["answer"],
                                                       row["answer_type"], row["dataset"])
                for row in rows if row.get("image")}

@@ -18,6 +18,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 import grpo
 import sft
+from conftest import assert_same_trained_adapters
 from data import load_image
 from distributed import Runtime, setup
 from model import load_model
@@ -127,7 +128,7 @@ def policy_update_on_fixed_batch(rt, loss_type, lora=None):
     gradient and would turn rounding noise into full-size steps. lora: a LoraConfig; the update
     then moves only the adapters, and the state returned is theirs."""
     model, processor = load_model("tiny", device="cpu", seed=0, lora=lora, weights=rt.reads_weights)
-    model = rt.prepare(model, adapters=lora is not None).train()
+    model = rt.prepare(model).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1.0)
     prompts, completions, advantages, ref = fixed_rollouts(processor)
@@ -260,10 +261,8 @@ def test_torchrun_lora_in_bf16_mixed_resumes_to_the_same_adapters(tmp_path):
     torchrun("sft.py", *options, "--out", straight)                        # SFT: --steps 3
     torchrun("sft.py", *options, "--steps", "2", "--out", split)
     torchrun("sft.py", *options, "--resume", split, "--out", split)
-    a, b = (load_file(f"{path}/adapter_model.safetensors") for path in (straight, split))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = assert_same_trained_adapters(straight, split)
     assert {v.dtype for v in a.values()} == {torch.float32}
-    assert any(k.endswith("lora_B.weight") and a[k].abs().max() > 0 for k in a)   # the adapters did train
     moments = load_trainer_state(straight)["optimizer"]["state"].values()
     assert {m["exp_avg"].dtype for m in moments} == {m["exp_avg_sq"].dtype for m in moments} == {torch.float32}
 

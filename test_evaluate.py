@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 import evaluate
-from model import load_model
+from model import load_model, save_checkpoint
 from test_rewards import FixedScorer
-from model import save_checkpoint
 
 
 @pytest.mark.parametrize("category, combined, parts", [

@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +78,7 @@ def peak_learning_rate(args):
     """--lr as given, else the script's full fine-tuning default, x LORA_LR_SCALE under LoRA."""
     if args.lr is not None:
         return args.lr
-    return args.full_fine_tuning_lr * (LORA_LR_SCALE if getattr(args, "lora_rank", 0) else 1)
+    return args.full_fine_tuning_lr * (LORA_LR_SCALE if args.lora_rank else 1)
 
 
 def set_learning_rate(optimizer, step, args):
