@@ -35,6 +35,7 @@ from distributed import PRECISIONS, setup
 from lora import lora_config
 from model import QWEN25_VL_SHAPES, load_model
 from phantom import PHANTOM_SIZES, phantom_dataset
+from rewards import rewards_from_args
 
 PHASES = ("generate", "ref log-probs", "rewards", "update")
 
@@ -173,7 +174,8 @@ def load(args, rt, frozen=False, lora=None):
 
 
 class Ours:
-    """grpo.py's step: collect_rollout then policy_update, phases timed around its own functions."""
+    """grpo.py's step: sample_step, advantages and log-probs, then policy_update, phases timed
+    around its own functions."""
 
     name = "grpo.py"
 
@@ -184,21 +186,25 @@ class Ours:
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.0)
-        self.reward_fn = grpo.build_reward_fn(self.args, rt)
+        self.reward_fn = rewards_from_args(self.args, gather=rt.gather_scores if rt.sharded else None)
+
+    def rollout(self, records, reward_fn):
+        """grpo.main's sample G, reward, advantages, reference log-probs."""
+        groups, _, _ = grpo.sample_step(self.model, self.processor, lambda draw: records, reward_fn, self.args, self.rt)
+        grpo.set_advantages(groups, grpo.Scores.gather(groups, self.rt).totals, self.args, self.rt)
+        grpo.set_logprobs(self.model, self.ref_model, groups, self.args)
+        return groups
 
     def step(self, records):
         clock, memory = Clock(self.rt.device), PeakMemory(self.rt.device)
         memory.start()
         with patched(grpo, sample_completions=clock.wrap("generate", grpo.sample_completions),
                      micro_logprobs=clock.wrap("ref log-probs", grpo.micro_logprobs)):
-            rollout = clock.wrap("rollout", grpo.collect_rollout)(self.model, self.ref_model, self.processor,
-                                                                  lambda draw: records,
-                                                                  clock.wrap("rewards", self.reward_fn), self.args,
-                                                                  self.rt)
-            clock.wrap("update", grpo.policy_update)(self.model, self.optimizer, self.params, rollout, self.args,
+            groups = clock.wrap("rollout", self.rollout)(records, clock.wrap("rewards", self.reward_fn))
+            clock.wrap("update", grpo.policy_update)(self.model, self.optimizer, self.params, groups, self.args,
                                                      self.rt)
         t = clock.seconds
-        return dict(t, step=t["rollout"] + t["update"], tokens=int(rollout.completions.mask.sum()),
+        return dict(t, step=t["rollout"] + t["update"], tokens=sum(int(g.completions.mask.sum()) for g in groups),
                     memory=memory.stop())
 
 

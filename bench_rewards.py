@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from rewards import AdaptiveSemanticReward, SemanticScorer, compute_rewards
+from rewards import AdaptiveSemanticReward, SemanticScorer, compute_rewards, references as reference_records, reward_list
 
 VOCABULARY = ("left right upper lower middle lobe lung pleural effusion pneumothorax consolidation opacity mass "
               "nodule cardiomegaly enlarged heart liver kidney spleen brain ventricle infarct hemorrhage edema "
@@ -41,14 +41,14 @@ def bench_group_rewards(repeats, seed=0):
     start = time.perf_counter()
     scorer = SemanticScorer()
     load_s = time.perf_counter() - start
-    adaptive = AdaptiveSemanticReward()
+    functions = reward_list(scorer=scorer, adaptive=AdaptiveSemanticReward())
     references = [random_answer(rng) for _ in range(8)]
+    records = reference_records([r for r in references for _ in range(8)], ["open"] * 64)
     timings = []
     for _ in range(repeats):
         completions = [random_completion(rng, random_answer(rng)) for _ in range(64)]
         start = time.perf_counter()
-        compute_rewards(completions, [r for r in references for _ in range(8)], ["open"] * 64,
-                        scorer=scorer, adaptive=adaptive)
+        compute_rewards(functions, records, completions)
         timings.append(time.perf_counter() - start)
     return load_s, timings
 

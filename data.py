@@ -454,7 +454,7 @@ def parse_field_map(text: str | None) -> dict:
 
 def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0, several: bool = False) -> None:
     """The data options shared by sft.py, grpo.py and evaluate.py (grpo.py: train_offset None,
-    resolved per dataset after parsing; evaluate.py: `several` datasets, lists in --dataset and
+    resolved per dataset by train_offset(); evaluate.py: `several` datasets, lists in --dataset and
     --data-root)."""
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default=["phantom"] if several else "phantom", choices=DATASETS,
@@ -496,10 +496,24 @@ def add_data_args(parser: argparse.ArgumentParser, train_offset: int | None = 0,
                        help="allow a single --data-root file as the test split (it serves every split)")
 
 
+def train_offset(args: argparse.Namespace) -> int:
+    """--train-offset, or where it is not given (grpo.py's default, None) the dataset's own.
+
+    [reconstructed] The phantom generator never runs out, so by default GRPO's prompts come from
+    answer-only questions on images SFT never saw: train records 6000 on (sft.py trains on at most
+    the first 6000, by default on its first --cot-records 500), as in ARMed's regime SFT sees a
+    limited chain-of-thought subset and RL the answer-only rest. A real dataset has one training
+    set, which both stages use: 0.
+    """
+    if args.train_offset is not None:
+        return args.train_offset
+    return PHANTOM_SIZES["train"] if args.dataset == "phantom" else 0
+
+
 def dataset_from_args(args: argparse.Namespace, split: str) -> list[VQARecord]:
     """The split that the options of add_data_args select."""
     return load_dataset(args.dataset, split, args.data_root, skip_bad=args.skip_bad, limit=args.limit,
-                        offset=args.train_offset if split == "train" else 0,
+                        offset=train_offset(args) if split == "train" else 0,
                         field_map=parse_field_map(args.field_map), seed=args.data_seed,
                         val_every=args.val_every, pmc_choices=args.pmc_choices,
                         phantom_wording=args.phantom_wording, hf_split=args.hf_split,

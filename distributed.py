@@ -24,9 +24,11 @@ they are in.
 import argparse
 import math
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -48,7 +50,9 @@ def add_runtime_args(parser):
 
 
 @dataclass
-class Runtime:
+class Processes:
+    """Which process this is, of how many, on which device, in which precision: the fields the three
+    jobs of a Runtime (Placement, Collectives, TrainingState) share."""
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
@@ -63,6 +67,12 @@ class Runtime:
     def sharded(self):
         return self.world_size > 1
 
+
+class Placement(Processes):
+    """Where the weights live and in which dtype: a model put on this process's device in the
+    run's precision, sharded under torchrun (prepare), and gathered whole while it samples
+    (generation)."""
+
     @property
     def weight_dtype(self):
         """dtype the trained weights are stored in (the master weights)."""
@@ -72,7 +82,6 @@ class Runtime:
     def frozen_dtype(self):
         """dtype of a model that is never trained (GRPO's reference): bf16 unless fp32 is asked."""
         return torch.float32 if self.precision == "fp32" else torch.bfloat16
-
 
     @property
     def reads_weights(self):
@@ -86,13 +95,13 @@ class Runtime:
         One process, bf16-mixed: the weights stay fp32 and the forward runs under bf16 autocast.
         Several processes: FSDP2 with a MixedPrecisionPolicy (bf16 compute, fp32 reduction), and
         the weights of rank 0 (the only process that read them) broadcast into every shard.
-        With LoRA adapters only the adapters train; the frozen base is stored as a frozen model is
-        (bf16 under bf16-mixed), the adapters and their AdamW state as trained weights (fp32).
+        A model marked `frozen_base` (lora.py's adapters on a frozen model) trains only some of its
+        weights: the frozen rest is stored as a frozen model is (bf16 under bf16-mixed), the
+        trained weights and their AdamW state as trained weights (fp32).
         """
-        from lora import has_lora
         dtype = self.frozen_dtype if frozen else self.weight_dtype
         model.to(dtype=dtype)               # also on the meta device: shapes and dtypes only
-        if has_lora(model):
+        if getattr(model, "frozen_base", False):
             for param in model.parameters():
                 if not param.requires_grad:
                     param.data = param.data.to(self.frozen_dtype)
@@ -154,7 +163,7 @@ class Runtime:
         shard, the root unit, which stays gathered, and the layer running), and the processes step
         in lockstep: all_done(done) is True only when every process is done, and a process that is
         done keeps running forwards, drawing nothing, until then. The callers give every process
-        the same number of batches (every_nth).
+        the same number of batches (Collectives.map_generation).
         """
         if not self.sharded:
             yield None
@@ -175,19 +184,11 @@ class Runtime:
             for unit in units:
                 unit.reshard()
 
-    def every_nth(self, n):
-        """(indices, own): this process's share of range(n), every world_size-th index from its
-        rank, padded to ceil(n / world_size) indices with repeats of its first (of 0 when it has
-        none), so that every process runs as many batches: generation with sharded weights steps
-        in lockstep (generation). Only the first `own` are its share; the caller drops what the
-        repeats return. (The padding also runs with gathered weights: one record at most.)"""
-        mine = list(range(self.rank, n, self.world_size))
-        padding = [mine[0] if mine else 0] * (math.ceil(n / self.world_size) - len(mine))
-        return mine + padding, len(mine)
 
-    def all_true(self, flag):
-        """Whether `flag` holds on every process (itself when there is one)."""
-        return self.sum(0.0 if flag else 1.0) == 0
+class Collectives(Processes):
+    """What the processes compute together: sums and gathers of python values, each process's
+    share of a global batch, generation mapped over shares (map_generation), the global gradient
+    norm, and printing once."""
 
     def sum(self, value):
         """Sum of a python number over processes (itself when there is one)."""
@@ -196,6 +197,10 @@ class Runtime:
         t = torch.tensor(float(value), dtype=torch.float64, device=self._comm_device)
         dist.all_reduce(t)
         return t.item()
+
+    def all_true(self, flag):
+        """Whether `flag` holds on every process (itself when there is one)."""
+        return self.sum(0.0 if flag else 1.0) == 0
 
     def gather(self, obj):
         """[obj of rank 0, obj of rank 1, …] on every process (any picklable object)."""
@@ -207,7 +212,6 @@ class Runtime:
 
     def gather_scores(self, values):
         """The 1-D arrays of every process, concatenated in rank order (the adaptive buffer's feed)."""
-        import numpy as np
         return np.concatenate([np.asarray(v, dtype=float) for v in self.gather(list(map(float, values)))])
 
     def share(self, items):
@@ -218,6 +222,34 @@ class Runtime:
                              f"use a multiple of {self.world_size}")
         per = n // self.world_size
         return items[self.rank * per:(self.rank + 1) * per]
+
+    def every_nth(self, n):
+        """(indices, own): this process's share of range(n), every world_size-th index from its
+        rank, padded to ceil(n / world_size) indices with repeats of its first (of 0 when it has
+        none), so that every process runs as many batches: generation with sharded weights steps
+        in lockstep (Placement.generation). Only the first `own` are its share. (The padding also
+        runs with gathered weights: one record at most.)"""
+        mine = list(range(self.rank, n, self.world_size))
+        padding = [mine[0] if mine else 0] * (math.ceil(n / self.world_size) - len(mine))
+        return mine + padding, len(mine)
+
+    def map_generation(self, model, fn, items, batch_size, progress=None):
+        """[fn's result for each of `items`], in item order, on every process, with the work shared:
+        each process calls fn(batch, all_done) -> one result per item of the batch, on batches of
+        its share of `items` (every_nth), inside generation(model) (all_done: sample_completions'
+        stop test). The repeats that pad a share run but their results are dropped here.
+        progress: a tqdm bar of that name on the main process."""
+        from tqdm import tqdm
+        mine, own = self.every_nth(len(items))
+        results = {}
+        with self.generation(model) as all_done:
+            for start in tqdm(range(0, len(mine), batch_size), desc=progress, file=sys.stderr,
+                              disable=progress is None or not self.is_main):
+                chunk = mine[start:start + batch_size]
+                for j, result in zip(chunk[:max(own - start, 0)], fn([items[j] for j in chunk], all_done)):
+                    results[j] = result
+        everyone = {j: result for part in self.gather(results) for j, result in part.items()}
+        return [everyone[j] for j in range(len(items))]
 
     def clip_grad_norm(self, params, max_norm):
         """Clip the gradient to a global norm of max_norm (over every process's shard); the norm
@@ -244,6 +276,16 @@ class Runtime:
     def _comm_device(self):
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
+    def close(self):
+        if self.sharded and dist.is_initialized():
+            dist.barrier()            # every process done with its collectives before teardown
+            dist.destroy_process_group()
+
+
+class TrainingState(Processes):
+    """What a checkpoint holds of a sharded run, gathered whole on the main process and handed back
+    to every shard on resume: the model's weights, the optimizer's state, every process's random
+    state (gathered with Collectives.gather)."""
 
     def model_state(self, model, trainable_only=False):
         """The full (unsharded) state dict on the main process, None elsewhere; None with one
@@ -294,10 +336,11 @@ class Runtime:
         if "cuda" in own and self.device.type == "cuda":
             torch.cuda.set_rng_state(own["cuda"], self.device)
 
-    def close(self):
-        if self.sharded and dist.is_initialized():
-            dist.barrier()            # every process done with its collectives before teardown
-            dist.destroy_process_group()
+
+@dataclass
+class Runtime(Placement, Collectives, TrainingState):
+    """This process's runtime: its three jobs (Placement, Collectives, TrainingState) on one set of
+    fields. The training scripts build one with setup() and never ask which case they are in."""
 
 
 def setup(precision=None, device=None, gather_for_generation=True):

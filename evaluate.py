@@ -310,24 +310,16 @@ def answer_records(model, processor, records, batch_size=32, max_new_tokens=128,
     """
     from data import load_image  # the model side is imported only when a model is evaluated
     from policy import sample_completions
-    rt = rt or Runtime()
-    mine, own = rt.every_nth(len(records))
-    rows = {}
-    with rt.generation(model) as all_done:
-        for start in range(0, len(mine), batch_size):
-            chunk = [records[j] for j in mine[start:start + batch_size]]
-            images = [load_image(r) for r in chunk]
-            if blank_images:
-                images = [Image.new("RGB", im.size) for im in images]
-            batch = processor.prompts([r.question for r in chunk], images)
-            out = sample_completions(model, processor, batch, greedy=True, max_new_tokens=max_new_tokens,
-                                     all_done=all_done)
-            for i, (r, text) in enumerate(zip(chunk, out.texts)):
-                if start + i >= own:
-                    break   # the repeats that pad the share (every_nth)
-                rows[mine[start + i]] = prediction_row(r, text)
-    rows = {j: row for part in rt.gather(rows) for j, row in part.items()}
-    return [rows[j] for j in range(len(records))]
+
+    def answer(chunk, all_done):
+        images = [load_image(r) for r in chunk]
+        if blank_images:
+            images = [Image.new("RGB", im.size) for im in images]
+        batch = processor.prompts([r.question for r in chunk], images)
+        out = sample_completions(model, processor, batch, greedy=True, max_new_tokens=max_new_tokens,
+                                 all_done=all_done)
+        return [prediction_row(r, text) for r, text in zip(chunk, out.texts)]
+    return (rt or Runtime()).map_generation(model, answer, records, batch_size)
 
 
 def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_new_tokens=128,

@@ -13,7 +13,10 @@ its own group, A_i = (r_i - mean(r)) / (std(r) + 1e-4): no value network. The po
 maximises the PPO-style clipped surrogate min(ρA, clip(ρ, 1-ε, 1+ε)A) per completion token,
 ρ = π_θ / π_old, minus β times a k3 estimate of the KL to a frozen reference model.
 
-The two functions below are the whole of that math; the training loop further down calls them.
+Reading order: the options (parse_args) and what a run derives from them (Config); the whole of
+the math (group_advantages, grpo_loss); one step's record (Group) through its stages (sample_step,
+set_advantages, set_logprobs, policy_update); main, which calls them in the order of GRPO's
+algorithm box.
 """
 
 import argparse
@@ -22,26 +25,89 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import add_data_args, batch_order, dataset_from_args, load_image
+from data import add_data_args, batch_order, dataset_from_args, load_image, train_offset
 from distributed import setup
 from evaluate import validate
 from lora import has_lora, reference_policy
 from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
-from policy import Completions, ImageFeatures, completion_logprobs, repeat_prompts, sample_completions, select_prompts
-from phantom import PHANTOM_SIZES
-from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
-from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
-                      open_log, peak_learning_rate, positive_float,
-                      set_learning_rate)
+from policy import Completions, ImageFeatures, completion_logprobs, sample_completions, select_prompts
+from rewards import add_reward_args, collapse_diagnostics, rewards_from_args
+from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args, at_least, claim_output, due,
+                      load_trainer_state, open_log, positive_float, saved_config, set_learning_rate)
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "token", "dr_grpo")
+
+
+def parse_args(argv=None):
+    """grpo.py's options. Its own come in three groups below; the shared ones from the file of
+    their concept: --model and LoRA (model.py, lora.py), --precision (distributed.py), the data
+    (data.py: grpo.py's --train-offset default is data.train_offset's), the rewards (rewards.py),
+    --out/--resume and the optimizer (training.py)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_model_args(p, default_model="runs/sft")
+    add_data_args(p, train_offset=None)
+    add_reward_args(p)
+    add_run_args(p, "grpo.py", default_out="runs/grpo")
+    # [reconstructed] 3e-4 for the tiny model, chosen on the validation split (1e-4 and 2e-4 gained
+    # less in 200 steps: EXPERIMENTS.md); use ~1e-6 for a 3B model.
+    add_optimizer_args(p, lr=3e-4)
+
+    # [reconstructed] batch size, learning rate, beta and clip epsilon are not published (METHOD.md §2).
+    g = p.add_argument_group("GRPO (METHOD.md §5)")
+    g.add_argument("--steps", type=at_least(1), default=200, help="rollout batches (each followed by --mu "
+                   "updates); a resumed run may raise it (the schedule keeps its first length)")
+    g.add_argument("--prompts-per-step", type=at_least(1), default=16,
+                   help="prompts B per rollout batch, over all processes")
+    g.add_argument("--num-generations", type=at_least(2), default=8,
+                   help="completions G per prompt (ARMed: 8); a group of one has no advantage")
+    g.add_argument("--mu", type=at_least(1), default=1, help="policy updates per rollout batch")
+    g.add_argument("--beta", type=at_least(0.0, float), default=0.04, help="KL weight (0 skips the reference model)")
+    g.add_argument("--clip-eps", type=positive_float, default=0.2, help="PPO ratio clip epsilon")
+    g.add_argument("--loss-type", choices=LOSS_TYPES, default="grpo", help="token aggregation of the loss")
+    g.add_argument("--advantage-scale", choices=ADVANTAGE_SCALES, default="group",
+                   help="divide advantages by the group std, the batch std, or nothing (Dr. GRPO)")
+    g.add_argument("--dynamic-sampling", action="store_true",
+                   help="DAPO's dynamic sampling (in neither paper): drop groups whose rewards are all equal "
+                        "and draw more prompts until the batch is full")
+    g.add_argument("--max-draws", type=at_least(1), default=4,
+                   help="--dynamic-sampling: at most this many prompt batches per step, the first included")
+
+    g = p.add_argument_group("sampling and the update's micro-batches")
+    g.add_argument("--temperature", type=positive_float, default=0.7, help="sampling temperature (ARMed: 0.7)")
+    g.add_argument("--top-p", type=positive_float, default=1.0, help="nucleus sampling threshold (<= 1)")
+    g.add_argument("--max-new-tokens", type=at_least(1), default=96, help="completion length limit")
+    g.add_argument("--micro-batch", type=at_least(1), default=16,
+                   help="completions per forward/backward (gradient accumulation)")
+
+    g = p.add_argument_group("validation, checkpoints, seed")
+    g.add_argument("--eval-every", type=at_least(0), default=50, help="validate every N steps (0: only at the end)")
+    g.add_argument("--eval-size", type=at_least(1), default=100, help="validation records per evaluation")
+    g.add_argument("--save-every", type=at_least(0), default=20, help="checkpoint every N steps (0: only at the end)")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    args = p.parse_args(argv)
+    if args.top_p > 1:
+        p.error(f"argument --top-p: must be <= 1, got {args.top_p}")
+    return args
+
+
+@dataclass(frozen=True)
+class Config(RunConfig):
+    """What a GRPO run derives from its options, once (RunConfig: the learning rate, its schedule,
+    the checkpoint the policy loads), and:"""
+    ref_model: str = None     # the frozen KL reference: the first run's --model, also when resumed
+    train_offset: int = 0     # the first training record of the prompts (data.train_offset)
+
+    @classmethod
+    def from_args(cls, args, state=None):
+        return super().from_args(args, state, train_offset=train_offset(args),
+                                 ref_model=saved_config(state)["ref_model"] if state else args.model)
 
 
 def group_advantages(rewards, group_size, scale="group", eps=1e-4):
@@ -185,70 +251,52 @@ def _masked_mean(values, mask):
     return ((values * mask).sum() / mask.sum().clamp(min=1)).item()
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_model_args(p, default_model="runs/sft")
-    add_data_args(p, train_offset=None)
-    add_reward_args(p)
-    add_run_args(p, "grpo.py", default_out="runs/grpo")
-    p.add_argument("--steps", type=at_least(1), default=200, help="rollout batches (each followed by --mu "
-                   "updates); a resumed run may raise it (the schedule keeps its first length)")
-    # [reconstructed] batch size, learning rate, beta and clip epsilon are not published (METHOD.md §2).
-    p.add_argument("--prompts-per-step", type=at_least(1), default=16,
-                   help="prompts B per rollout batch, over all processes")
-    p.add_argument("--num-generations", type=at_least(2), default=8,
-                   help="completions G per prompt (ARMed: 8); a group of one has no advantage")
-    p.add_argument("--temperature", type=positive_float, default=0.7, help="sampling temperature (ARMed: 0.7)")
-    p.add_argument("--top-p", type=positive_float, default=1.0, help="nucleus sampling threshold (<= 1)")
-    p.add_argument("--max-new-tokens", type=at_least(1), default=96, help="completion length limit")
-    p.add_argument("--micro-batch", type=at_least(1), default=16,
-                   help="completions per forward/backward (gradient accumulation)")
-    p.add_argument("--mu", type=at_least(1), default=1, help="policy updates per rollout batch")
-    # [reconstructed] 3e-4 for the tiny model, chosen on the validation split (1e-4 and 2e-4 gained
-    # less in 200 steps: EXPERIMENTS.md); use ~1e-6 for a 3B model.
-    add_optimizer_args(p, lr=3e-4)
-    p.add_argument("--beta", type=at_least(0.0, float), default=0.04, help="KL weight (0 skips the reference model)")
-    p.add_argument("--clip-eps", type=positive_float, default=0.2, help="PPO ratio clip epsilon")
-    p.add_argument("--loss-type", choices=LOSS_TYPES, default="grpo", help="token aggregation of the loss")
-    p.add_argument("--advantage-scale", choices=ADVANTAGE_SCALES, default="group",
-                   help="divide advantages by the group std, the batch std, or nothing (Dr. GRPO)")
-    p.add_argument("--dynamic-sampling", action="store_true",
-                   help="DAPO's dynamic sampling (in neither paper): drop groups whose rewards are all equal "
-                        "and draw more prompts until the batch is full")
-    p.add_argument("--max-draws", type=at_least(1), default=4,
-                   help="--dynamic-sampling: at most this many prompt batches per step, the first included")
-    p.add_argument("--eval-every", type=at_least(0), default=50, help="validate every N steps (0: only at the end)")
-    p.add_argument("--eval-size", type=at_least(1), default=100, help="validation records per evaluation")
-    p.add_argument("--save-every", type=at_least(0), default=20, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    args = p.parse_args(argv)
-    args.lr = peak_learning_rate(args)
-    if args.top_p > 1:
-        p.error(f"argument --top-p: must be <= 1, got {args.top_p}")
-    # [reconstructed] The phantom generator never runs out, so by default GRPO's prompts come from
-    # answer-only questions on images SFT never saw: train records 6000 on (sft.py trains on at most
-    # the first 6000, by default on its first --cot-records 500), as in ARMed's regime SFT sees a
-    # limited chain-of-thought subset and RL the answer-only rest. A real dataset has one training
-    # set, which both stages use. --train-offset sets either.
-    if args.train_offset is None:
-        args.train_offset = PHANTOM_SIZES["train"] if args.dataset == "phantom" else 0
-    return args
+@dataclass
+class Group:
+    """One prompt and its G completions: GRPO's unit, from sampling to the update. Dynamic sampling
+    keeps or drops whole groups; the update consumes a list of them.
+
+        record        the prompt's dataset record (question, image, answer, answer_type)
+        prompts, row  the prompt batch the group was sampled in (shared by the groups of one
+                      draw; see one_batch) and the prompt's row in it
+        completions   (G, T) generated ids, mask, texts
+        rewards       (G,) total reward;  components: reward name -> (G,) (rewards.compute_rewards)
+        advantages    (G,) group_advantages, set once every process's groups are scored
+        old_logps     (G, T) π_old's token log-probs, when --mu > 1 (else π_old = π_θ.detach())
+        ref_logps     (G, T) the reference's token log-probs, when --beta > 0
+    """
+    record: object
+    prompts: dict
+    row: int
+    completions: Completions
+    rewards: np.ndarray
+    components: dict
+    advantages: torch.Tensor | None = None
+    old_logps: torch.Tensor | None = None
+    ref_logps: torch.Tensor | None = None
+
+    @property
+    def informative(self):
+        """Whether its rewards differ: a group whose rewards are all equal has zero advantage."""
+        return np.ptp(self.rewards) > 0
 
 
 @dataclass
-class Rollout:
-    """One rollout batch on this process: its B prompts, G completions each (N = B*G rows)."""
-    prompts: dict              # repeated prompt batch, N rows (repeat_prompts)
-    completions: Completions   # ids, mask (N, T), texts
-    advantages: torch.Tensor   # (N,)
-    old_logps: torch.Tensor | None   # (N, T) when mu > 1, else None (π_old = π_θ.detach())
-    ref_logps: torch.Tensor | None   # (N, T) when beta > 0
-    # For the log, of the whole global batch (every process's rows, in rank order):
-    rewards: np.ndarray        # total reward of the trained completions
-    components: dict           # name -> per-reward values of the trained completions
-    answer_types: list
-    first_draw: tuple | None = None   # (totals, components, answer_types) of the step's own prompts
-    draws: int = 1             # prompt batches sampled (more than 1 only with --dynamic-sampling)
+class Scores:
+    """The rewards of a list of groups of every process, in rank order: what the log reports."""
+    totals: np.ndarray    # (n,) total rewards
+    components: dict      # reward name -> (n,)
+    answer_types: list    # n: "open" or "closed"
+
+    @classmethod
+    def gather(cls, groups, rt):
+        own = (np.concatenate([g.rewards for g in groups]),
+               {k: np.concatenate([g.components[k] for g in groups]) for k in groups[0].components},
+               [g.record.answer_type for g in groups for _ in g.rewards])
+        every = rt.gather(own)
+        return cls(np.concatenate([t for t, _, _ in every]),
+                   {k: np.concatenate([c[k] for _, c, _ in every]) for k in every[0][1]},
+                   [t for _, _, types in every for t in types])
 
 
 def draw_records(train, step, draw, args, rt):
@@ -262,90 +310,79 @@ def draw_records(train, step, draw, args, rt):
     return [train[i] for i in rt.share(order)]
 
 
-def sample_and_score(model, processor, records, reward_fn, args, rt):
-    """G completions for each of this process's prompts, and their rewards."""
+def sample_groups(model, processor, records, reward_fn, args, rt):
+    """Sample G completions for each of `records` (one batch) and score them: a Group each."""
     G = args.num_generations
     prompts = processor.prompts([r.question for r in records], [load_image(r) for r in records])
     with rt.generation(model) as all_done:
         out = sample_completions(model, processor, prompts, num_samples=G, temperature=args.temperature,
                                  top_p=args.top_p, max_new_tokens=args.max_new_tokens, all_done=all_done)
-    total, components = reward_fn([r for r in records for _ in range(G)], out.texts)
-    return prompts, out, total, components
+    total, components = reward_fn([r for r in records for _ in range(G)], out.texts)      # (B*G,)
+    return [Group(r, prompts, i, out.select(range(i * G, (i + 1) * G)), total[i * G:(i + 1) * G],
+                  {k: v[i * G:(i + 1) * G] for k, v in components.items()}) for i, r in enumerate(records)]
 
 
-def _merged(gathered):
-    """Every process's (totals, components, answer types), gathered, as one batch in rank order."""
-    return (np.concatenate([t for t, _, _ in gathered]),
-            {k: np.concatenate([c[k] for _, c, _ in gathered]) for k in gathered[0][1]},
-            [t for _, _, types in gathered for t in types])
+def sample_step(model, processor, draw, reward_fn, args, rt):
+    """The groups this process trains on in a step, the Scores of the step's own prompts (draw(0),
+    every process's: the log compares runs with and without dynamic sampling on them), and the
+    number of prompt batches drawn. draw(d): this process's records of the step's d-th batch.
 
-
-def collect_rollout(model, ref_model, processor, draw, reward_fn, args, rt):
-    """Sample G completions for each of this process's prompts (draw(0)), score them, and compute
-    their advantages (over the global batch: the "batch" scale needs every process's rewards)."""
-    G = args.num_generations
-    records = draw(0)
-    prompts, out, total, components = sample_and_score(model, processor, records, reward_fn, args, rt)
-    first = _merged(rt.gather((total, components, [r.answer_type for r in records for _ in range(G)])))
-    trained, draws = first, 1
-    if args.dynamic_sampling:
-        prompts, out, trained, draws = refill_groups(model, processor, draw, reward_fn, args, rt,
-                                                     (prompts, out, total, components))
-    all_total, all_components, all_types = trained
-    advantages = rt.share(group_advantages(torch.as_tensor(all_total, dtype=torch.float32), G,
-                                           args.advantage_scale))                    # (N,) this process's
-    prompts = repeat_prompts(prompts, G)
-    old = ref = None
-    with torch.no_grad():
-        if args.mu > 1:   # with one update, π_old equals π_θ and the ratio is exp(logp - logp.detach())
-            old = micro_logprobs(model, prompts, out, args)
-        if args.beta > 0:
-            with reference_policy(model, ref_model) as reference:   # LoRA: the model, adapters off
-                ref = micro_logprobs(reference, prompts, out, args)
-    return Rollout(prompts, out, advantages, old, ref, all_total, all_components, all_types, first, draws)
-
-
-def refill_groups(model, processor, draw, reward_fn, args, rt, first_draw):
-    """--dynamic-sampling (DAPO, Yu et al. 2025; in neither paper): a group whose G rewards are all
+    --dynamic-sampling (DAPO, Yu et al. 2025; in neither paper): a group whose G rewards are all
     equal has zero advantage and teaches nothing but the KL term, so it is dropped and further
     prompts are drawn (draw(1), draw(2), ...) until every process has its B/W informative groups or
     --max-draws batches were sampled; then dropped groups fill the rest, so every process trains on
     the same number of rows (sharded training needs the same forwards on every process). Every
     process samples the same number of draws: the adaptive reward gathers scores from all of them.
-
-    first_draw: (prompts, completions, totals, components) of draw(0), already sampled and scored.
-    Returns the trained groups' prompts and completions, every process's (totals, components,
-    answer types) of them, gathered, and the number of draws.
     """
-    G = args.num_generations
-    quota = len(draw(0))
-    kept, dropped, batches = [], [], []   # groups: (record, draw, row, completions, totals, components)
+    groups = sample_groups(model, processor, draw(0), reward_fn, args, rt)
+    first = Scores.gather(groups, rt)
+    if not args.dynamic_sampling:
+        return groups, first, 1
+    quota = len(groups)
+    kept, dropped = [], []
     for d in range(args.max_draws):
-        records = draw(d)
-        prompts, out, total, components = (first_draw if d == 0 else
-                                           sample_and_score(model, processor, records, reward_fn, args, rt))
-        batches.append(prompts)
-        for i, record in enumerate(records):
-            rows = slice(i * G, (i + 1) * G)
-            group = (record, d, i, out.select(range(rows.start, rows.stop)), total[rows],
-                     {k: v[rows] for k, v in components.items()})
-            (kept if np.ptp(total[rows]) > 0 and len(kept) < quota else dropped).append(group)
+        if d > 0:
+            groups = sample_groups(model, processor, draw(d), reward_fn, args, rt)
+        for group in groups:
+            (kept if group.informative and len(kept) < quota else dropped).append(group)
         if rt.sum(quota - len(kept)) == 0:
             break
     groups = kept + dropped[:quota - len(kept)]
-    records = [g[0] for g in groups]
-    out = Completions.concat([g[3] for g in groups], processor.pad_token_id)
-    total = np.concatenate([g[4] for g in groups])
-    components = {k: np.concatenate([g[5][k] for g in groups]) for k in groups[0][5]}
-    gathered = _merged(rt.gather((total, components, [r.answer_type for r in records for _ in range(G)])))
-    if len({g[1] for g in groups}) == 1:   # one draw's prompts
-        prompts = select_prompts(batches[groups[0][1]], [g[2] for g in groups])
-    else:                                  # prompt batches of several draws: build the kept ones again
+    one_batch(groups, processor)
+    return groups, first, d + 1
+
+
+def one_batch(groups, processor):
+    """Let the groups of a step share one prompt batch and one completion width: those of the draw
+    they were sampled in, or, when they come from several draws, their prompts built again as one
+    batch and their completions padded to the widest."""
+    if len({id(g.prompts) for g in groups}) > 1:
+        records = [g.record for g in groups]
         prompts = processor.prompts([r.question for r in records], [load_image(r) for r in records])
-    return prompts, out, gathered, d + 1
+        completions = Completions.concat([g.completions for g in groups], processor.pad_token_id)
+        for i, group in enumerate(groups):
+            G = len(group.rewards)
+            group.prompts, group.row, group.completions = prompts, i, completions.select(range(i * G, (i + 1) * G))
+
+
+def set_advantages(groups, totals, args, rt):
+    """Each group's advantages, from `totals` (N,): every process's groups' rewards in rank order
+    (Scores.totals), since the "batch" scale needs all of them."""
+    advantages = rt.share(group_advantages(torch.as_tensor(totals, dtype=torch.float32), args.num_generations,
+                                           args.advantage_scale))                    # (N,) this process's
+    for i, group in enumerate(groups):
+        group.advantages = advantages[i * args.num_generations:(i + 1) * args.num_generations]
+
+
+def as_batch(groups):
+    """The groups (of one prompt batch and one width: one_batch) as one batch of N = len(groups) * G
+    rows: the prompts, each repeated for its G completions (N rows), and the completions (N, T)."""
+    prompts = select_prompts(groups[0].prompts, [g.row for g in groups for _ in g.rewards])
+    return prompts, Completions.concat([g.completions for g in groups], pad_token_id=None)
 
 
 def micro_logprobs(model, prompts, out, args):
+    """completion_logprobs of a batch, --micro-batch rows at a time: (N, T)."""
     rows = range(out.ids.shape[0])
     return torch.cat([completion_logprobs(model, select_prompts(prompts, list(rows[i:i + args.micro_batch])),
                                           out.ids[i:i + args.micro_batch], out.mask[i:i + args.micro_batch],
@@ -353,39 +390,68 @@ def micro_logprobs(model, prompts, out, args):
                       for i in range(0, len(rows), args.micro_batch)])
 
 
-def policy_update(model, optimizer, params, rollout, args, rt):
-    """One optimizer step on the rollout batch, accumulated over micro-batches (and processes).
+@torch.no_grad()
+def set_logprobs(model, ref_model, groups, args):
+    """Each group's log-probs under π_old (with --mu > 1; with one update π_old equals π_θ and the
+    ratio is exp(logp - logp.detach())) and under the frozen reference (with --beta > 0)."""
+    prompts, out = as_batch(groups)
+    G = args.num_generations
+    if args.mu > 1:
+        old = micro_logprobs(model, prompts, out, args)                               # (N, T)
+        for i, group in enumerate(groups):
+            group.old_logps = old[i * G:(i + 1) * G]
+    if args.beta > 0:
+        with reference_policy(model, ref_model) as reference:   # LoRA: the model, adapters off
+            ref = micro_logprobs(reference, prompts, out, args)                       # (N, T)
+        for i, group in enumerate(groups):
+            group.ref_logps = ref[i * G:(i + 1) * G]
+
+
+def policy_update(model, optimizer, params, groups, args, rt):
+    """One optimizer step on this process's groups, accumulated over micro-batches (and processes).
 
     Micro-batches take completions of similar length and drop the padding columns past their
     longest one. Each micro-batch's loss is weighted by its share of the aggregation's denominator
     over the global batch (sequences for grpo and dr_grpo, tokens for token), so the gradient, summed
     over micro-batches and processes, equals that of one grpo_loss over the whole global batch.
+    Worked example, one process, N = 4 completions of 3, 1, 2 and 1 tokens (7), --micro-batch 2:
+        sorted by length: micro-batches {1, 1 tokens} and {2, 3 tokens}
+        grpo, dr_grpo: each micro-batch loss is a mean over its 2 sequences (or its sum / (2 · max_new_tokens));
+                       weights 2/4 and 2/4: their sum is the mean over the 4 sequences
+        token:         micro-batch losses are means over 2 and 5 tokens; weights 2/7 and 5/7:
+                       their sum is the mean over all 7 tokens
+    With W processes, N and the token count are those of the global batch (rt.sum) and the
+    gradients are summed over processes. kl, ratio_mean and clip_fraction are weighted by tokens.
     A non-finite loss or gradient skips the step (on every process alike).
     """
-    ids, mask = rollout.completions.ids.to(rt.device), rollout.completions.mask.to(rt.device)
+    prompts, completions = as_batch(groups)
+    advantages = torch.cat([g.advantages for g in groups])                          # (N,)
+    old_logps = None if groups[0].old_logps is None else torch.cat([g.old_logps for g in groups])   # (N, T)
+    ref_logps = None if groups[0].ref_logps is None else torch.cat([g.ref_logps for g in groups])
+    ids, mask = completions.ids.to(rt.device), completions.mask.to(rt.device)
     n_local = ids.shape[0]
     N, total_tokens = rt.sum(n_local), rt.sum(int(mask.sum()))    # of the global batch
     stats_sum, finite = {}, True
     lengths = mask.sum(dim=1)                                                # (N,)
     order = torch.argsort(lengths, stable=True).cpu()   # similar lengths together: less padding
-    images = ImageFeatures(model, rollout.prompts, accumulate=True)   # the vision tower once per image
+    images = ImageFeatures(model, prompts, accumulate=True)   # the vision tower once per image
     for i in range(0, n_local, args.micro_batch):
         rows = order[i:i + args.micro_batch].tolist()
         T = int(lengths[rows].max())      # the micro-batch's longest completion; the rest is padding
         m = mask[rows, :T]
-        logps = completion_logprobs(model, select_prompts(rollout.prompts, rows), ids[rows, :T], m,
+        logps = completion_logprobs(model, select_prompts(prompts, rows), ids[rows, :T], m,
                                     temperature=args.temperature, images=images.rows(rows))  # (n, T)
-        old = logps.detach() if rollout.old_logps is None else rollout.old_logps[rows, :T]
-        ref = None if rollout.ref_logps is None else rollout.ref_logps[rows, :T]
-        loss, stats = grpo_loss(logps, old, ref, rollout.advantages[rows].to(rt.device), m,
+        old = logps.detach() if old_logps is None else old_logps[rows, :T]
+        ref = None if ref_logps is None else ref_logps[rows, :T]
+        loss, stats = grpo_loss(logps, old, ref, advantages[rows].to(rt.device), m,
                                 clip_eps=args.clip_eps, beta=args.beta, loss_type=args.loss_type,
                                 max_new_tokens=args.max_new_tokens)
-        token_share = int(m.sum()) / max(total_tokens, 1)
-        share = token_share if args.loss_type == "token" else logps.shape[0] / N
+        token_weight = int(m.sum()) / max(total_tokens, 1)
+        weight = token_weight if args.loss_type == "token" else logps.shape[0] / N
         finite = finite and bool(torch.isfinite(loss))
-        (loss * share).backward()   # a non-finite loss still runs backward: the processes stay in step
+        (loss * weight).backward()   # a non-finite loss still runs backward: the processes stay in step
         for k, v in stats.items():  # the loss as aggregated; kl, ratio, clip fraction per token
-            stats_sum[k] = stats_sum.get(k, 0.0) + v * (share if k == "loss" else token_share)
+            stats_sum[k] = stats_sum.get(k, 0.0) + v * (weight if k == "loss" else token_weight)
     images.backward()               # the vision tower's gradient, summed over the micro-batches
     stats_sum = {k: rt.sum(v) for k, v in stats_sum.items()}
     grad_norm = rt.clip_grad_norm(params, args.clip)
@@ -396,38 +462,70 @@ def policy_update(model, optimizer, params, rollout, args, rt):
     return dict(stats_sum, grad_norm=grad_norm, skipped=skipped)
 
 
-def first_draw_diagnostics(rollout, G):
-    """What the log says about rewards: collapse diagnostics of the step's own prompts (the first draw,
-    so runs with and without --dynamic-sampling compare alike), the draws and the share of trained
-    groups with a signal, and every open completion's raw and weighted semantic reward (3 decimals;
-    plot.py draws their distributions, ARMed's Figure 4)."""
-    totals, components, types = rollout.first_draw
-    row = collapse_diagnostics(components, totals, G, types)
-    trained = rollout.rewards.reshape(-1, G)
-    row.update(draws=rollout.draws, trained_informative_fraction=float((np.ptp(trained, axis=1) > 0).mean()))
+def reward_log(first, trained, draws, G):
+    """What the log says about rewards: the mean of each reward over the trained groups; collapse
+    diagnostics of the step's own prompts (`first`, so runs with and without --dynamic-sampling
+    compare alike), the draws and the share of trained groups with a signal, and every open
+    completion's raw and weighted semantic reward (3 decimals; plot.py draws their distributions,
+    ARMed's Figure 4)."""
+    row = dict(reward=float(trained.totals.mean()),
+               **{f"reward_{k}": float(np.mean(v)) for k, v in trained.components.items()},
+               **collapse_diagnostics(first.components, first.totals, G, first.answer_types))
+    row.update(draws=draws, trained_informative_fraction=float((np.ptp(trained.totals.reshape(-1, G), axis=1) > 0).mean()))
     for kind in ("closed", "open"):   # which questions the reward rises on
-        is_kind = np.asarray(types) == kind
+        is_kind = np.asarray(first.answer_types) == kind
         if is_kind.any():
-            row[f"reward_{kind}_questions"] = float(totals[is_kind].mean())
-    if "semantic_raw" in components:
-        is_open = np.asarray(types) == "open"
-        row.update(open_semantic_raw=np.round(components["semantic_raw"][is_open], 3).tolist(),
-                   open_semantic=np.round(components["semantic"][is_open], 3).tolist())
+            row[f"reward_{kind}_questions"] = float(first.totals[is_kind].mean())
+    if "semantic_raw" in first.components:
+        is_open = np.asarray(first.answer_types) == "open"
+        row.update(open_semantic_raw=np.round(first.components["semantic_raw"][is_open], 3).tolist(),
+                   open_semantic=np.round(first.components["semantic"][is_open], 3).tolist())
     return row
 
 
-def build_reward_fn(args, rt):
-    """records, completion texts -> (total (N,), components), with the rewards --reward enables.
-    The adaptive reward's history is fed every process's scores (rt.gather_scores)."""
-    kwargs = rewards_from_args(args)
-    if kwargs["adaptive"] is not None and rt.sharded:
-        kwargs["adaptive"].gather = rt.gather_scores
+@dataclass
+class Policy:
+    """The model being trained and what travels with it."""
+    model: torch.nn.Module
+    processor: object
+    ref_model: torch.nn.Module | None   # the frozen reference; None without KL, or with LoRA (the model, adapters off)
+    optimizer: torch.optim.Optimizer
+    params: list                        # the parameters that train
 
-    def reward_fn(records, texts):
-        return compute_rewards(texts, [r.answer for r in records], [r.answer_type for r in records],
-                               questions=[r.question for r in records], **kwargs)
-    reward_fn.adaptive, reward_fn.scorer = kwargs["adaptive"], kwargs["scorer"]
-    return reward_fn
+
+def load_run(args, config, rt):
+    """The training prompts, the validation records and the Policy, as the options ask."""
+    if config.policy != "tiny" and not os.path.exists(config.policy) and config.policy.startswith("runs/"):
+        sys.exit(f"grpo.py: {config.policy} not found: run `python sft.py` first (or pass --model)")
+    train = dataset_from_args(args, "train")
+    val = dataset_from_args(args, "val")[:args.eval_size]
+    model, processor = model_from_args(args, rt, name=config.policy, seed=args.seed)
+    train, val = (check_prompt_lengths(records, processor, args.max_prompt_tokens, args.skip_bad, "grpo.py")
+                  for records in (train, val))
+    ref_model = None
+    if args.beta > 0 and not has_lora(model):   # frozen copy of the starting policy for the KL term
+        ref_model, _ = model_from_args(args, rt, name=config.ref_model, frozen=True)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=args.weight_decay)
+    return train, val, Policy(model, processor, ref_model, optimizer, params)
+
+
+def resume(state, policy, rewards, rt):
+    """Restore the random states, the optimizer and the adaptive buffer; the step to continue from."""
+    rt.set_rng_state(state["rng"])   # first: it refuses another number of processes
+    rt.load_optimizer_state(policy.model, policy.optimizer, state["optimizer"])
+    if rewards.adaptive is not None:
+        rewards.adaptive.load_state_dict(state["adaptive"])
+    return state["step"]
+
+
+def save(policy, rewards, config, args, rt, step, metrics):
+    trainer_state = dict(step=step, optimizer=rt.optimizer_state(policy.model, policy.optimizer), rng=rt.rng_state(),
+                         adaptive=rewards.adaptive.state_dict() if rewards.adaptive else None,
+                         args=config.options(args), config=asdict(config), world_size=rt.world_size)
+    save_checkpoint(policy.model, policy.processor, args.out, trainer_state, rt=rt,
+                    meta=dict(script="grpo.py", step=step, val=metrics, world_size=rt.world_size, precision=rt.precision))
 
 
 def main(argv=None):
@@ -435,73 +533,41 @@ def main(argv=None):
     keep_step = claim_output(args, "grpo.py")
     rt = setup(args.precision, args.device, args.gather_for_generation)
     rt.require_divisible(args.prompts_per_step, "--prompts-per-step", "grpo.py")
-    state = None
-    args.schedule_steps = args.steps
-    if args.resume:
-        state = load_trainer_state(args.resume)
-        args.ref_model = state["args"]["ref_model"]
-        args.schedule_steps = state["args"].get("schedule_steps", state["args"]["steps"])
-        args.model = args.resume
-    else:
-        args.ref_model = args.model
-    if args.model != "tiny" and not os.path.exists(args.model) and args.model.startswith("runs/"):
-        sys.exit(f"grpo.py: {args.model} not found: run `python sft.py` first (or pass --model)")
-    train = dataset_from_args(args, "train")
-    val = dataset_from_args(args, "val")[:args.eval_size]
-    model, processor = model_from_args(args, rt, seed=args.seed)
-    train, val = (check_prompt_lengths(records, processor, args.max_prompt_tokens, args.skip_bad, "grpo.py")
-                  for records in (train, val))
-    ref_model = None
-    if args.beta > 0 and not has_lora(model):   # frozen copy of the starting policy for the KL term
-        ref_model, _ = model_from_args(args, rt, name=args.ref_model, frozen=True)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    reward_fn = build_reward_fn(args, rt)
+    state = load_trainer_state(args.resume) if args.resume else None
+    config = Config.from_args(args, state)
+    train, val, policy = load_run(args, config, rt)
+    rewards = rewards_from_args(args, gather=rt.gather_scores if rt.sharded else None)
     torch.manual_seed(args.seed + rt.rank)   # each process samples its own completions
-    start = 0
-    if state is not None:
-        rt.set_rng_state(state["rng"])   # first: it refuses another number of processes
-        rt.load_optimizer_state(model, optimizer, state["optimizer"])
-        if reward_fn.adaptive is not None:
-            reward_fn.adaptive.load_state_dict(state["adaptive"])
-        start = state["step"]
+    start = resume(state, policy, rewards, rt) if state else 0
     log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main)
-
-    def checkpoint(step, metrics=None):
-        trainer_state = dict(step=step, optimizer=rt.optimizer_state(model, optimizer), rng=rt.rng_state(),
-                             adaptive=reward_fn.adaptive.state_dict() if reward_fn.adaptive else None,
-                             args=vars(args), world_size=rt.world_size)
-        save_checkpoint(model, processor, args.out, trainer_state, rt=rt,
-                        meta=dict(script="grpo.py", step=step, val=metrics, world_size=rt.world_size,
-                                  precision=rt.precision))
-
     rt.print(f"grpo.py: {len(train)} training prompts, G={args.num_generations}, reward {args.reward}, "
-             f"from {args.model} on {rt.world_size} x {rt.device.type}, precision {rt.precision}")
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, file=sys.stderr, desc="grpo",
-               disable=not rt.is_main)
-    def held_out():
-        return validate(model, processor, val, reward_fn.scorer, args.prompts_per_step * 4, args.max_new_tokens, rt)
+             f"from {config.policy} on {rt.world_size} x {rt.device.type}, precision {rt.precision}")
+    model, processor, G = policy.model, policy.processor, args.num_generations
 
+    def held_out():
+        return validate(model, processor, val, rewards.scorer, args.prompts_per_step * 4, args.max_new_tokens, rt)
     metrics = None
     if args.eval_every and start == 0:   # the starting point of the held-out curve (plot.py)
         metrics = held_out()
         log.write(json.dumps(dict(step=0, val=metrics)) + "\n")
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, file=sys.stderr, desc="grpo",
+               disable=not rt.is_main)
     for step in bar:
         t0 = time.time()
-        lr = set_learning_rate(optimizer, step, args)
-        rollout = collect_rollout(model, ref_model, processor, lambda d: draw_records(train, step, d, args, rt),
-                                  reward_fn, args, rt)
+        lr = set_learning_rate(policy.optimizer, step, config)
+        groups, first, draws = sample_step(model, processor, lambda d: draw_records(train, step, d, args, rt),
+                                           rewards, args, rt)                         # sample G, reward
+        trained = Scores.gather(groups, rt)
+        set_advantages(groups, trained.totals, args, rt)                                # advantages
+        set_logprobs(model, policy.ref_model, groups, args)                             # π_old, π_ref
         t_rollout = time.time() - t0
-        for _ in range(args.mu):
-            update = policy_update(model, optimizer, params, rollout, args, rt)
+        for _ in range(args.mu):                                                        # update
+            update = policy_update(model, policy.optimizer, policy.params, groups, args, rt)
         dt = time.time() - t0
-        n_tokens = rt.sum(int(rollout.completions.mask.sum()))
-        row = dict(step=step + 1, lr=lr, reward=float(rollout.rewards.mean()),
-                   **{f"reward_{k}": float(np.mean(v)) for k, v in rollout.components.items()},
-                   **first_draw_diagnostics(rollout, args.num_generations),
-                   **update, completion_length=n_tokens / len(rollout.rewards),
-                   tokens_per_s=n_tokens / dt, rollout_time=t_rollout, step_time=dt, world_size=rt.world_size)
+        n_tokens = rt.sum(sum(int(g.completions.mask.sum()) for g in groups))
+        row = dict(step=step + 1, lr=lr, **reward_log(first, trained, draws, G), **update,
+                   completion_length=n_tokens / len(trained.totals), tokens_per_s=n_tokens / dt,
+                   rollout_time=t_rollout, step_time=dt, world_size=rt.world_size)
         if row["skipped"]:
             rt.print(f"grpo.py: step {step + 1}: non-finite loss or gradient; update skipped", file=sys.stderr)
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0):.4f}", s_step=f"{dt:.1f}")
@@ -510,7 +576,7 @@ def main(argv=None):
         log.write(json.dumps(row) + "\n")
         log.flush()
         if due(step + 1, args.save_every, args.steps):
-            checkpoint(step + 1, metrics)
+            save(policy, rewards, config, args, rt, step + 1, metrics)
     log.close()
     rt.print(f"grpo.py: wrote {args.out}")
     rt.close()

@@ -79,6 +79,7 @@ def _add_adapter(model, config, weights_from=None):
     the weights of the adapter folder `weights_from` if given."""
     from peft import inject_adapter_in_model, set_peft_model_state_dict
     inject_adapter_in_model(config, model)
+    model.frozen_base = True   # only the adapters train: distributed.py stores the rest as a frozen model
     if weights_from is not None:
         from safetensors.torch import load_file
         state = load_file(os.path.join(weights_from, "adapter_model.safetensors"))
@@ -86,7 +87,7 @@ def _add_adapter(model, config, weights_from=None):
         state = {k.removeprefix(prefix): v for k, v in state.items()}
         unexpected = set_peft_model_state_dict(model, state).unexpected_keys
         if unexpected:
-            raise ValueError(f"model.py: {weights_from}/adapter_model.safetensors: {len(unexpected)} tensor(s) "
+            raise ValueError(f"lora.py: {weights_from}/adapter_model.safetensors: {len(unexpected)} tensor(s) "
                              f"match no adapter of the model, e.g. {unexpected[0]}")
     if not config.inference_mode:
         for name, param in model.named_parameters():

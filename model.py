@@ -62,9 +62,8 @@ TINY_TEXT = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, nu
                  # first, and gives image tokens 3-D positions (a 112-px image: a 4x4 grid of merged
                  # tokens, height and width positions 0-3 past the text before it). With theta 10^4
                  # the width block turns by < 0.01 rad across the image; theta 10 keeps every block
-                 # turning by 0.1-1 rad per position, fine for prompts of a few hundred tokens.
-                 # Measured with 3-D positions (400 SFT steps, seed 0, phantom test): theta 10 gave
-                 # closed 55.3 / ROUGE-1 82.3 / concept 79.8, theta 10^4 54.9 / 78.6 / 76.8.
+                 # turning by 0.1-1 rad per position, fine for prompts of a few hundred tokens
+                 # (measured: EXPERIMENTS.md §6).
                  rope_parameters={"rope_type": "default", "rope_theta": 10.0,
                                   "mrope_section": [4, 6, 6]})  # sums to head_dim / 2 = 16
 TINY_VISION = dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, patch_size=14,
@@ -250,9 +249,6 @@ class VLProcessor:
                     mm_token_type_ids=self.token_types(input_ids),
                     labels=torch.tensor([pad(l, -100) for l in labels]),
                     pixel_values=pixel_values, image_grid_thw=grid)
-
-    def decode(self, ids):
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=False)
 
     def save_pretrained(self, path):
         self.tokenizer.save_pretrained(path)

@@ -43,24 +43,24 @@ class Completions:
     ids: torch.Tensor    # (B*G, T) generated tokens; rows b*G .. b*G+G-1 answer prompt b
     mask: torch.Tensor   # (B*G, T) completion_mask(ids)
     texts: list          # B*G decoded strings, cut at the first EOS
-    logps: torch.Tensor | None = None   # (B*G, T) the sampler's log-prob of each token, 0 past EOS
 
     def select(self, rows):
         """These completions restricted to `rows` (a list or range of row indices)."""
         rows = list(rows)
-        return Completions(self.ids[rows], self.mask[rows], [self.texts[i] for i in rows],
-                           None if self.logps is None else self.logps[rows])
+        return Completions(self.ids[rows], self.mask[rows], [self.texts[i] for i in rows])
 
     @staticmethod
     def concat(parts, pad_token_id):
-        """The rows of several Completions in order, padded to the widest (pad_token_id, mask 0)."""
+        """The rows of several Completions in order, padded to the widest (pad_token_id, mask 0;
+        pad_token_id None: parts of one width, nothing to pad)."""
         width = max(p.ids.shape[1] for p in parts)
+        if pad_token_id is None and any(p.ids.shape[1] != width for p in parts):
+            raise ValueError("Completions.concat: parts of several widths need a pad_token_id")
 
         def pad(t, value):
             return F.pad(t, (0, width - t.shape[1]), value=value)
-        logps = None if any(p.logps is None for p in parts) else torch.cat([pad(p.logps, 0.0) for p in parts])
         return Completions(torch.cat([pad(p.ids, pad_token_id) for p in parts]),
-                           torch.cat([pad(p.mask, 0) for p in parts]), [t for p in parts for t in p.texts], logps)
+                           torch.cat([pad(p.mask, 0) for p in parts]), [t for p in parts for t in p.texts])
 
 
 def top_p_filter(scores, top_p):
@@ -96,8 +96,8 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
 
     Every sampling setting is explicit: a checkpoint's generation_config (Qwen2.5-VL ships
     top_k=1, repetition_penalty=1.05) plays no part, so the log-probs of the loss are those of the
-    policy that sampled. Completions.logps holds the sampler's log-prob of each token under the
-    temperature-scaled distribution before top-p (what completion_logprobs computes).
+    policy that sampled: completion_logprobs computes the log-prob of each drawn token under the
+    temperature-scaled distribution before top-p (test_model.py checks it against this sampler's).
     """
     was_training = model.training
     model.eval()
@@ -114,18 +114,17 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
     next_position = next_position.repeat_interleave(G)                                            # (N,)
     unfinished = torch.ones_like(next_position, dtype=torch.bool)
     done = not unfinished.any()
-    tokens, logps = [], []
+    tokens = []
     for t in range(max_new_tokens):
         if not done:   # else only keeping pace with other processes (all_done)
             scores = logits.masked_fill(banned, float("-inf"))                                   # (N, V)
             if greedy:
                 token = scores.argmax(dim=-1)
-            scores = scores / temperature
-            if not greedy:
+            else:
+                scores = scores / temperature
                 kept = top_p_filter(scores, top_p) if top_p < 1 else scores
                 token = torch.multinomial(F.softmax(kept, dim=-1), num_samples=1).squeeze(1)     # (N,)
             token = torch.where(unfinished, token, processor.pad_token_id)
-            logps.append(F.log_softmax(scores, dim=-1).gather(1, token[:, None]).squeeze(1) * unfinished)
             tokens.append(token)
             unfinished &= ~torch.isin(token, eos)
             done = not unfinished.any()
@@ -140,7 +139,7 @@ def sample_completions(model, processor, batch, num_samples=1, temperature=0.7, 
     mask = completion_mask(ids, processor.eos_token_ids)
     texts = [processor.tokenizer.decode(row[m.bool()], skip_special_tokens=True)
              for row, m in zip(ids, mask)]
-    return Completions(ids, mask, texts, torch.stack(logps, dim=1))
+    return Completions(ids, mask, texts)
 
 
 def distinct_prompts(prompts):

@@ -16,6 +16,7 @@ import math
 import re
 from collections import Counter, deque
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -313,6 +314,10 @@ class JudgeReward:
                                                       add_generation_prompt=True)
         return text + "\nAnswer:"
 
+    def rewards(self, records, completions):
+        """The judge as a reward function (compute_rewards): the records' questions."""
+        return self([r.question for r in records], completions)
+
     def __call__(self, questions, completions):
         import torch
 
@@ -344,56 +349,149 @@ class RewardWeights:
     judge: float = 0.0
 
 
-def compute_rewards(completions, references, answer_types, *, questions=None, weights=RewardWeights(),
-                    semantic="adaptive", scorer=None, adaptive=None, judge=None,
-                    target_length=DEFAULT_TARGET_LENGTH, closed_semantic="exact"):
-    """Total reward (N,) and each component (N,) for N completions.
+class Reference(NamedTuple):
+    """What a reward reads of a dataset record (data.VQARecord has these fields, and more)."""
+    answer: str
+    answer_type: str
+    question: str = ""
 
-    semantic: "adaptive" (ARMed), "plain" (raw cosine) or "none". Components: "format", "textual",
-    and as enabled "semantic_raw", "semantic" (what is weighted), "ecr", "cwr", "judge".
-    Answers are read strictly from <answer> (a completion without it has an empty answer).
-    [reconstructed] closed questions: the semantic slot holds their exact match (closed_semantic=
-    "exact"; "zero" gives 0), since cos("yes", "no") = 0.73; only open-question scores enter the
-    adaptive buffer. CWR's correctness is the textual reward.
+
+def references(answers, answer_types, questions=None):
+    """Reference records from plain lists, for callers without dataset records (demos, benchmarks)."""
+    return [Reference(a, t, q) for a, t, q in zip(answers, answer_types, questions or [""] * len(answers))]
+
+
+# The reward functions: records, completions -> (N,) scores, TRL's reward-function contract with a
+# record (answer, answer_type, question) in place of the dataset columns. Answers are read strictly
+# from <answer> (a completion without it has an empty answer).
+
+def format_rewards(records, completions):
+    """format_reward of each completion."""
+    return np.array([format_reward(c) for c in completions])
+
+
+def textual_rewards(records, completions):
+    """textual_reward of each completion's answer against its record's."""
+    return np.array([textual_reward(extract_answer(c, strict=True), r.answer, r.answer_type)
+                     for r, c in zip(records, completions)])
+
+
+def ecr_rewards(records, completions, target_length=DEFAULT_TARGET_LENGTH):
+    return np.array([ecr_length_reward(c, target_length) for c in completions])
+
+
+def cwr_rewards(records, completions, target_length=DEFAULT_TARGET_LENGTH):
+    """CWR with the textual reward as correctness."""
+    return np.array([cwr_length_reward(c, correct, target_length)
+                     for c, correct in zip(completions, textual_rewards(records, completions))])
+
+
+class SemanticReward:
+    """The semantic reward: the scorer's cosine for open questions. [reconstructed] closed questions
+    get their exact match (closed="exact"; "zero" gives 0), since cos("yes", "no") = 0.73.
+    `raw`: the scores of the last call (logged as semantic_raw)."""
+
+    def __init__(self, scorer, closed="exact"):
+        if closed not in ("exact", "zero"):
+            raise ValueError(f"closed_semantic must be exact or zero, got {closed!r}")
+        self.scorer, self.closed, self.raw = scorer, closed, None
+
+    def __call__(self, records, completions):
+        answers = [extract_answer(c, strict=True) for c in completions]
+        is_open = np.array([r.answer_type == "open" for r in records], dtype=bool)
+        raw = np.zeros(len(records))
+        if self.closed == "exact":
+            raw[~is_open] = [exact_match(a, r.answer) for a, r, o in zip(answers, records, is_open) if not o]
+        raw[is_open] = self.scorer.score([a for a, o in zip(answers, is_open) if o],
+                                         [r.answer for r, o in zip(records, is_open) if o])
+        self.raw = raw
+        return raw.copy()
+
+
+class AdaptiveReward:
+    """ARMed's adaptive semantic reward: `semantic` (a SemanticReward) scores the completions, and
+    the open questions' scores go through `adaptive`'s mapping (AdaptiveSemanticReward, whose buffer
+    sees open answers only); closed ones pass unchanged. `raw`: semantic's scores of the last call."""
+
+    def __init__(self, semantic, adaptive):
+        self.semantic, self.adaptive, self.raw = semantic, adaptive, None
+
+    def __call__(self, records, completions):
+        self.raw = self.semantic(records, completions)
+        is_open = np.array([r.answer_type == "open" for r in records], dtype=bool)
+        mapped = self.raw.copy()
+        mapped[is_open] = self.adaptive(self.raw[is_open])   # also with none open: other processes may have some
+        return mapped
+
+
+class WeightedReward(NamedTuple):
+    name: str        # the component's name in the log (reward_<name>)
+    weight: float    # w_k
+    fn: object       # records, completions -> (N,) scores
+
+
+def compute_rewards(reward_functions, records, completions):
+    """Total reward (N,) = sum_k w_k r_k, and each component r_k (N,), for N completions of the
+    N records (a prompt's record repeated for each of its completions).
+
+    reward_functions: WeightedReward(name, weight, fn), in the order they are summed (reward_list
+    builds them from the options). A reward function with a `raw` attribute (the semantic ones)
+    also logs its unmapped scores, as "<name>_raw".
+
+    Worked example, default weights (format 1, textual 1, adaptive semantic 1), a fresh buffer, and
+    a scorer that gives the two open answers cosine 0.8 and 0.3:
+        record (closed, "yes")               completion "<think>…</think><answer>yes</answer>"
+        record (open, "pleural effusion")    completion "<think>…</think><answer>effusion</answer>"
+        record (open, "pleural effusion")    completion "<answer>pneumothorax</answer>"
+      format         [1, 1, 0]                       (the third has no <think>)
+      textual        [1, 0.5173, 0]                  closed: exact match; open: (BLEU-1 + ROUGE-1) / 2
+                                                     = (exp(1 - 2/1) + 2/3) / 2
+      semantic_raw   [1, 0.8, 0.3]                   closed: exact match; open: the scorer's cosine
+      semantic       [1, 0.8808, 0.1192]             open through the buffer [0.8, 0.3]: tau 0.55,
+                                                     sigma 0.25, sigmoid(2 (s - 0.55) / 0.25)
+      total          [3, 2.3981, 0.1192]
     """
     n = len(completions)
-    if len(references) != n or len(answer_types) != n or (questions is not None and len(questions) != n):
-        raise ValueError(f"completions, references, answer_types (and questions) must have the same length {n}")
+    if len(records) != n:
+        raise ValueError(f"{n} completions but {len(records)} records: they must have the same length")
+    for r in records:
+        check_answer_type(r.answer_type)
+    components, total = {}, np.zeros(n)
+    for name, weight, fn in reward_functions:
+        scores = fn(records, completions)
+        if getattr(fn, "raw", None) is not None:
+            components[f"{name}_raw"] = fn.raw
+        components[name] = scores
+        total += weight * scores
+    return total, components
+
+
+def reward_list(weights=RewardWeights(), semantic="adaptive", scorer=None, adaptive=None, judge=None,
+                target_length=DEFAULT_TARGET_LENGTH, closed_semantic="exact"):
+    """The reward functions of compute_rewards: format and textual always; semantic "adaptive"
+    (ARMed: AdaptiveReward around SemanticReward), "plain" (SemanticReward) or "none"; the length
+    rewards and the judge when their weight is not 0."""
     if semantic not in ("adaptive", "plain", "none") or closed_semantic not in ("exact", "zero"):
         raise ValueError(f"semantic must be adaptive/plain/none and closed_semantic exact/zero, "
                          f"got {semantic!r}, {closed_semantic!r}")
-    types = [check_answer_type(t) for t in answer_types]
-    answers = [extract_answer(c, strict=True) for c in completions]
-    components = {
-        "format": np.array([format_reward(c) for c in completions]),
-        "textual": np.array([textual_reward(a, r, t) for a, r, t in zip(answers, references, types)]),
-    }
+    functions = [WeightedReward("format", weights.format, format_rewards),
+                 WeightedReward("textual", weights.textual, textual_rewards)]
     if semantic != "none":
         if scorer is None or (semantic == "adaptive" and adaptive is None):
             raise ValueError("semantic rewards need scorer=SemanticScorer() "
                              "(and, for adaptive, adaptive=AdaptiveSemanticReward())")
-        is_open = np.array([t == "open" for t in types], dtype=bool)
-        raw = components["textual"].copy() if closed_semantic == "exact" else np.zeros(n)
-        raw[is_open] = scorer.score([a for a, o in zip(answers, is_open) if o],
-                                    [r for r, o in zip(references, is_open) if o])
-        mapped = raw.copy()
-        if semantic == "adaptive":   # also with no open question: other processes may have some
-            mapped[is_open] = adaptive(raw[is_open])
-        components["semantic_raw"], components["semantic"] = raw, mapped
+        fn = SemanticReward(scorer, closed_semantic)
+        functions.append(WeightedReward("semantic", weights.semantic,
+                                        AdaptiveReward(fn, adaptive) if semantic == "adaptive" else fn))
     if weights.ecr:
-        components["ecr"] = np.array([ecr_length_reward(c, target_length) for c in completions])
+        functions.append(WeightedReward("ecr", weights.ecr, partial(ecr_rewards, target_length=target_length)))
     if weights.cwr:
-        components["cwr"] = np.array([cwr_length_reward(c, correct, target_length)
-                                      for c, correct in zip(completions, components["textual"])])
+        functions.append(WeightedReward("cwr", weights.cwr, partial(cwr_rewards, target_length=target_length)))
     if weights.judge:
-        if judge is None or questions is None:
-            raise ValueError("a judge weight needs judge=JudgeReward(...) and questions=[...]")
-        components["judge"] = judge(questions, completions)
-    total = np.zeros(n)
-    for field in fields(RewardWeights):
-        if field.name in components:
-            total += getattr(weights, field.name) * components[field.name]
-    return total, components
+        if judge is None:
+            raise ValueError("a judge weight needs judge=JudgeReward(...)")
+        functions.append(WeightedReward("judge", weights.judge, judge.rewards))
+    return functions
 
 
 def collapse_diagnostics(components, totals, group_size, answer_types=None):
@@ -445,20 +543,32 @@ def add_reward_args(parser):
     group.add_argument("--judge-prompt", default=JUDGE_PROMPT, help="[reconstructed] judge prompt template")
 
 
-def rewards_from_args(args, device=None):
-    """Keyword arguments for compute_rewards built from add_reward_args options (loads the models)."""
+@dataclass
+class Rewards:
+    """The rewards a run trains on, called as one reward: records, completions -> (total, components)
+    (compute_rewards). scorer: the semantic reward's encoder, also validation's semantic metric;
+    adaptive: ARMed's buffer, training state saved in checkpoints. Either is None when unused."""
+    functions: list
+    scorer: object = None
+    adaptive: object = None
+
+    def __call__(self, records, completions):
+        return compute_rewards(self.functions, records, completions)
+
+
+def rewards_from_args(args, device=None, gather=None):
+    """The Rewards of the add_reward_args options (loads the models). gather: the adaptive buffer's
+    feed of every process's scores (Runtime.gather_scores) when there are several."""
     semantic = SEMANTIC_MODES[args.reward]
     weights = RewardWeights(**{f.name: getattr(args, f"{f.name}_weight") for f in fields(RewardWeights)})
     if weights.judge and not args.judge_model:
         raise ValueError("--judge-weight needs --judge-model")
-    return {
-        "weights": weights, "semantic": semantic, "target_length": args.target_length,
-        "closed_semantic": args.closed_semantic,
-        "judge": JudgeReward(args.judge_model, device=device, prompt=args.judge_prompt) if weights.judge else None,
-        "scorer": SemanticScorer(args.encoder, device=device) if semantic != "none" else None,
-        "adaptive": AdaptiveSemanticReward(args.buffer_size, args.adaptive_quantile, args.adaptive_k,
-                                           args.adaptive_eps) if semantic == "adaptive" else None,
-    }
+    judge = JudgeReward(args.judge_model, device=device, prompt=args.judge_prompt) if weights.judge else None
+    scorer = SemanticScorer(args.encoder, device=device) if semantic != "none" else None
+    adaptive = AdaptiveSemanticReward(args.buffer_size, args.adaptive_quantile, args.adaptive_k, args.adaptive_eps,
+                                      gather) if semantic == "adaptive" else None
+    return Rewards(reward_list(weights, semantic, scorer, adaptive, judge, args.target_length, args.closed_semantic),
+                   scorer, adaptive)
 
 
 COLLAPSE_EXAMPLE = ("enlarged heart", [  # one GRPO group: right answers, near misses, wrong answers
@@ -528,14 +638,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.phantom:
         return print_wording_check(SemanticScorer(args.encoder))
-    kwargs = rewards_from_args(args)
-    if kwargs["scorer"] is None:
+    rewards = rewards_from_args(args)
+    if rewards.scorer is None:
         parser.error("the example needs a semantic reward: --reward text+adaptive or text+semantic")
     reference, candidates = COLLAPSE_EXAMPLE
     completions = [f"<think>The image shows it.</think><answer>{c}</answer>" for c in candidates]
     n = len(candidates)
-    total, parts = compute_rewards(completions, [reference] * n, ["open"] * n, **kwargs)
-    print(f"reference answer: {reference!r}    encoder: {kwargs['scorer'].name}\n")
+    total, parts = rewards(references([reference] * n, ["open"] * n), completions)
+    print(f"reference answer: {reference!r}    encoder: {rewards.scorer.name}\n")
     width = max(map(len, candidates)) + 2
     print(f"{'candidate answer':<{width}}{'textual':>9}{'raw sem':>9}{SEMANTIC_MODES[args.reward]:>9}{'total':>8}")
     for i, candidate in enumerate(candidates):

@@ -25,6 +25,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -37,8 +38,8 @@ from model import add_model_args, check_prompt_lengths, model_from_args, save_ch
 from policy import sample_completions, to_device
 from pretrain import DEFAULT_BASE, ensure_base
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
-from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
-                      open_log, peak_learning_rate, set_learning_rate, target_token_loss)
+from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args, at_least, claim_output, due,
+                      load_trainer_state, open_log, set_learning_rate, target_token_loss)
 
 
 def parse_args(argv=None):
@@ -66,7 +67,7 @@ def parse_args(argv=None):
     # CoT subset and GRPO then trains on answer-only questions SFT never saw (grpo.py's default
     # prompts on phantom start past every record sft.py could use). The size is not published; 500
     # phantom rationales, 500 steps, is where SFT from runs/base levels off on the validation split
-    # (72.0 at 800 steps; with 2000 rationales it reaches 78.5 and leaves GRPO nothing: EXPERIMENTS.md).
+    # (EXPERIMENTS.md §1, lab notes: more steps or more rationales, and what that leaves GRPO).
     p.add_argument("--cot-records", type=at_least(0), default=500,
                    help="[reconstructed] train on the first N records that have a rationale (0: all)")
     p.add_argument("--cot-from", default=None, help="ARMed-A: checkpoint that writes the rationales")
@@ -76,9 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--cot-min-score", type=float, default=1.0,
                    help="ARMed-A: textual reward an answer needs to count as correct [reconstructed]")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    args = p.parse_args(argv)
-    args.lr = peak_learning_rate(args)
-    return args
+    return p.parse_args(argv)
 
 
 def sft_target(record, missing_cot="skip"):
@@ -112,26 +111,21 @@ def generate_cot(records, ckpt, args, rt):
     record order, so every process trains on the same list.
     """
     model, processor = model_from_args(args, rt, name=ckpt, frozen=True)
-    mine, own = rt.every_nth(len(records))
-    kept = {}
-    with rt.generation(model) as all_done:
-        for start in tqdm(range(0, len(mine), args.batch_size), desc="writing CoT", file=sys.stderr,
-                          disable=not rt.is_main):
-            chunk = mine[start:start + args.batch_size]
-            batch = processor.prompts([records[j].question for j in chunk], [load_image(records[j]) for j in chunk])
-            out = sample_completions(model, processor, batch, num_samples=args.cot_samples,
-                                     temperature=0.7, max_new_tokens=args.max_new_tokens, all_done=all_done)
-            for i, j in enumerate(chunk):
-                if start + i >= own:
-                    break   # the repeats that pad the share (every_nth)
-                r = records[j]
-                for text in out.texts[i * args.cot_samples:(i + 1) * args.cot_samples]:
-                    score = textual_reward(extract_answer(text), r.answer, r.answer_type)
-                    if format_reward(text) == 1.0 and score >= args.cot_min_score:
-                        kept[j] = type(r)(**{**vars(r), "cot": think_text(text).strip()})
-                        break  # one rationale per question
-    everyone = {j: r for part in rt.gather(kept) for j, r in part.items()}
-    kept = [everyone[j] for j in sorted(everyone)]
+
+    def first_correct_rationale(chunk, all_done):
+        """Each record with its first sampled rationale whose format and answer are right, or None."""
+        batch = processor.prompts([r.question for r in chunk], [load_image(r) for r in chunk])
+        out = sample_completions(model, processor, batch, num_samples=args.cot_samples,
+                                 temperature=0.7, max_new_tokens=args.max_new_tokens, all_done=all_done)
+        kept = []
+        for i, r in enumerate(chunk):
+            texts = out.texts[i * args.cot_samples:(i + 1) * args.cot_samples]
+            correct = [t for t in texts if format_reward(t) == 1.0
+                       and textual_reward(extract_answer(t), r.answer, r.answer_type) >= args.cot_min_score]
+            kept.append(type(r)(**{**vars(r), "cot": think_text(correct[0]).strip()}) if correct else None)
+        return kept
+    kept = [r for r in rt.map_generation(model, first_correct_rationale, records, args.batch_size, "writing CoT")
+            if r is not None]
     rt.print(f"ARMed-A: {len(kept)}/{len(records)} questions got a correct rationale from {ckpt}")
     if args.cot_select and len(kept) > args.cot_select:
         emb = SemanticScorer(args.encoder).encode([f"{r.question} {r.cot}" for r in kept])
@@ -141,17 +135,9 @@ def generate_cot(records, ckpt, args, rt):
     return kept
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    keep_step = claim_output(args, "sft.py")
-    if args.model == DEFAULT_BASE and not args.resume:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not os.path.isdir(DEFAULT_BASE):
-            sys.exit(f"sft.py: no base model at {DEFAULT_BASE}: run `python pretrain.py` once before torchrun")
-        ensure_base(DEFAULT_BASE, "sft.py")
-    rt = setup(args.precision, args.device, args.gather_for_generation)
-    rt.require_divisible(args.batch_size, "--batch-size", "sft.py")
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
+def training_examples(args, rt):
+    """(examples, val): the (record, target) pairs SFT trains on (--cot-from: rationales written by
+    that checkpoint; the first --cot-records with a rationale) and the validation records."""
     train = dataset_from_args(args, "train")
     if args.cot_from:
         train = generate_cot(train, args.cot_from, args, rt)
@@ -165,22 +151,56 @@ def main(argv=None):
     val = dataset_from_args(args, "val")[:args.eval_size]
     rt.print(f"sft.py: {len(examples)} training examples ({without_cot} without CoT skipped, "
              f"--cot-records {args.cot_records or 'all'}), {len(val)} validation records")
+    return examples, val
 
-    start_step, state = 0, None
-    args.schedule_steps = args.steps
-    if args.resume:
-        state = load_trainer_state(args.resume)
-        args.model = args.resume
-        args.schedule_steps = state["args"].get("schedule_steps", state["args"]["steps"])
-        start_step = state["step"]
-    model, processor = model_from_args(args, rt, seed=args.seed)
+
+def accumulate_gradients(model, processor, examples, step, args, rt):
+    """The gradient of one optimizer step, over --grad-accum micro-batches of --batch-size examples
+    (over all processes): (mean target-token loss, tokens seen), both of the global batch."""
+    total_loss, n_tokens = 0.0, 0
+    for micro in range(args.grad_accum):
+        # this process's share of the global micro-batch of --batch-size examples
+        idx = rt.share(batch_order(len(examples), args.batch_size, step * args.grad_accum + micro, args.seed))
+        rs = [examples[i][0] for i in idx]
+        batch = processor.training_batch([r.question for r in rs], [load_image(r) for r in rs],
+                                         [examples[i][1] for i in idx])
+        loss_sum, n_targets = target_token_loss(model, to_device(batch, rt.device))
+        n_targets = rt.sum(n_targets)                   # target tokens of the global micro-batch
+        (loss_sum / n_targets / args.grad_accum).backward()
+        total_loss += rt.sum(loss_sum.item()) / n_targets / args.grad_accum
+        n_tokens += rt.sum(int(batch["attention_mask"].sum()))
+    return total_loss, n_tokens
+
+
+def save(model, processor, optimizer, config, args, rt, step, metrics):
+    trainer_state = dict(step=step, optimizer=rt.optimizer_state(model, optimizer), rng=rt.rng_state(),
+                         args=config.options(args), config=asdict(config), world_size=rt.world_size)
+    save_checkpoint(model, processor, args.out, trainer_state, rt=rt,
+                    meta=dict(script="sft.py", step=step, val=metrics, world_size=rt.world_size, precision=rt.precision))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    keep_step = claim_output(args, "sft.py")
+    if args.model == DEFAULT_BASE and not args.resume:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not os.path.isdir(DEFAULT_BASE):
+            sys.exit(f"sft.py: no base model at {DEFAULT_BASE}: run `python pretrain.py` once before torchrun")
+        ensure_base(DEFAULT_BASE, "sft.py")
+    rt = setup(args.precision, args.device, args.gather_for_generation)
+    rt.require_divisible(args.batch_size, "--batch-size", "sft.py")
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    examples, val = training_examples(args, rt)
+    state = load_trainer_state(args.resume) if args.resume else None
+    config = RunConfig.from_args(args, state)
+    model, processor = model_from_args(args, rt, name=config.policy, seed=args.seed)
     fits = {id(r) for r in check_prompt_lengths([r for r, _ in examples], processor, args.max_prompt_tokens,
                                                 args.skip_bad, "sft.py")}
     examples = [(r, t) for r, t in examples if id(r) in fits]
     val = check_prompt_lengths(val, processor, args.max_prompt_tokens, args.skip_bad, "sft.py")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=args.weight_decay)
     if state is not None:
         rt.set_rng_state(state["rng"])   # first: it refuses another number of processes
         rt.load_optimizer_state(model, optimizer, state["optimizer"])
@@ -188,47 +208,29 @@ def main(argv=None):
     log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main)
     rt.print(f"sft.py: {sum(p.numel() for p in params) * rt.world_size / 1e6:.2f}M trainable parameters on "
              f"{rt.world_size} x {rt.device.type}, precision {rt.precision}")
-
-    def checkpoint(step, metrics=None):
-        trainer_state = dict(step=step, optimizer=rt.optimizer_state(model, optimizer), rng=rt.rng_state(),
-                             args=vars(args), world_size=rt.world_size)
-        save_checkpoint(model, processor, args.out, trainer_state, rt=rt,
-                        meta=dict(script="sft.py", step=step, val=metrics, world_size=rt.world_size,
-                                  precision=rt.precision))
-
-    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, file=sys.stderr,
-               desc="sft", disable=not rt.is_main)
+    start = state["step"] if state else 0
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, file=sys.stderr, desc="sft",
+               disable=not rt.is_main)
     metrics = None
     for step in bar:
         t0 = time.time()
-        lr = set_learning_rate(optimizer, step, args)
-        total_loss, n_tokens = 0.0, 0
-        for micro in range(args.grad_accum):
-            # this process's share of the global micro-batch of --batch-size examples
-            idx = rt.share(batch_order(len(examples), args.batch_size, step * args.grad_accum + micro, args.seed))
-            rs = [examples[i][0] for i in idx]
-            batch = processor.training_batch([r.question for r in rs], [load_image(r) for r in rs],
-                                             [examples[i][1] for i in idx])
-            loss_sum, n_targets = target_token_loss(model, to_device(batch, rt.device))
-            n_targets = rt.sum(n_targets)                   # target tokens of the global micro-batch
-            (loss_sum / n_targets / args.grad_accum).backward()
-            total_loss += rt.sum(loss_sum.item()) / n_targets / args.grad_accum
-            n_tokens += rt.sum(int(batch["attention_mask"].sum()))
+        lr = set_learning_rate(optimizer, step, config)
+        loss, n_tokens = accumulate_gradients(model, processor, examples, step, args, rt)
         grad_norm = rt.clip_grad_norm(params, args.clip)
-        skipped = not (math.isfinite(total_loss) and math.isfinite(grad_norm))
+        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         if not skipped:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         dt = time.time() - t0
-        bar.set_postfix(loss=f"{total_loss:.3f}", tok_s=f"{n_tokens / dt:.0f}")
-        row = dict(step=step + 1, loss=total_loss, lr=lr, grad_norm=grad_norm, step_time=dt,
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{n_tokens / dt:.0f}")
+        row = dict(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, step_time=dt,
                    tokens_per_s=n_tokens / dt, skipped=skipped, world_size=rt.world_size)
         if due(step + 1, args.eval_every, args.steps):
             row["val"] = metrics = validate(model, processor, val, scorer, args.batch_size, args.max_new_tokens, rt)
         log.write(json.dumps(row) + "\n")
         log.flush()
         if due(step + 1, args.save_every, args.steps):
-            checkpoint(step + 1, metrics)
+            save(model, processor, optimizer, config, args, rt, step + 1, metrics)
     log.close()
     rt.print(f"sft.py: wrote {args.out}")
     rt.close()

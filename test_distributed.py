@@ -22,7 +22,7 @@ from conftest import assert_same_trained_adapters
 from data import load_image
 from distributed import Runtime, setup
 from model import load_model
-from policy import Completions, completion_logprobs, completion_mask, repeat_prompts, select_prompts
+from policy import Completions, completion_logprobs, completion_mask, repeat_prompts
 from phantom import phantom_dataset
 from rewards import AdaptiveSemanticReward
 from training import load_trainer_state
@@ -108,6 +108,13 @@ def fixed_rollouts(processor, seed=0, B=4, G=2, T=12):
     return prompts, Completions(ids, mask, [""] * (B * G)), advantages, ref
 
 
+def as_groups(prompts, completions, advantages, ref, G=2):
+    """The fixed batch as grpo.Groups of G rows (prompts: each prompt repeated G times)."""
+    return [grpo.Group(None, prompts, b * G, completions.select(range(b * G, (b + 1) * G)), np.zeros(G), {},
+                       advantages[b * G:(b + 1) * G], None, ref[b * G:(b + 1) * G])
+            for b in range(len(advantages) // G)]
+
+
 def update_args(loss_type):
     return argparse.Namespace(micro_batch=3, temperature=0.7, clip_eps=0.2, beta=0.04, loss_type=loss_type,
                               max_new_tokens=12, clip=1.0)
@@ -131,11 +138,8 @@ def policy_update_on_fixed_batch(rt, loss_type, lora=None):
     model = rt.prepare(model).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1.0)
-    prompts, completions, advantages, ref = fixed_rollouts(processor)
-    rows = rt.share(list(range(len(advantages))))
-    rollout = grpo.Rollout(select_prompts(prompts, rows), Completions(completions.ids[rows], completions.mask[rows], []),
-                           advantages[rows], None, ref[rows], None, None, None)
-    stats = grpo.policy_update(model, optimizer, params, rollout, update_args(loss_type), rt)
+    groups = rt.share(as_groups(*fixed_rollouts(processor)))
+    stats = grpo.policy_update(model, optimizer, params, groups, update_args(loss_type), rt)
     if rt.sharded:
         return rt.model_state(model, trainable_only=lora is not None), stats
     return {k: v for k, v in model.state_dict().items() if lora is None or "lora_" in k}, stats
@@ -227,8 +231,7 @@ def test_micro_batches_grouped_by_length_equal_one_loss_over_the_batch(loss_type
                              beta=args.beta, loss_type=loss_type, max_new_tokens=args.max_new_tokens)
     expected = torch.autograd.grad(loss, params, allow_unused=True)
     optimizer = CaptureGradients(params)
-    rollout = grpo.Rollout(prompts, completions, advantages, None, ref, None, None, None)
-    grpo.policy_update(model, optimizer, params, rollout, args, Runtime())
+    grpo.policy_update(model, optimizer, params, as_groups(prompts, completions, advantages, ref), args, Runtime())
     assert len(set(completions.mask.sum(1).tolist())) > 3      # lengths differ: the grouping matters
     largest = max(e.abs().max().item() for e in expected if e is not None)
     for e, g in zip(expected, optimizer.grads):
@@ -324,7 +327,7 @@ def test_sharded_generation_steps_in_lockstep_and_answers_as_gathered(worker_res
         gathered, sharded = got[rank][True], got[rank][False]
         assert [row["id"] for row in gathered["rows"]] == ids
         assert sharded["rows"] == gathered["rows"] == got[0][True]["rows"]
-        for key in ("ids", "logps", "after"):
+        for key in ("ids", "mask", "after"):
             assert torch.equal(sharded[key], gathered[key]), key
         assert all(sharded["layer_sharded"]) and not any(gathered["layer_sharded"])
     lengths = [got[rank][True]["ids"].shape[1] for rank in (0, 1)]
@@ -366,7 +369,7 @@ def generation_both_ways(rt):
         with rt.generation(model) as all_done:
             out = sample_completions(model, processor, prompts, num_samples=2, temperature=1.0, max_new_tokens=24,
                                      all_done=watched)
-        got[gather] = dict(rows=rows, ids=out.ids, logps=out.logps, after=torch.rand(2), layer_sharded=layer_sharded)
+        got[gather] = dict(rows=rows, ids=out.ids, mask=out.mask, after=torch.rand(2), layer_sharded=layer_sharded)
     rt.gather_for_generation = True
     return got
 

@@ -296,9 +296,11 @@ def _grpo_args(start, out, steps, *extra):
 
 
 def test_phantom_prompts_default_to_images_sft_never_saw():
-    assert grpo.parse_args([]).train_offset == 6000  # sft.py trains on phantom train records 0-5999
-    assert grpo.parse_args(["--train-offset", "0"]).train_offset == 0
-    assert grpo.parse_args(["--dataset", "slake", "--data-root", "data"]).train_offset == 0
+    from data import train_offset
+    assert train_offset(grpo.parse_args([])) == 6000  # sft.py trains on phantom train records 0-5999
+    assert train_offset(grpo.parse_args(["--train-offset", "0"])) == 0
+    assert train_offset(grpo.parse_args(["--dataset", "slake", "--data-root", "data"])) == 0
+    assert grpo.parse_args([]).train_offset is None and grpo.Config.from_args(grpo.parse_args([])).train_offset == 6000
 
 
 def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_path):
@@ -383,8 +385,9 @@ def test_non_finite_loss_skips_the_step_and_never_reaches_the_weights(start_chec
 # ---- dynamic sampling (DAPO; --dynamic-sampling) -------------------------------------------------
 
 def _dynamic_rollout(equal_ids, draws, max_draws, dynamic=True):
-    """collect_rollout on the untrained tiny model with a stand-in reward: a record whose id is in
-    equal_ids earns G equal rewards (no signal), any other 0, 1, ..., G-1."""
+    """grpo.py's sampling on the untrained tiny model with a stand-in reward (sample_step, then the
+    advantages): a record whose id is in equal_ids earns G equal rewards (no signal), any other 0,
+    1, ..., G-1. Returns what a step trains on and logs, and the records."""
     from argparse import Namespace
 
     from data import load_dataset
@@ -401,8 +404,13 @@ def _dynamic_rollout(equal_ids, draws, max_draws, dynamic=True):
     model, processor = load_model("tiny", device="cpu", seed=0)
     args = Namespace(num_generations=G, temperature=1.0, top_p=1.0, max_new_tokens=6, dynamic_sampling=dynamic,
                      max_draws=max_draws, advantage_scale="group", mu=1, beta=0.0, micro_batch=4)
-    rollout = grpo.collect_rollout(model, None, processor, lambda d: batches[d], reward_fn, args, setup("fp32", "cpu"))
-    return rollout, records
+    rt = setup("fp32", "cpu")
+    groups, first, n_draws = grpo.sample_step(model, processor, lambda d: batches[d], reward_fn, args, rt)
+    trained = grpo.Scores.gather(groups, rt)
+    grpo.set_advantages(groups, trained.totals, args, rt)
+    prompts, completions = grpo.as_batch(groups)
+    return Namespace(draws=n_draws, prompts=prompts, completions=completions, rewards=trained.totals,
+                     first=first, advantages=torch.cat([g.advantages for g in groups])), records
 
 
 def test_dynamic_sampling_replaces_groups_without_signal_by_new_prompts():
@@ -410,7 +418,7 @@ def test_dynamic_sampling_replaces_groups_without_signal_by_new_prompts():
     assert rollout.draws == 2                                   # draw 0 gave one group, draw 1 the other
     assert rollout.prompts["input_ids"].shape[0] == 8 == rollout.completions.ids.shape[0]
     assert rollout.rewards.tolist() == [0, 1, 2, 3] * 2         # both trained groups carry a signal
-    assert rollout.first_draw[0].tolist() == [0] * 4 + [0, 1, 2, 3]   # the log keeps the step's own prompts
+    assert rollout.first.totals.tolist() == [0] * 4 + [0, 1, 2, 3]   # the log keeps the step's own prompts
     assert torch.count_nonzero(rollout.advantages) == 8
 
 

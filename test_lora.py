@@ -19,7 +19,7 @@ import sft
 from conftest import assert_same_trained_adapters
 from distributed import Runtime
 from policy import completion_logprobs
-from test_distributed import fixed_rollouts, lora_config as lora, update_args
+from test_distributed import as_groups, fixed_rollouts, lora_config as lora, update_args
 from training import load_trainer_state
 
 FAST = ["--model", "tiny", "--limit", "24", "--batch-size", "4", "--eval-size", "4", "--max-new-tokens", "8", "--eval-every", "0"]
@@ -61,10 +61,9 @@ def test_reference_is_the_model_with_adapters_off_and_kl_starts_at_zero():
     # before the first update the adapters add exactly zero: the KL of the first update is 0
     with L.reference_policy(model, None) as reference:
         ref = logps(reference)
-    rollout = grpo.Rollout(prompts, completions, advantages, None, ref, None, None, None)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    stats = grpo.policy_update(model, optimizer, optimizer.param_groups[0]["params"], rollout, update_args("grpo"),
-                               Runtime())
+    stats = grpo.policy_update(model, optimizer, optimizer.param_groups[0]["params"],
+                               as_groups(prompts, completions, advantages, ref), update_args("grpo"), Runtime())
     assert stats["kl"] < 1e-10           # (micro-batches of other shapes than the reference's: rounding only)
     with_trained_adapters(model)
     assert (logps(model) - expected).abs().max() > 1e-2                  # the adapters do change the policy

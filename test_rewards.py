@@ -17,7 +17,7 @@ import pytest
 import evaluate
 import rewards
 from evaluate import BERTScorer
-from rewards import (AdaptiveSemanticReward, JudgeReward, RewardWeights, SemanticScorer, bleu1,
+from rewards import (AdaptiveSemanticReward, JudgeReward, RewardWeights, SemanticScorer, bleu1, reward_list,
                      collapse_diagnostics, compute_rewards, cwr_length_reward, ecr_length_reward, exact_match,
                      extract_answer, format_reward, normalize, rouge1_f1, textual_reward, think_text, token_recall)
 
@@ -356,8 +356,8 @@ def test_compute_rewards_exact_values():
     completions = [completion("Yes"), completion("no"), completion("left lung effusion"), "left lung effusion"]
     references = ["yes", "yes", "effusion in the left lung", "effusion in the left lung"]
     types = ["closed", "closed", "open", "open"]
-    total, parts = compute_rewards(completions, references, types, semantic="plain", scorer=FixedScorer(),
-                                   weights=RewardWeights(format=1, textual=2, semantic=0.5))
+    total, parts = compute_rewards(reward_list(RewardWeights(format=1, textual=2, semantic=0.5), "plain", FixedScorer()),
+                                   rewards.references(references, types), completions)
     open_textual = (math.exp(-1 / 3) + 6 / 7) / 2
     assert parts["format"].tolist() == [1, 1, 1, 0]
     assert parts["textual"] == pytest.approx([1, 0, open_textual, 0])  # no <answer>: empty answer
@@ -366,13 +366,32 @@ def test_compute_rewards_exact_values():
     assert set(parts) == {"format", "textual", "semantic_raw", "semantic"}
 
 
+def test_compute_rewards_worked_example_of_its_docstring():
+    cosine = {"effusion": 0.8, "pneumothorax": 0.3}
+
+    class TableScorer:
+        def score(self, predictions, references):
+            return np.array([cosine[p] for p in predictions])
+    records = rewards.references(["yes", "pleural effusion", "pleural effusion"], ["closed", "open", "open"])
+    completions = [completion("yes"), completion("effusion"), "<answer>pneumothorax</answer>"]
+    total, parts = compute_rewards(reward_list(scorer=TableScorer(), adaptive=AdaptiveSemanticReward()),
+                                   records, completions)
+    assert parts["format"].tolist() == [1, 1, 0]
+    assert parts["textual"] == pytest.approx([1, (math.exp(-1) + 2 / 3) / 2, 0])
+    assert parts["textual"][1] == pytest.approx(0.5173, abs=5e-5)
+    assert parts["semantic_raw"] == pytest.approx([1, 0.8, 0.3])
+    sigmoid = 1 / (1 + math.exp(-2))   # 2 (0.8 - 0.55) / 0.25 = 2 (the eps added to sigma aside)
+    assert parts["semantic"] == pytest.approx([1, sigmoid, 1 - sigmoid], rel=1e-5) and sigmoid == pytest.approx(0.8808, abs=5e-5)
+    assert total == pytest.approx([3, 2.3981, 0.1192], abs=5e-5)
+
+
 def test_compute_rewards_adaptive_sees_open_answers_only():
     adaptive = AdaptiveSemanticReward()
     completions = [completion("yes"), completion("lung"), completion("left lung"), completion("")]
     references = ["yes", "left lung", "left lung", "left lung"]
     types = ["closed", "open", "open", "open"]
-    _, parts = compute_rewards(completions, references, types, scorer=FixedScorer(), adaptive=adaptive,
-                               closed_semantic="zero")
+    _, parts = compute_rewards(reward_list(scorer=FixedScorer(), adaptive=adaptive, closed_semantic="zero"),
+                               rewards.references(references, types), completions)
     assert list(adaptive.buffer) == [0.5, 1.0, 0.0]
     assert parts["semantic_raw"].tolist() == [0.0, 0.5, 1.0, 0.0]
     assert parts["semantic"][0] == 0.0 and parts["semantic"][1:] == pytest.approx(
@@ -381,23 +400,24 @@ def test_compute_rewards_adaptive_sees_open_answers_only():
 
 def test_compute_rewards_length_and_options():
     c = [completion("x", think=" ".join(["w"] * 32))] * 2
-    total, parts = compute_rewards(c, ["x", "y"], ["open", "open"], semantic="none", target_length=64,
-                                   weights=RewardWeights(format=0, textual=0, ecr=1, cwr=1))
+    records = rewards.references(["x", "y"], ["open", "open"])
+    total, parts = compute_rewards(reward_list(RewardWeights(format=0, textual=0, ecr=1, cwr=1), "none",
+                                               target_length=64), records, c)
     assert parts["ecr"].tolist() == [0.5, 0.5] and parts["cwr"].tolist() == [0.5, 0.0]
     assert total.tolist() == [1.0, 0.5]
     with pytest.raises(ValueError, match="scorer"):
-        compute_rewards(c, ["x", "y"], ["open", "open"])
+        reward_list()   # the adaptive semantic reward without a scorer
     with pytest.raises(ValueError, match="judge"):
-        compute_rewards(c, ["x", "y"], ["open", "open"], semantic="none", weights=RewardWeights(judge=1))
+        reward_list(RewardWeights(judge=1), "none")
     with pytest.raises(ValueError, match="same length"):
-        compute_rewards(c, ["x"], ["open", "open"], semantic="none")
+        compute_rewards(reward_list(semantic="none"), records[:1], c)
 
 
 def test_compute_rewards_with_real_encoder(scorer):
     answers = ("the heart is enlarged", "cardiomegaly", "small heart", "femur fracture")
     completions = [completion(a) for a in answers]
-    total, parts = compute_rewards(completions, ["enlarged heart"] * 4, ["open"] * 4, scorer=scorer,
-                                   adaptive=AdaptiveSemanticReward())
+    total, parts = compute_rewards(reward_list(scorer=scorer, adaptive=AdaptiveSemanticReward()),
+                                   rewards.references(["enlarged heart"] * 4, ["open"] * 4), completions)
     assert np.all(np.isfinite(total)) and parts["semantic_raw"][0] > 0.9 > parts["semantic_raw"][3]
     assert parts["semantic"].var() > parts["semantic_raw"].var()
 
@@ -418,11 +438,15 @@ def test_reward_options_and_demo(scorer, monkeypatch, capsys):
     monkeypatch.setattr(rewards, "SemanticScorer", lambda *args, **kwargs: scorer)
     parser = argparse.ArgumentParser()
     rewards.add_reward_args(parser)
-    kwargs = rewards.rewards_from_args(parser.parse_args([]))
-    assert kwargs["weights"] == RewardWeights() and kwargs["semantic"] == "adaptive" and kwargs["judge"] is None
-    assert kwargs["adaptive"].state_dict() == AdaptiveSemanticReward().state_dict()
-    kwargs = rewards.rewards_from_args(parser.parse_args(["--reward", "text", "--ecr-weight", "0.5"]))
-    assert kwargs["scorer"] is None and kwargs["adaptive"] is None and kwargs["weights"].ecr == 0.5
+    made = rewards.rewards_from_args(parser.parse_args([]))
+    weights = RewardWeights()   # the default weights; no judge
+    assert [(f.name, f.weight) for f in made.functions] == [("format", weights.format), ("textual", weights.textual),
+                                                            ("semantic", weights.semantic)]
+    assert isinstance(made.functions[2].fn, rewards.AdaptiveReward) and made.functions[2].fn.adaptive is made.adaptive
+    assert made.adaptive.state_dict() == AdaptiveSemanticReward().state_dict()
+    made = rewards.rewards_from_args(parser.parse_args(["--reward", "text", "--ecr-weight", "0.5"]))
+    assert made.scorer is None and made.adaptive is None
+    assert [(f.name, f.weight) for f in made.functions] == [("format", 1.0), ("textual", 1.0), ("ecr", 0.5)]
     with pytest.raises(ValueError, match="--judge-model"):
         rewards.rewards_from_args(parser.parse_args(["--judge-weight", "1"]))
     rewards.main([])  # the worked example of reward collapse

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import sys
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -81,10 +82,40 @@ def peak_learning_rate(args):
     return args.full_fine_tuning_lr * (LORA_LR_SCALE if args.lora_rank else 1)
 
 
-def set_learning_rate(optimizer, step, args):
-    """The schedule spans args.schedule_steps, the --steps the run was started with: a resumed run
+@dataclass(frozen=True)
+class RunConfig:
+    """What a training run derives from its options, once; the options (args) stay as parsed.
+    trainer_state["config"] keeps it, so that a resumed run derives the same."""
+    lr: float              # peak learning rate: --lr, or the script's default (peak_learning_rate)
+    warmup: float          # --warmup
+    min_lr_ratio: float    # --min-lr-ratio
+    schedule_steps: int    # the --steps the run started with (a resumed run that raises --steps keeps it)
+    policy: str            # the checkpoint the trained model loads: --model, or the --resume directory
+
+    @classmethod
+    def from_args(cls, args, state=None, **more):
+        """The fields above (and a subclass's, `more`) from the options and, on resume, the
+        checkpoint's trainer_state (runs before RunConfig kept schedule_steps in its "args")."""
+        schedule_steps = saved_config(state).get("schedule_steps", state["args"]["steps"]) if state else args.steps
+        return cls(lr=peak_learning_rate(args), warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
+                   schedule_steps=schedule_steps, policy=args.resume or args.model, **more)
+
+    def options(self, args):
+        """Every option as the run used it (trainer_state["args"]): args, with the values derived
+        for options left unset (--lr; grpo.py's --train-offset)."""
+        return dict(vars(args), **{k: v for k, v in asdict(self).items() if k in vars(args)})
+
+
+def saved_config(state):
+    """The RunConfig fields a checkpoint's trainer_state saved (in its "args" before RunConfig)."""
+    return state.get("config", state["args"])
+
+
+def set_learning_rate(optimizer, step, config):
+    """The learning rate of `step` (a RunConfig's schedule), set on every parameter group. The
+    schedule spans config.schedule_steps, the --steps the run was started with: a resumed run
     that extends --steps continues at the schedule's floor instead of restarting it."""
-    lr = learning_rate(step, args.schedule_steps, args.lr, args.warmup, args.min_lr_ratio)
+    lr = learning_rate(step, config.schedule_steps, config.lr, config.warmup, config.min_lr_ratio)
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
