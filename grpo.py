@@ -471,7 +471,8 @@ def reward_log(first, trained, draws, G):
     row = dict(reward=float(trained.totals.mean()),
                **{f"reward_{k}": float(np.mean(v)) for k, v in trained.components.items()},
                **collapse_diagnostics(first.components, first.totals, G, first.answer_types))
-    row.update(draws=draws, trained_informative_fraction=float((np.ptp(trained.totals.reshape(-1, G), axis=1) > 0).mean()))
+    informative = np.ptp(trained.totals.reshape(-1, G), axis=1) > 0                       # (trained groups,)
+    row.update(draws=draws, trained_informative_fraction=float(informative.mean()))
     for kind in ("closed", "open"):   # which questions the reward rises on
         is_kind = np.asarray(first.answer_types) == kind
         if is_kind.any():
@@ -520,12 +521,19 @@ def resume(state, policy, rewards, rt):
     return state["step"]
 
 
+def held_out(policy, val, rewards, args, rt):
+    """Validation metrics (evaluate.validate), greedy answers in batches of 4 x --prompts-per-step."""
+    return validate(policy.model, policy.processor, val, rewards.scorer, args.prompts_per_step * 4,
+                    args.max_new_tokens, rt)
+
+
 def save(policy, rewards, config, args, rt, step, metrics):
     trainer_state = dict(step=step, optimizer=rt.optimizer_state(policy.model, policy.optimizer), rng=rt.rng_state(),
                          adaptive=rewards.adaptive.state_dict() if rewards.adaptive else None,
                          args=config.options(args), config=asdict(config), world_size=rt.world_size)
     save_checkpoint(policy.model, policy.processor, args.out, trainer_state, rt=rt,
-                    meta=dict(script="grpo.py", step=step, val=metrics, world_size=rt.world_size, precision=rt.precision))
+                    meta=dict(script="grpo.py", step=step, val=metrics, world_size=rt.world_size,
+                              precision=rt.precision))
 
 
 def main(argv=None):
@@ -542,37 +550,33 @@ def main(argv=None):
     log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main)
     rt.print(f"grpo.py: {len(train)} training prompts, G={args.num_generations}, reward {args.reward}, "
              f"from {config.policy} on {rt.world_size} x {rt.device.type}, precision {rt.precision}")
-    model, processor, G = policy.model, policy.processor, args.num_generations
-
-    def held_out():
-        return validate(model, processor, val, rewards.scorer, args.prompts_per_step * 4, args.max_new_tokens, rt)
     metrics = None
     if args.eval_every and start == 0:   # the starting point of the held-out curve (plot.py)
-        metrics = held_out()
+        metrics = held_out(policy, val, rewards, args, rt)
         log.write(json.dumps(dict(step=0, val=metrics)) + "\n")
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, file=sys.stderr, desc="grpo",
                disable=not rt.is_main)
     for step in bar:
         t0 = time.time()
         lr = set_learning_rate(policy.optimizer, step, config)
-        groups, first, draws = sample_step(model, processor, lambda d: draw_records(train, step, d, args, rt),
-                                           rewards, args, rt)                         # sample G, reward
+        groups, first, draws = sample_step(policy.model, policy.processor,             # sample G, reward
+                                           lambda d: draw_records(train, step, d, args, rt), rewards, args, rt)
         trained = Scores.gather(groups, rt)
         set_advantages(groups, trained.totals, args, rt)                                # advantages
-        set_logprobs(model, policy.ref_model, groups, args)                             # π_old, π_ref
+        set_logprobs(policy.model, policy.ref_model, groups, args)                      # π_old, π_ref
         t_rollout = time.time() - t0
         for _ in range(args.mu):                                                        # update
-            update = policy_update(model, policy.optimizer, policy.params, groups, args, rt)
+            update = policy_update(policy.model, policy.optimizer, policy.params, groups, args, rt)
         dt = time.time() - t0
         n_tokens = rt.sum(sum(int(g.completions.mask.sum()) for g in groups))
-        row = dict(step=step + 1, lr=lr, **reward_log(first, trained, draws, G), **update,
+        row = dict(step=step + 1, lr=lr, **reward_log(first, trained, draws, args.num_generations), **update,
                    completion_length=n_tokens / len(trained.totals), tokens_per_s=n_tokens / dt,
                    rollout_time=t_rollout, step_time=dt, world_size=rt.world_size)
         if row["skipped"]:
             rt.print(f"grpo.py: step {step + 1}: non-finite loss or gradient; update skipped", file=sys.stderr)
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0):.4f}", s_step=f"{dt:.1f}")
         if due(step + 1, args.eval_every, args.steps):
-            row["val"] = metrics = held_out()
+            row["val"] = metrics = held_out(policy, val, rewards, args, rt)
         log.write(json.dumps(row) + "\n")
         log.flush()
         if due(step + 1, args.save_every, args.steps):

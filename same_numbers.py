@@ -110,7 +110,8 @@ def compare(a, b):
     for ra, rb in zip(rows_a, rows_b):
         if ra != rb:
             keys = sorted(k for k in ra.keys() | rb.keys() if ra.get(k) != rb.get(k))
-            problems.append(f"log step {ra.get('step')}: {', '.join(f'{k} {ra.get(k)!r:.60} vs {rb.get(k)!r:.60}' for k in keys)}")
+            differ = ", ".join(f"{k} {ra.get(k)!r:.60} vs {rb.get(k)!r:.60}" for k in keys)
+            problems.append(f"log step {ra.get('step')}: {differ}")
     ta, tb = tensors(a), tensors(b)
     if ta.keys() != tb.keys():
         problems.append(f"checkpoint: tensors only in one: {sorted(ta.keys() ^ tb.keys())[:5]}")

@@ -43,24 +43,24 @@ from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args
 
 
 def parse_args(argv=None):
+    """sft.py's options. Its own come in three groups below; the shared ones from the file of their
+    concept: --model and LoRA (model.py, lora.py), --precision (distributed.py), the data (data.py),
+    --out/--resume and the optimizer (training.py)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, default_model=DEFAULT_BASE)
     add_data_args(p)
     add_run_args(p, "sft.py", default_out="runs/sft")
-    p.add_argument("--steps", type=at_least(1), default=500,
-                   help="optimizer steps; a resumed run may raise it (the schedule keeps its first length)")
-    p.add_argument("--batch-size", type=at_least(1), default=32,
-                   help="examples per micro-batch, over all processes")
-    p.add_argument("--grad-accum", type=at_least(1), default=1, help="micro-batches per optimizer step")
     # [reconstructed] the papers publish no SFT hyper-parameters; 2e-3 suits the tiny model,
     # use ~1e-5 for a 3B model.
     add_optimizer_args(p, lr=2e-3)
-    p.add_argument("--eval-every", type=at_least(0), default=500, help="validate every N steps (0: only at the end)")
-    p.add_argument("--eval-size", type=at_least(1), default=100, help="validation records per evaluation")
-    p.add_argument("--save-every", type=at_least(0), default=500, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--max-new-tokens", type=at_least(1), default=96, help="generation length at validation")
-    p.add_argument("--encoder", default=None, help="sentence-transformers model for the semantic metric")
-    p.add_argument("--missing-cot", choices=["skip", "answer"], default="skip",
+
+    g = p.add_argument_group("SFT on chain-of-thought")
+    g.add_argument("--steps", type=at_least(1), default=500,
+                   help="optimizer steps; a resumed run may raise it (the schedule keeps its first length)")
+    g.add_argument("--batch-size", type=at_least(1), default=32,
+                   help="examples per micro-batch, over all processes")
+    g.add_argument("--grad-accum", type=at_least(1), default=1, help="micro-batches per optimizer step")
+    g.add_argument("--missing-cot", choices=["skip", "answer"], default="skip",
                    help="records without a rationale: skip them, or train with <think> restating "
                         "the answer [reconstructed]")
     # [reconstructed] ARMed's regime: chain-of-thought annotations are scarce, so SFT sees a limited
@@ -68,16 +68,26 @@ def parse_args(argv=None):
     # prompts on phantom start past every record sft.py could use). The size is not published; 500
     # phantom rationales, 500 steps, is where SFT from runs/base levels off on the validation split
     # (EXPERIMENTS.md §1, lab notes: more steps or more rationales, and what that leaves GRPO).
-    p.add_argument("--cot-records", type=at_least(0), default=500,
+    g.add_argument("--cot-records", type=at_least(0), default=500,
                    help="[reconstructed] train on the first N records that have a rationale (0: all)")
-    p.add_argument("--cot-from", default=None, help="ARMed-A: checkpoint that writes the rationales")
-    p.add_argument("--cot-select", type=at_least(0), default=0,
+
+    g = p.add_argument_group("ARMed-A: rationales written by a checkpoint")
+    g.add_argument("--cot-from", default=None, help="ARMed-A: checkpoint that writes the rationales")
+    g.add_argument("--cot-select", type=at_least(0), default=0,
                    help="ARMed-A: keep K representative rationales by k-means (0: keep all correct)")
-    p.add_argument("--cot-samples", type=at_least(1), default=4, help="ARMed-A: rationales sampled per question")
-    p.add_argument("--cot-min-score", type=float, default=1.0,
+    g.add_argument("--cot-samples", type=at_least(1), default=4, help="ARMed-A: rationales sampled per question")
+    g.add_argument("--cot-min-score", type=float, default=1.0,
                    help="ARMed-A: textual reward an answer needs to count as correct [reconstructed]")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    return p.parse_args(argv)
+
+    g = p.add_argument_group("validation, checkpoints, seed")
+    g.add_argument("--eval-every", type=at_least(0), default=500, help="validate every N steps (0: only at the end)")
+    g.add_argument("--eval-size", type=at_least(1), default=100, help="validation records per evaluation")
+    g.add_argument("--save-every", type=at_least(0), default=500, help="checkpoint every N steps (0: only at the end)")
+    g.add_argument("--max-new-tokens", type=at_least(1), default=96, help="generation length at validation")
+    g.add_argument("--encoder", default=None, help="sentence-transformers model for the semantic metric")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    args = p.parse_args(argv)
+    return args
 
 
 def sft_target(record, missing_cot="skip"):
@@ -176,7 +186,8 @@ def save(model, processor, optimizer, config, args, rt, step, metrics):
     trainer_state = dict(step=step, optimizer=rt.optimizer_state(model, optimizer), rng=rt.rng_state(),
                          args=config.options(args), config=asdict(config), world_size=rt.world_size)
     save_checkpoint(model, processor, args.out, trainer_state, rt=rt,
-                    meta=dict(script="sft.py", step=step, val=metrics, world_size=rt.world_size, precision=rt.precision))
+                    meta=dict(script="sft.py", step=step, val=metrics, world_size=rt.world_size,
+                              precision=rt.precision))
 
 
 def main(argv=None):

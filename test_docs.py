@@ -84,3 +84,23 @@ def test_every_function_and_test_named_in_the_map_exists():
 
 def test_readme_is_short():
     assert len(read("README.md").splitlines()) <= 260
+
+
+def test_readme_names_each_step_of_grpo_main_that_handles_groups():
+    """README's "where to start reading" follows the code: its training-loop row names grpo.py's
+    main, its Group record, and every grpo.py function or class that main's loop calls to make
+    the step's groups or hand them on (sample G, reward, advantages, log-probs, update)."""
+    tree = ast.parse(read("grpo.py"))
+    main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
+    loop = next(node for node in ast.walk(main) if isinstance(node, ast.For))
+    makes_groups = {id(node.value) for node in ast.walk(loop) if isinstance(node, ast.Assign)
+                    and any(isinstance(n, ast.Name) and n.id == "groups" for n in ast.walk(node.targets[0]))}
+    steps = set()
+    for call in (node for node in ast.walk(loop) if isinstance(node, ast.Call)):
+        takes_groups = any(isinstance(a, ast.Name) and a.id == "groups" for a in call.args)
+        func = call.func.value if isinstance(call.func, ast.Attribute) else call.func
+        if (takes_groups or id(call) in makes_groups) and isinstance(func, ast.Name):
+            steps.add(func.id)
+    assert {"sample_step", "set_advantages", "policy_update"} <= steps <= defined_names("grpo.py")
+    row = next(line for line in read("README.md").splitlines() if "`grpo.py:main`" in line)
+    assert steps | {"main", "Group"} <= {name for path, name in CODE_NAME.findall(row) if path == "grpo.py"}
