@@ -17,8 +17,10 @@ so that the summed gradient is the one a single process would get on the whole b
     bf16        everything in bf16: half the memory for weights, gradients and AdamW state, but an
                 update below bf16's resolution (~0.4% of the weight) is rounded away: at lr 1e-6
                 most weights never move
-The training scripts build a `Runtime` once; the loops call its methods and never ask which case
-they are in.
+The training scripts build a `Runtime` once (setup) and never ask which case they are in. It does
+three jobs, a class each: Placement (device, precision, sharding, gathering for generation),
+Collectives (sums, gathers, batch shares; map_generation runs work over the shares and returns
+everything to everyone), TrainingState (the weights, optimizer and random states a checkpoint holds).
 """
 
 import argparse

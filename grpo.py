@@ -264,6 +264,9 @@ class Group:
         advantages    (G,) group_advantages, set once every process's groups are scored
         old_logps     (G, T) π_old's token log-probs, when --mu > 1 (else π_old = π_θ.detach())
         ref_logps     (G, T) the reference's token log-probs, when --beta > 0
+    Example, G = 4, --advantage-scale group: rewards [1, 0, 0, 1] (mean 0.5, Bessel std 0.5774)
+        -> advantages [0.8659, -0.8659, -0.8659, 0.8659]; rewards [1, 1, 1, 1] -> not informative,
+        advantages [0, 0, 0, 0] (dynamic sampling drops such a group).
     """
     record: object
     prompts: dict
@@ -290,6 +293,7 @@ class Scores:
 
     @classmethod
     def gather(cls, groups, rt):
+        """The Scores of this process's `groups` and those of every other process (a collective)."""
         own = (np.concatenate([g.rewards for g in groups]),
                {k: np.concatenate([g.components[k] for g in groups]) for k in groups[0].components},
                [g.record.answer_type for g in groups for _ in g.rewards])
