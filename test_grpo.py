@@ -303,6 +303,22 @@ def test_phantom_prompts_default_to_images_sft_never_saw():
     assert grpo.parse_args([]).train_offset is None and grpo.Config.from_args(grpo.parse_args([])).train_offset == 6000
 
 
+def test_config_is_derived_once_and_resumes_checkpoints_of_either_form():
+    args = grpo.parse_args(["--model", "runs/sft-x", "--steps", "9"])
+    fresh = grpo.Config.from_args(args)
+    assert (fresh.lr, fresh.schedule_steps, fresh.policy, fresh.ref_model, fresh.train_offset) == \
+           (3e-4, 9, "runs/sft-x", "runs/sft-x", 6000)
+    assert args.lr is None and args.train_offset is None                 # the options stay as parsed
+    assert fresh.options(args)["lr"] == 3e-4 and fresh.options(args)["train_offset"] == 6000   # as the run used them
+    assert grpo.Config.from_args(grpo.parse_args(["--lora-rank", "4"])).lr == pytest.approx(3e-3)   # 10x under LoRA
+    resumed = grpo.parse_args(["--resume", "runs/g", "--steps", "9"])
+    before = {"args": {"steps": 5, "schedule_steps": 4, "ref_model": "runs/sft"}}   # written before Config
+    after = {"args": {"steps": 5}, "config": {"schedule_steps": 4, "ref_model": "runs/sft"}}
+    for state in (before, after):
+        config = grpo.Config.from_args(resumed, state)
+        assert (config.schedule_steps, config.ref_model, config.policy) == (4, "runs/sft", "runs/g")
+
+
 def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_path):
     out = str(tmp_path / "grpo")
     grpo.main(_grpo_args(start_checkpoint, out, 2, "--mu", "2", "--prompts-per-step", "4"))
