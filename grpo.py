@@ -35,9 +35,10 @@ from lora import has_lora, reference_policy
 from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import Completions, ImageFeatures, completion_logprobs, repeat_prompts, sample_completions, select_prompts
 from phantom import PHANTOM_SIZES
+from records import run_script
 from rewards import add_reward_args, collapse_diagnostics, compute_rewards, rewards_from_args
 from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
-                      open_log, peak_learning_rate, positive_float,
+                      open_log, parse_run_args, peak_learning_rate, positive_float,
                       set_learning_rate)
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
@@ -221,7 +222,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-size", type=at_least(1), default=100, help="validation records per evaluation")
     p.add_argument("--save-every", type=at_least(0), default=20, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    args = p.parse_args(argv)
+    args = parse_run_args(p, argv)
     args.lr = peak_learning_rate(args)
     if args.top_p > 1:
         p.error(f"argument --top-p: must be <= 1, got {args.top_p}")
@@ -517,4 +518,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

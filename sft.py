@@ -36,9 +36,10 @@ from evaluate import validate
 from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import sample_completions, to_device
 from pretrain import DEFAULT_BASE, ensure_base
+from records import run_script
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 from training import (HelpFormatter, add_optimizer_args, add_run_args, at_least, claim_output, due, load_trainer_state,
-                      open_log, peak_learning_rate, set_learning_rate, target_token_loss)
+                      open_log, parse_run_args, peak_learning_rate, set_learning_rate, target_token_loss)
 
 
 def parse_args(argv=None):
@@ -76,7 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--cot-min-score", type=float, default=1.0,
                    help="ARMed-A: textual reward an answer needs to count as correct [reconstructed]")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    args = p.parse_args(argv)
+    args = parse_run_args(p, argv)
     args.lr = peak_learning_rate(args)
     return args
 
@@ -235,4 +236,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
