@@ -125,6 +125,13 @@ def test_a_truncated_weights_file_is_named_before_loading_as_a_user_sees_it(run_
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in done.stderr
+    adapter = str(tmp_path / "adapter")                          # a LoRA run's folder, its adapter cut short
+    os.makedirs(adapter)
+    with open(os.path.join(adapter, "adapter_config.json"), "w") as f:
+        json.dump({"base_model_name_or_path": "tiny", "peft_type": "LORA"}, f)
+    shutil.copy(os.path.join(run_copy, "model.safetensors"), os.path.join(adapter, "adapter_model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"^model.py: {adapter}/adapter_model.safetensors is damaged \("):
+        M.load_model(adapter)
 
 
 def test_a_folder_without_tokenizer_files_is_named_before_its_weights_load(run_copy, tmp_path, monkeypatch):
