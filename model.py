@@ -378,18 +378,25 @@ def missing_checkpoint_files(path):
     if weights is None:
         missing.append("weights (model.safetensors)")
     elif weights.endswith(".index.json"):
-        with open(os.path.join(path, weights)) as f:
-            shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+        shards = sorted(set(_read_json(path, weights).get("weight_map", {}).values()))
         missing += [f"weights shard {name}" for name in shards if not has(name)]
     if not (has("tokenizer.json") or has("vocab.json") and has("merges.txt")) or not has("tokenizer_config.json"):
         missing.append("tokenizer (tokenizer.json, tokenizer_config.json)")
-    elif not (has("chat_template.jinja") or has("chat_template.json")):
-        with open(os.path.join(path, "tokenizer_config.json")) as f:
-            if not json.load(f).get("chat_template"):
-                missing.append("chat template (chat_template.jinja)")
+    elif not (has("chat_template.jinja") or has("chat_template.json")
+              or _read_json(path, "tokenizer_config.json").get("chat_template")):
+        missing.append("chat template (chat_template.jinja)")
     if not has("preprocessor_config.json"):
         missing.append("preprocessor_config.json")
     return missing
+
+
+def _read_json(path, name):
+    file = os.path.join(path, name)
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except ValueError as error:
+        raise damaged_checkpoint("model.py", file, error) from None
 
 
 def check_checkpoint_folder(path):

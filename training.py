@@ -55,9 +55,9 @@ def add_run_args(parser, script, default_out):
                         help=f"checkpoint directory (Hugging Face format); none given: {default_out}, "
                              "or the --resume directory")
     parser.add_argument("--resume", default=None,
-                        help=f"checkpoint directory written by {script} to continue from (in place), with the "
-                             "run's options: options given again must keep their values, but for --steps, the "
-                             "eval and save cadence and how the run is placed (device, attention, memory)")
+                        help=f"checkpoint directory written by {script} to continue, in place and with the run's "
+                             "options: only --steps, the eval and save cadence and the placement (device, memory) "
+                             "may be given other values")
     parser.add_argument("--overwrite", action="store_true",
                         help="let a fresh run replace the checkpoint and log already in --out")
     parser.add_argument("--allow-option-changes", action="store_true",
