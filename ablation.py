@@ -29,6 +29,7 @@ from evaluate import evaluate_model
 from model import load_model
 from training import HelpFormatter
 from phantom import WORDINGS
+from records import run_script
 from rewards import SemanticScorer
 
 # Each variant: the grpo.py options it adds. The last is the default reward with DAPO's dynamic
@@ -133,4 +134,4 @@ def format_results(results, args):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -35,6 +35,7 @@ from distributed import PRECISIONS, setup
 from lora import lora_config
 from model import QWEN25_VL_SHAPES, load_model
 from phantom import PHANTOM_SIZES, phantom_dataset
+from records import run_script
 from rewards import rewards_from_args
 
 PHASES = ("generate", "ref log-probs", "rewards", "update")
@@ -361,4 +362,4 @@ def report(args, rt, results):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -59,7 +59,7 @@ from PIL import Image
 
 from images import image_problem, open_image, to_8bit, unreadable
 from phantom import PHANTOM_SIZES, WORDINGS, phantom_dataset
-from records import SPLITS, DataError, VQARecord  # the record type, shared with phantom.py
+from records import SPLITS, DataError, VQARecord, one_line  # the record type, shared with phantom.py
 
 DATASETS = ("phantom", "vqa_rad", "slake", "pathvqa", "pmc_vqa", "json", "hf")
 FIELDS = ("id", "image", "question", "answer", "answer_type", "cot", "category")
@@ -84,7 +84,8 @@ def load_image(record: VQARecord) -> Image.Image:
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         reason = unreadable(error)
     image = "embedded image" if embedded else f"image '{record.image}'"
-    raise DataError(f"data.py: {record.source or record.id}: {image} {reason}")
+    raise DataError(f"data.py: {record.source or record.id}: {image} {reason}",
+                    hint="--check-images --skip-bad finds such images while loading, and skips and counts them")
 
 
 # Loaders for public datasets: one reader, driven by a table of each dataset's layout.
@@ -428,6 +429,7 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
             records.append(record)
         except DataError as error:
             if not skip_bad:
+                error.hint = "--skip-bad skips such records and counts them"
                 raise
             bad.append(str(error).removeprefix("data.py: "))
     if bad:
@@ -549,7 +551,7 @@ def main(argv=None):
                 grid.paste(load_image(record).resize((112, 112)), (len(shown) % 4 * 112, len(shown) // 4 * 112))
                 shown.add(key)
     except DataError as error:
-        sys.exit(str(error))
+        sys.exit(one_line(error))
     closed = sum(record.answer_type == "closed" for record in records)
     print(f"{args.dataset} {args.split}: {len(records)} records ({closed} closed, {len(records) - closed} "
           f"open), {sum(record.cot is not None for record in records)} with a rationale")

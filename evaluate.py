@@ -56,6 +56,7 @@ from PIL import Image
 from data import add_data_args
 from distributed import Runtime, add_runtime_args
 from phantom import SYNONYMS
+from records import run_script
 from rewards import (ANSWER_TYPES, SemanticScorer, as_text, bleu1, exact_match, extract_answer, format_reward,
                      normalize, rouge1_f1, token_recall)
 from tables import format_paper_table, format_table, metric_tables, write_paper_table
@@ -424,14 +425,11 @@ def answer_with_models(args):
     """--model mode: each checkpoint answers each dataset's split, its predictions written
     (predictions_path). Returns ({model: rows}, {(dataset, id): record}, is_main process): under
     torchrun the processes share the questions and the main one writes."""
-    from data import DataError, dataset_from_args
+    from data import dataset_from_args
     from distributed import setup
     from model import check_prompt_lengths, load_model
     rt = setup(args.precision, args.device, args.gather_for_generation)
-    try:
-        datasets = {options.dataset: dataset_from_args(options, args.split) for options in dataset_options(args)}
-    except DataError as error:
-        sys.exit(str(error))
+    datasets = {options.dataset: dataset_from_args(options, args.split) for options in dataset_options(args)}
     answered, records = {}, {}
     for name in args.model:
         try:
@@ -511,4 +509,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -37,9 +37,10 @@ from evaluate import validate
 from lora import has_lora, reference_policy
 from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import Completions, ImageFeatures, completion_logprobs, sample_completions, select_prompts
+from records import run_script
 from rewards import add_reward_args, collapse_diagnostics, rewards_from_args
 from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args, at_least, claim_output, due,
-                      load_trainer_state, open_log, positive_float, saved_config, set_learning_rate)
+                      load_trainer_state, open_log, parse_run_args, positive_float, saved_config, set_learning_rate)
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "token", "dr_grpo")
@@ -91,7 +92,7 @@ def parse_args(argv=None):
     g.add_argument("--eval-size", type=at_least(1), default=100, help="validation records per evaluation")
     g.add_argument("--save-every", type=at_least(0), default=20, help="checkpoint every N steps (0: only at the end)")
     g.add_argument("--seed", type=int, default=0, help="random seed")
-    args = p.parse_args(argv)
+    args = parse_run_args(p, argv)
     if args.top_p > 1:
         p.error(f"argument --top-p: must be <= 1, got {args.top_p}")
     return args
@@ -591,4 +592,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

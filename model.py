@@ -37,6 +37,7 @@ from transformers import (AutoConfig, AutoTokenizer, PreTrainedTokenizerFast, Qw
 
 from distributed import add_runtime_args
 from lora import _adapter_config, _add_adapter, add_lora_args, has_lora, is_adapter_dir, lora_config, save_adapter
+from records import CheckpointError, damaged_checkpoint, run_script
 from training import at_least, is_checkpoint
 
 SYSTEM_PROMPT = ("You are a medical imaging assistant. Look at the image and answer the question. "
@@ -273,6 +274,8 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
     reading any weights (the processes other than rank 0 under torchrun: distributed.py fills them).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if os.path.isdir(name_or_path):
+        check_checkpoint_folder(name_or_path)   # before anything is read
     if is_adapter_dir(name_or_path):
         config = _adapter_config(name_or_path, trainable=train_adapter)
         model, processor = load_model(config.base_model_name_or_path, device="cpu",
@@ -347,6 +350,81 @@ def _load_base(name_or_path, dtype, min_pixels, max_pixels, seed, attn_implement
         with torch.device("meta"):
             model = cls(config)
     return model, VLProcessor(tokenizer, image_processor)
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def missing_checkpoint_files(path):
+    """What the checkpoint folder `path` lacks to load, as the names shown to a user; [] if nothing.
+
+    A full checkpoint (what save_checkpoint writes, and a Hub folder alike): config.json, weights
+    (model.safetensors, or shards and their index), the tokenizer (tokenizer.json, or vocab.json
+    and merges.txt; tokenizer_config.json), a chat template (in tokenizer_config.json, or
+    chat_template.jinja / .json beside it) and preprocessor_config.json. An adapter folder: its
+    weights (the base folder is checked when it loads).
+    """
+    def has(name):
+        return os.path.isfile(os.path.join(path, name))
+    if is_adapter_dir(path):
+        return [] if any(map(has, ADAPTER_WEIGHT_FILES)) else ["adapter weights (adapter_model.safetensors)"]
+    missing = [] if has("config.json") else ["config.json"]
+    weights = next((name for name in WEIGHT_FILES if has(name)), None)
+    if weights is None:
+        missing.append("weights (model.safetensors)")
+    elif weights.endswith(".index.json"):
+        shards = sorted(set(_read_json(path, weights).get("weight_map", {}).values()))
+        missing += [f"weights shard {name}" for name in shards if not has(name)]
+    if not (has("tokenizer.json") or has("vocab.json") and has("merges.txt")) or not has("tokenizer_config.json"):
+        missing.append("tokenizer (tokenizer.json, tokenizer_config.json)")
+    elif not (has("chat_template.jinja") or has("chat_template.json")
+              or _read_json(path, "tokenizer_config.json").get("chat_template")):
+        missing.append("chat template (chat_template.jinja)")
+    if not has("preprocessor_config.json"):
+        missing.append("preprocessor_config.json")
+    return missing
+
+
+def _read_json(path, name):
+    file = os.path.join(path, name)
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except ValueError as error:
+        raise damaged_checkpoint("model.py", file, error) from None
+
+
+def check_checkpoint_folder(path):
+    """Raise CheckpointError, one line, if the folder `path` is incomplete (missing_checkpoint_files)
+    or a weights file of it is damaged (a .safetensors header that does not cover the file: a
+    truncated copy). Reads only headers: this runs before any weights are loaded."""
+    missing = missing_checkpoint_files(path)
+    if missing:
+        if any(name.startswith(("weights", "adapter weights", "config")) for name in missing):
+            fix = ("it is not a whole checkpoint: copy it again, or write it again with the script that wrote it"
+                   + _written_by(path))
+        else:
+            fix = (f"`python model.py complete {path} OUT --processor-from MODEL` writes a complete folder at OUT "
+                   "(MODEL: the model its weights came from, e.g. tiny, a hub id or a checkpoint folder)")
+        raise CheckpointError(f"model.py: {path} lacks {', '.join(missing)}; {fix}")
+    from safetensors import SafetensorError, safe_open
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(os.path.join(path, name), "pt"):
+                    pass
+            except (SafetensorError, OSError) as error:
+                raise damaged_checkpoint("model.py", os.path.join(path, name), error) from None
+
+
+def _written_by(path):
+    """" (meta.json: sft.py)" for a folder this project wrote, else ""."""
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            return f" (meta.json: {json.load(f)['script']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def model_class(config):
@@ -469,7 +547,8 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=No
     LoRA model, its adapter in peft's format (model.save_weights).
 
     Everything goes to a temporary sibling directory first, which then replaces `path` with
-    renames: an interrupted save leaves the previous checkpoint intact. With a Runtime `rt` of
+    renames: an interrupted save leaves the previous checkpoint intact. meta.json also lists the
+    option changes the run was resumed with (trainer_state["args"]["resumes"]: training.resume_options). With a Runtime `rt` of
     several processes, every process must call this (the weights are gathered from all shards);
     the main process writes.
     """
@@ -492,7 +571,9 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=No
         processor.save_pretrained(tmp)
         if trainer_state is not None:
             torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
+        resumes = (trainer_state or {}).get("args", {}).get("resumes")
         if meta is not None:
+            meta = dict(meta, resumes=resumes) if resumes else meta
             with open(os.path.join(tmp, "meta.json"), "w") as f:
                 json.dump(meta, f, indent=2)
         old = path + ".old"
@@ -519,16 +600,39 @@ def merge_adapter(adapter_dir, out):
     print(f"model.py: wrote {out} ({adapter_dir} merged into its base)")
 
 
+def complete_checkpoint(weights_dir, out, processor_from):
+    """Write the model in weights_dir (config.json and weights: a weights-only copy, a hand-made
+    merge) with the tokenizer, chat template and image processor of `processor_from` as a complete
+    checkpoint at `out`; weights_dir itself is left as it is."""
+    missing = [name for name in missing_checkpoint_files(weights_dir) if name.startswith(("weights", "config"))]
+    if missing:
+        sys.exit(f"model.py complete: {weights_dir} lacks {', '.join(missing)}: nothing to complete")
+    config = AutoConfig.from_pretrained(weights_dir)
+    model = model_class(config).from_pretrained(weights_dir, dtype=torch.float32)
+    _, processor = load_model(processor_from, device="cpu", weights=False)
+    save_checkpoint(model, processor, out, meta=dict(script="model.py complete", weights=os.path.abspath(weights_dir),
+                                                     processor=processor_from))
+    print(f"model.py: wrote {out} (the weights of {weights_dir}, the processor of {processor_from})")
+
+
 def main(argv=None):
     import argparse
     parser = argparse.ArgumentParser(description="python model.py merge runs/grpo-lora runs/grpo-lora-merged: "
-                                     "a LoRA run's adapter merged into its base, as a full checkpoint")
-    parser.add_argument("command", choices=["merge"])
-    parser.add_argument("adapter", help="folder a --lora-rank run wrote (adapter_config.json)")
-    parser.add_argument("out", help="folder for the merged checkpoint")
+                                     "a LoRA run's adapter merged into its base, as a full checkpoint. "
+                                     "python model.py complete DIR OUT --processor-from MODEL: DIR's weights with "
+                                     "MODEL's tokenizer, chat template and image processor, as a complete checkpoint")
+    parser.add_argument("command", choices=["merge", "complete"])
+    parser.add_argument("source", help="merge: folder a --lora-rank run wrote (adapter_config.json); complete: "
+                                       "folder with config.json and weights")
+    parser.add_argument("out", help="folder for the merged or completed checkpoint")
+    parser.add_argument("--processor-from", default="tiny",
+                        help="complete: the model whose tokenizer and image processor go with the weights")
     args = parser.parse_args(argv)
-    merge_adapter(args.adapter, args.out)
+    if args.command == "merge":
+        merge_adapter(args.source, args.out)
+    else:
+        complete_checkpoint(args.source, args.out, args.processor_from)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -37,9 +37,10 @@ from evaluate import validate
 from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import sample_completions, to_device
 from pretrain import DEFAULT_BASE, ensure_base
+from records import run_script
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args, at_least, claim_output, due,
-                      load_trainer_state, open_log, set_learning_rate, target_token_loss)
+                      load_trainer_state, open_log, parse_run_args, set_learning_rate, target_token_loss)
 
 
 def parse_args(argv=None):
@@ -86,7 +87,7 @@ def parse_args(argv=None):
     g.add_argument("--max-new-tokens", type=at_least(1), default=96, help="generation length at validation")
     g.add_argument("--encoder", default=None, help="sentence-transformers model for the semantic metric")
     g.add_argument("--seed", type=int, default=0, help="random seed")
-    args = p.parse_args(argv)
+    args = parse_run_args(p, argv)
     return args
 
 
@@ -248,4 +249,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

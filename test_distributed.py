@@ -249,7 +249,9 @@ def test_torchrun_grpo_checkpoints_loads_in_transformers_and_resumes(tmp_path):
     assert state["step"] == 2 and state["world_size"] == 2 and len(state["rng"]) == 2
     torchrun("grpo.py", *options, "--steps", "3", "--resume", out)
     assert load_trainer_state(out)["step"] == 3
-    assert [json.loads(line)["step"] for line in open(out + ".log.jsonl")] == [0, 1, 2, 3]   # 0: validation
+    rows = [json.loads(line) for line in open(out + ".log.jsonl")]
+    assert [row["step"] for row in rows if "step" in row] == [0, 1, 2, 3]   # 0: validation
+    assert rows[3] == {"resume": {"at_step": 2, "changed": {"--steps": [2, 3]}, "overridden": {}}}
     with pytest.raises(SystemExit, match="same number"):     # resumed by one process
         Runtime().set_rng_state(load_trainer_state(out)["rng"])
 

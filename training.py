@@ -1,6 +1,7 @@
 """What sft.py and grpo.py share around the model: options, the learning-rate schedule, the run's
 output folder, the SFT loss and the JSONL log (checkpoints are written by model.save_checkpoint).
 
+    args = parse_run_args(parser, argv)  # parse_args, noting which options the command line gave
     claim_output(args, "grpo.py")        # before anything is opened: may this run write to --out?
     log = open_log(args.out, keep_step)  # runs/grpo.log.jsonl, cut back to the checkpoint on resume
     state = load_trainer_state("runs/grpo")                                   # --resume
@@ -11,12 +12,15 @@ import glob
 import json
 import math
 import os
+import pickle
 import shutil
 import sys
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+
+from records import damaged_checkpoint
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -46,15 +50,117 @@ def positive_float(text):
 
 
 def add_run_args(parser, script, default_out):
-    """--out, --resume, --overwrite, shared by sft.py and grpo.py; claim_output enforces them."""
+    """--out, --resume, --overwrite, --allow-option-changes, shared by sft.py and grpo.py;
+    claim_output enforces them."""
     parser.add_argument("--out", default=None,
                         help=f"checkpoint directory (Hugging Face format); none given: {default_out}, "
                              "or the --resume directory")
     parser.add_argument("--resume", default=None,
-                        help=f"checkpoint directory written by {script} to continue from (in place)")
+                        help=f"checkpoint directory written by {script} to continue, in place and with the run's "
+                             "options: only --steps, the eval and save cadence and the placement (device, memory) "
+                             "may be given other values")
     parser.add_argument("--overwrite", action="store_true",
                         help="let a fresh run replace the checkpoint and log already in --out")
+    parser.add_argument("--allow-option-changes", action="store_true",
+                        help="with --resume: continue even with options that change the run (another lr, G, "
+                             "reward, ...); the changes are recorded in the log and meta.json")
     parser.set_defaults(default_out=default_out)
+
+
+def parse_run_args(parser, argv=None):
+    """parser.parse_args(argv), with args.options_given: the options the command line gave (so that
+    --resume can tell `--lr 3e-4` typed from the default 3e-4)."""
+    args = parser.parse_args(argv)
+    defaults = {action: action.default for action in parser._actions}
+    try:
+        for action in defaults:
+            action.default = argparse.SUPPRESS     # parsed again: only the options given appear
+        args.options_given = sorted(vars(parser.parse_args(argv)).keys() & {a.dest for a in defaults})
+    finally:
+        for action, default in defaults.items():
+            action.default = default
+    return args
+
+
+# --resume continues a run as it was started. Every option of sft.py and grpo.py is in one of these
+# two groups (test_resume.py checks it). FIXED_ON_RESUME: the run's meaning (model, data, batch,
+# optimiser and schedule, GRPO's loss, rewards, precision, LoRA, what validation measures); given
+# with another value, the resume stops, naming each, unless --allow-option-changes. FREE_ON_RESUME:
+# how long (--steps: the schedule keeps its first length), how often to validate and save, and how
+# the same computation is placed; a change is written to the log. Options not given take the run's
+# values, but for those of this command alone (THIS_COMMAND).
+FIXED_ON_RESUME = frozenset({
+    "model", "max_pixels", "min_pixels", "freeze_vision", "max_prompt_tokens", "precision",
+    "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_vision",
+    "dataset", "data_root", "field_map", "skip_bad", "limit", "train_offset", "data_seed", "phantom_wording",
+    "val_every", "pmc_choices", "hf_split", "window", "eval_size", "max_new_tokens", "seed",
+    "batch_size", "grad_accum", "lr", "weight_decay", "warmup", "min_lr_ratio", "clip",
+    "missing_cot", "cot_records", "cot_from", "cot_select", "cot_samples", "cot_min_score",
+    "prompts_per_step", "num_generations", "temperature", "top_p", "mu", "beta", "clip_eps", "loss_type",
+    "advantage_scale", "dynamic_sampling", "max_draws",
+    "reward", "format_weight", "textual_weight", "semantic_weight", "ecr_weight", "cwr_weight", "judge_weight",
+    "encoder", "buffer_size", "adaptive_quantile", "adaptive_k", "adaptive_eps", "closed_semantic",
+    "target_length", "judge_model", "judge_prompt"})
+THIS_COMMAND = frozenset({"out", "resume", "overwrite", "allow_option_changes"})
+FREE_ON_RESUME = THIS_COMMAND | {"steps", "eval_every", "save_every", "device", "gather_for_generation",
+                                 "attn_implementation", "gradient_checkpointing", "micro_batch", "check_images",
+                                 "same_file_for_test"}
+
+
+def option_name(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def _shown(value):
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(_shown, value))
+    return "none" if value is None else str(value)
+
+
+def _same(a, b):
+    """Option values alike; two paths to one folder or file are alike."""
+    if isinstance(a, str) and isinstance(b, str) and os.path.exists(a) and os.path.exists(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
+def resume_options(args, run, script):
+    """--resume: give args the options of the run being continued (run: its trainer_state["args"])
+    where the command line gave none, and check those it gave (FIXED_ON_RESUME, FREE_ON_RESUME).
+    Exits with one line naming every option that would change the run, its old and its new value,
+    unless --allow-option-changes. Returns what changed, {"--steps": [2, 4], ...}, split into
+    "changed" (free) and "overridden" (allowed by --allow-option-changes), or None; the run keeps
+    the list of them (args.resumes) for its log and meta.json.
+
+    trainer_state["args"] holds the options as the run used them (RunConfig.options: the peak --lr
+    and grpo.py's --train-offset as derived), so a typed value compares with what the run used.
+    """
+    given = set(getattr(args, "options_given", ()))
+    if given & {"model"} and _same(args.model, args.resume):
+        given.discard("model")
+    changed = {}
+    for name in sorted((FIXED_ON_RESUME | FREE_ON_RESUME) - THIS_COMMAND):
+        if name not in run or not hasattr(args, name):
+            continue
+        if name not in given:
+            setattr(args, name, run[name])
+        elif not _same(getattr(args, name), run[name]):
+            changed[name] = [run[name], getattr(args, name)]
+    fixed = {name: values for name, values in changed.items() if name in FIXED_ON_RESUME}
+    if fixed and not args.allow_option_changes:
+        sys.exit(f"{script}: --resume {args.resume}: "
+                 + ", ".join(f"{option_name(k)} {_shown(old)} -> {_shown(new)}" for k, (old, new) in fixed.items())
+                 + ": the run was started with the first value; leave these options out to continue it, start "
+                 "another run (another --out), or add --allow-option-changes to change them anyway")
+    args.resumes = list(run.get("resumes", []))
+    if not changed:
+        return None
+    note = dict(at_step=None, changed={option_name(k): v for k, v in changed.items() if k not in fixed},
+                overridden={option_name(k): v for k, v in fixed.items()})
+    args.resumes.append(note)
+    return note
 
 
 # [reconstructed] LoRA trains about 10x the full fine-tuning learning rate (TRL's and verl's docs).
@@ -150,6 +256,7 @@ def claim_output(args, script):
     a stale DIR.old) are removed: only save_checkpoint makes them.
     Returns the step the log keeps (the checkpoint's) on resume, else None.
     """
+    state = note = None
     if args.resume:
         resume = os.path.normpath(args.resume)
         if not os.path.isfile(os.path.join(resume, "trainer_state.pt")):
@@ -159,6 +266,8 @@ def claim_output(args, script):
                          f"interrupted); move it back (`mv {old} {resume}`) and resume again")
             sys.exit(f"{script}: --resume {resume}: no checkpoint written by this project's training "
                      "scripts there (trainer_state.pt missing)")
+        state = load_trainer_state(resume)
+        note = resume_options(args, state["args"], script)
         args.out = os.path.normpath(args.out or resume)
     args.out = os.path.normpath(args.out or args.default_out)
     out, log = args.out, args.out + ".log.jsonl"
@@ -172,11 +281,24 @@ def claim_output(args, script):
     if taken and not continuing and not args.overwrite:
         sys.exit(f"{script}: --out {out} already holds a run (checkpoint or {os.path.basename(log)}): "
                  f"`--resume {out}` continues it, --overwrite replaces it, or choose another --out")
-    for leftover in glob.glob(glob.escape(out) + ".tmp-*") + [out + ".old"] * os.path.isdir(out + ".old"):
-        if os.path.isdir(leftover) and int(os.environ.get("RANK", "0")) == 0:
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    # a resumed run keeps DIR.old (its first save replaces it): the fallback if DIR proves damaged
+    for leftover in glob.glob(glob.escape(out) + ".tmp-*") + [out + ".old"] * (os.path.isdir(out + ".old")
+                                                                            and not continuing):
+        if os.path.isdir(leftover) and main_process:
             shutil.rmtree(leftover, ignore_errors=True)
             print(f"{script}: removed {leftover}, left by an interrupted save", file=sys.stderr)
-    return load_trainer_state(args.resume)["step"] if args.resume else None
+    if note is not None:
+        note["at_step"] = state["step"]
+        if main_process:
+            os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+            with open(log, "a") as f:            # no "step": open_log keeps it, readers of steps skip it
+                f.write(json.dumps(dict(resume=note)) + "\n")
+            print(f"{script}: resuming at step {state['step']} with "
+                  + ", ".join(f"{k} {_shown(old)} -> {_shown(new)}"
+                              for k, (old, new) in {**note["changed"], **note["overridden"]}.items())
+                  + (" (--allow-option-changes)" if note["overridden"] else ""), file=sys.stderr)
+    return state["step"] if state else None
 
 
 def open_log(out, keep_step=None, enabled=True):
@@ -206,7 +328,10 @@ def load_trainer_state(path):
     if not os.path.isfile(file):
         raise FileNotFoundError(f"model.py: {file} not found; --resume needs a checkpoint "
                                 "written by this project's training scripts")
-    state = torch.load(file, weights_only=False)
+    try:
+        state = torch.load(file, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        raise damaged_checkpoint("training.py", file, error) from None
     if "torch_rng" in state:   # written before the multi-process runtime: one process, CPU RNG
         state["rng"] = [{"cpu": state.pop("torch_rng")}]
     return state
