@@ -326,7 +326,7 @@ def open_log(out, keep_step=None, enabled=True):
 def load_trainer_state(path):
     file = os.path.join(path, "trainer_state.pt")
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"model.py: {file} not found; --resume needs a checkpoint "
+        raise FileNotFoundError(f"training.py: {file} not found; --resume needs a checkpoint "
                                 "written by this project's training scripts")
     try:
         state = torch.load(file, weights_only=False)
