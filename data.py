@@ -59,7 +59,7 @@ from PIL import Image
 
 from images import image_problem, open_image, to_8bit, unreadable
 from phantom import PHANTOM_SIZES, WORDINGS, phantom_dataset
-from records import SPLITS, DataError, VQARecord, one_line  # the record type, shared with phantom.py
+from records import SPLITS, DataError, VQARecord, run_script  # the record type, shared with phantom.py
 
 DATASETS = ("phantom", "vqa_rad", "slake", "pathvqa", "pmc_vqa", "json", "hf")
 FIELDS = ("id", "image", "question", "answer", "answer_type", "cot", "category")
@@ -543,15 +543,12 @@ def main(argv=None):
     parser.add_argument("--grid", default=None, help="also save its first 16 images as one PNG")
     args = parser.parse_args(argv)
     grid, shown = Image.new("RGB", (448, 448)), set()
-    try:
-        records = dataset_from_args(args, args.split)
-        for record in records:
-            key = record.image if isinstance(record.image, str) else id(record.image)
-            if key not in shown and len(shown) < 16:
-                grid.paste(load_image(record).resize((112, 112)), (len(shown) % 4 * 112, len(shown) // 4 * 112))
-                shown.add(key)
-    except DataError as error:
-        sys.exit(one_line(error))
+    records = dataset_from_args(args, args.split)
+    for record in records:
+        key = record.image if isinstance(record.image, str) else id(record.image)
+        if key not in shown and len(shown) < 16:
+            grid.paste(load_image(record).resize((112, 112)), (len(shown) % 4 * 112, len(shown) // 4 * 112))
+            shown.add(key)
     closed = sum(record.answer_type == "closed" for record in records)
     print(f"{args.dataset} {args.split}: {len(records)} records ({closed} closed, {len(records) - closed} "
           f"open), {sum(record.cot is not None for record in records)} with a rationale")
@@ -562,5 +559,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
 

@@ -35,7 +35,7 @@ from data import add_data_args, batch_order, dataset_from_args, load_image, trai
 from distributed import setup
 from evaluate import validate
 from lora import has_lora, reference_policy
-from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
+from model import add_model_args, check_checkpoint_folder, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import Completions, ImageFeatures, completion_logprobs, sample_completions, select_prompts
 from records import run_script
 from rewards import add_reward_args, collapse_diagnostics, rewards_from_args
@@ -287,7 +287,8 @@ class Group:
 
 @dataclass
 class Scores:
-    """The rewards of a list of groups of every process, in rank order: what the log reports."""
+    """The rewards of a list of groups of every process, in rank order: the input of the advantages
+    (the "batch" scale needs every process's) and what the log reports."""
     totals: np.ndarray    # (n,) total rewards
     components: dict      # reward name -> (n,)
     answer_types: list    # n: "open" or "closed"
@@ -327,19 +328,21 @@ def sample_groups(model, processor, records, reward_fn, args, rt):
                   {k: v[i * G:(i + 1) * G] for k, v in components.items()}) for i, r in enumerate(records)]
 
 
-def sample_step(model, processor, draw, reward_fn, args, rt):
-    """The groups this process trains on in a step, the Scores of the step's own prompts (draw(0),
-    every process's: the log compares runs with and without dynamic sampling on them), and the
-    number of prompt batches drawn. draw(d): this process's records of the step's d-th batch.
+def sample_step(model, processor, records_of_draw, reward_fn, args, rt):
+    """The groups this process trains on in a step, the Scores of the step's own prompts
+    (records_of_draw(0), every process's: the log compares runs with and without dynamic sampling
+    on them), and the number of prompt batches drawn. records_of_draw(d): this process's records
+    of the step's d-th prompt batch (draw_records).
 
     --dynamic-sampling (DAPO, Yu et al. 2025; in neither paper): a group whose G rewards are all
     equal has zero advantage and teaches nothing but the KL term, so it is dropped and further
-    prompts are drawn (draw(1), draw(2), ...) until every process has its B/W informative groups or
-    --max-draws batches were sampled; then dropped groups fill the rest, so every process trains on
-    the same number of rows (sharded training needs the same forwards on every process). Every
-    process samples the same number of draws: the adaptive reward gathers scores from all of them.
+    prompts are drawn (records_of_draw(1), records_of_draw(2), ...) until every process has its
+    B/W informative groups or --max-draws batches were sampled; then dropped groups fill the rest,
+    so every process trains on the same number of rows (sharded training needs the same forwards
+    on every process). Every process samples the same number of draws: the adaptive reward
+    gathers scores from all of them.
     """
-    groups = sample_groups(model, processor, draw(0), reward_fn, args, rt)
+    groups = sample_groups(model, processor, records_of_draw(0), reward_fn, args, rt)
     first = Scores.gather(groups, rt)
     if not args.dynamic_sampling:
         return groups, first, 1
@@ -347,7 +350,7 @@ def sample_step(model, processor, draw, reward_fn, args, rt):
     kept, dropped = [], []
     for d in range(args.max_draws):
         if d > 0:
-            groups = sample_groups(model, processor, draw(d), reward_fn, args, rt)
+            groups = sample_groups(model, processor, records_of_draw(d), reward_fn, args, rt)
         for group in groups:
             (kept if group.informative and len(kept) < quota else dropped).append(group)
         if rt.sum(quota - len(kept)) == 0:
@@ -503,6 +506,10 @@ def load_run(args, config, rt):
     """The training prompts, the validation records and the Policy, as the options ask."""
     if config.policy != "tiny" and not os.path.exists(config.policy) and config.policy.startswith("runs/"):
         sys.exit(f"grpo.py: {config.policy} not found: run `python sft.py` first (or pass --model)")
+    # an incomplete or damaged folder is named before any work
+    for folder in {config.policy, *[config.ref_model] * (args.beta > 0)}:
+        if os.path.isdir(folder):
+            check_checkpoint_folder(folder)
     train = dataset_from_args(args, "train")
     val = dataset_from_args(args, "val")[:args.eval_size]
     model, processor = model_from_args(args, rt, name=config.policy, seed=args.seed)
@@ -535,7 +542,7 @@ def held_out(policy, val, rewards, args, rt):
 def save(policy, rewards, config, args, rt, step, metrics):
     trainer_state = dict(step=step, optimizer=rt.optimizer_state(policy.model, policy.optimizer), rng=rt.rng_state(),
                          adaptive=rewards.adaptive.state_dict() if rewards.adaptive else None,
-                         args=config.options(args), config=asdict(config), world_size=rt.world_size)
+                         args=config.options(args, rt), config=asdict(config), world_size=rt.world_size)
     save_checkpoint(policy.model, policy.processor, args.out, trainer_state, rt=rt,
                     meta=dict(script="grpo.py", step=step, val=metrics, world_size=rt.world_size,
                               precision=rt.precision))
@@ -552,7 +559,7 @@ def main(argv=None):
     rewards = rewards_from_args(args, gather=rt.gather_scores if rt.sharded else None)
     torch.manual_seed(args.seed + rt.rank)   # each process samples its own completions
     start = resume(state, policy, rewards, rt) if state else 0
-    log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main)
+    log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main, note=args.resume_note)
     rt.print(f"grpo.py: {len(train)} training prompts, G={args.num_generations}, reward {args.reward}, "
              f"from {config.policy} on {rt.world_size} x {rt.device.type}, precision {rt.precision}")
     metrics = None

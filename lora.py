@@ -35,6 +35,11 @@ def add_lora_args(parser):
                         help="adapt the vision tower's blocks too (qkv, proj and MLP); by default it stays frozen")
 
 
+def lora_alpha(args):
+    """LoRA's alpha: --lora-alpha, or 2 x the rank when it is not given."""
+    return args.lora_alpha or 2 * args.lora_rank
+
+
 def lora_config(args):
     """The peft LoraConfig the add_lora_args options ask for, or None for full fine-tuning."""
     if not args.lora_rank:
@@ -43,7 +48,7 @@ def lora_config(args):
         from peft import LoraConfig
     except ImportError:
         sys.exit(f"{os.path.basename(sys.argv[0])}: --lora-rank needs peft (`pip install peft`)")
-    return LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+    return LoraConfig(r=args.lora_rank, lora_alpha=lora_alpha(args),
                       lora_dropout=args.lora_dropout, target_modules=lora_target_pattern(args.lora_targets,
                                                                                          args.lora_vision))
 

@@ -548,9 +548,9 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=No
 
     Everything goes to a temporary sibling directory first, which then replaces `path` with
     renames: an interrupted save leaves the previous checkpoint intact. meta.json also lists the
-    option changes the run was resumed with (trainer_state["args"]["resumes"]: training.resume_options). With a Runtime `rt` of
-    several processes, every process must call this (the weights are gathered from all shards);
-    the main process writes.
+    option changes the run was resumed with (trainer_state["args"]["resumes"]:
+    training.resume_options). With a Runtime `rt` of several processes, every process must call
+    this (the weights are gathered from all shards); the main process writes.
     """
     state_dict = rt.model_state(model, trainable_only=has_lora(model)) if rt is not None else None
     if rt is not None and not rt.is_main:
@@ -625,9 +625,13 @@ def main(argv=None):
     parser.add_argument("source", help="merge: folder a --lora-rank run wrote (adapter_config.json); complete: "
                                        "folder with config.json and weights")
     parser.add_argument("out", help="folder for the merged or completed checkpoint")
-    parser.add_argument("--processor-from", default="tiny",
-                        help="complete: the model whose tokenizer and image processor go with the weights")
+    parser.add_argument("--processor-from", default=None,
+                        help="complete (required): the model whose tokenizer and image processor go with the "
+                             "weights (tiny, a hub id or a checkpoint folder)")
     args = parser.parse_args(argv)
+    if args.command == "complete" and not args.processor_from:
+        parser.error("complete needs --processor-from MODEL: the model the weights came from (its tokenizer "
+                     "must match them)")
     if args.command == "merge":
         merge_adapter(args.source, args.out)
     else:

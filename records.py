@@ -52,7 +52,8 @@ def damaged_checkpoint(reporter, file, error):
     interrupted copy), naming DIR.old when an interrupted save left the previous checkpoint there."""
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
     old = os.path.dirname(os.path.normpath(file)) + ".old"
-    where = f"; {old} holds the previous checkpoint" if os.path.isfile(os.path.join(old, os.path.basename(file))) else ""
+    kept = os.path.isfile(os.path.join(old, os.path.basename(file)))
+    where = f"; {old} holds the previous checkpoint" if kept else ""
     return CheckpointError(f"{reporter}: {file} is damaged (truncated or unreadable: {reason}){where}")
 
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
+from model import add_model_args, check_checkpoint_folder, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import sample_completions, to_device
 from pretrain import DEFAULT_BASE, ensure_base
 from records import run_script
@@ -185,7 +185,7 @@ def accumulate_gradients(model, processor, examples, step, args, rt):
 
 def save(model, processor, optimizer, config, args, rt, step, metrics):
     trainer_state = dict(step=step, optimizer=rt.optimizer_state(model, optimizer), rng=rt.rng_state(),
-                         args=config.options(args), config=asdict(config), world_size=rt.world_size)
+                         args=config.options(args, rt), config=asdict(config), world_size=rt.world_size)
     save_checkpoint(model, processor, args.out, trainer_state, rt=rt,
                     meta=dict(script="sft.py", step=step, val=metrics, world_size=rt.world_size,
                               precision=rt.precision))
@@ -202,9 +202,12 @@ def main(argv=None):
     rt.require_divisible(args.batch_size, "--batch-size", "sft.py")
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    examples, val = training_examples(args, rt)
     state = load_trainer_state(args.resume) if args.resume else None
     config = RunConfig.from_args(args, state)
+    for folder in (config.policy, args.cot_from):   # incomplete or damaged: said before any work
+        if folder and os.path.isdir(folder):
+            check_checkpoint_folder(folder)
+    examples, val = training_examples(args, rt)
     model, processor = model_from_args(args, rt, name=config.policy, seed=args.seed)
     fits = {id(r) for r in check_prompt_lengths([r for r, _ in examples], processor, args.max_prompt_tokens,
                                                 args.skip_bad, "sft.py")}
@@ -217,7 +220,7 @@ def main(argv=None):
         rt.set_rng_state(state["rng"])   # first: it refuses another number of processes
         rt.load_optimizer_state(model, optimizer, state["optimizer"])
     scorer = SemanticScorer(args.encoder)
-    log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main)
+    log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main, note=args.resume_note)
     rt.print(f"sft.py: {sum(p.numel() for p in params) * rt.world_size / 1e6:.2f}M trainable parameters on "
              f"{rt.world_size} x {rt.device.type}, precision {rt.precision}")
     start = state["step"] if state else 0

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from types import SimpleNamespace
 import torch
 
 from conftest import assert_same_trained_adapters
@@ -309,7 +310,8 @@ def test_config_is_derived_once_and_resumes_checkpoints_of_either_form():
     assert (fresh.lr, fresh.schedule_steps, fresh.policy, fresh.ref_model, fresh.train_offset) == \
            (3e-4, 9, "runs/sft-x", "runs/sft-x", 6000)
     assert args.lr is None and args.train_offset is None                 # the options stay as parsed
-    assert fresh.options(args)["lr"] == 3e-4 and fresh.options(args)["train_offset"] == 6000   # as the run used them
+    used = fresh.options(args, SimpleNamespace(precision="fp32"))
+    assert (used["lr"], used["train_offset"], used["precision"]) == (3e-4, 6000, "fp32")   # as the run used them
     assert grpo.Config.from_args(grpo.parse_args(["--lora-rank", "4"])).lr == pytest.approx(3e-3)   # 10x under LoRA
     resumed = grpo.parse_args(["--resume", "runs/g", "--steps", "9"])
     before = {"args": {"steps": 5, "schedule_steps": 4, "ref_model": "runs/sft"}}   # written before Config

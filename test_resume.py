@@ -89,6 +89,34 @@ def test_resume_alone_continues_the_run_with_its_options_and_logs_the_raised_ste
     assert [r.get("step") for r in log_rows(run_copy)] == [1, None, 2]
 
 
+def test_typed_values_compare_with_what_the_run_used(run_copy):
+    """The precision the runtime picked and the lr as derived are saved; typing them again (the lr
+    of a LoRA run is 3e-4 x 10 = 0.0029999999999999996 when derived) is no change."""
+    assert load_trainer_state(run_copy)["args"]["precision"] == "fp32"
+    grpo.main(["--resume", run_copy, "--steps", "2", "--precision", "fp32", "--lr", "0.0003"])
+    assert log_rows(run_copy)[1] == {"resume": {"at_step": 1, "changed": {"--steps": [1, 2]}, "overridden": {}}}
+    assert training._same(0.0029999999999999996, 3e-3) and not training._same(3e-3, 3.1e-3)
+
+
+def test_the_checkpoint_fixes_its_model_even_with_the_override(run_copy, tmp_path):
+    other = str(tmp_path / "other")
+    os.makedirs(other)
+    before = open(run_copy + ".log.jsonl").read()
+    with pytest.raises(SystemExit) as stop:
+        grpo.main(["--resume", run_copy, "--model", other, "--lr", "1e-2", "--allow-option-changes"])
+    assert str(stop.value.code).startswith(f"grpo.py: --resume {run_copy}: --model tiny -> {other}: ")
+    assert "cannot change them" in str(stop.value.code) and "--lr" not in str(stop.value.code)
+    assert open(run_copy + ".log.jsonl").read() == before
+
+
+def test_a_resume_that_fails_while_loading_leaves_the_log_as_it_was(run_copy):
+    before = open(run_copy + ".log.jsonl").read()
+    truncate(os.path.join(run_copy, "model.safetensors"))
+    with pytest.raises(CheckpointError):
+        grpo.main(["--resume", run_copy, "--steps", "2"])      # a change to log, had it resumed
+    assert open(run_copy + ".log.jsonl").read() == before
+
+
 def test_the_override_is_recorded_in_the_log_and_meta_json(run_copy):
     grpo.main(["--resume", run_copy, "--steps", "2", "--lr", "1e-2", "--allow-option-changes"])
     note = {"at_step": 1, "changed": {"--steps": [1, 2]}, "overridden": {"--lr": [3e-4, 1e-2]}}

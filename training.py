@@ -101,6 +101,9 @@ FIXED_ON_RESUME = frozenset({
     "reward", "format_weight", "textual_weight", "semantic_weight", "ecr_weight", "cwr_weight", "judge_weight",
     "encoder", "buffer_size", "adaptive_quantile", "adaptive_k", "adaptive_eps", "closed_semantic",
     "target_length", "judge_model", "judge_prompt"})
+# Fixed by the checkpoint itself: the weights and adapters it holds. Refused even with
+# --allow-option-changes, since a resumed run loads them from the checkpoint whatever is given.
+LOCKED_ON_RESUME = frozenset({"model", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_vision"})
 THIS_COMMAND = frozenset({"out", "resume", "overwrite", "allow_option_changes"})
 FREE_ON_RESUME = THIS_COMMAND | {"steps", "eval_every", "save_every", "device", "gather_for_generation",
                                  "attn_implementation", "gradient_checkpointing", "micro_batch", "check_images",
@@ -113,47 +116,59 @@ def option_name(dest):
 
 def _shown(value):
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:.6g}"
     if isinstance(value, (list, tuple)):
         return " ".join(map(_shown, value))
     return "none" if value is None else str(value)
 
 
 def _same(a, b):
-    """Option values alike; two paths to one folder or file are alike."""
+    """Option values alike; two paths to one folder or file are alike, and two floats that differ in
+    rounding only (a LoRA run's derived lr 3e-4 x 10 is 0.0029999999999999996, typed 3e-3)."""
     if isinstance(a, str) and isinstance(b, str) and os.path.exists(a) and os.path.exists(b):
         return os.path.realpath(a) == os.path.realpath(b)
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9)
     return a == b
 
 
-def resume_options(args, run, script):
-    """--resume: give args the options of the run being continued (run: its trainer_state["args"])
-    where the command line gave none, and check those it gave (FIXED_ON_RESUME, FREE_ON_RESUME).
-    Exits with one line naming every option that would change the run, its old and its new value,
-    unless --allow-option-changes. Returns what changed, {"--steps": [2, 4], ...}, split into
-    "changed" (free) and "overridden" (allowed by --allow-option-changes), or None; the run keeps
-    the list of them (args.resumes) for its log and meta.json.
+def resume_options(args, state, script):
+    """--resume: give args the options of the run being continued (state: its trainer_state) where
+    the command line gave none, and check those it gave (FIXED_ON_RESUME, FREE_ON_RESUME,
+    LOCKED_ON_RESUME). Exits with one line naming every option that would change the run, its old
+    and its new value, unless --allow-option-changes (which never changes LOCKED_ON_RESUME).
+    Returns what changed, {"--steps": [2, 4], ...}, split into "changed" (free) and "overridden"
+    (allowed by --allow-option-changes), or None; the run keeps the list of them (args.resumes)
+    for its log and meta.json.
 
-    trainer_state["args"] holds the options as the run used them (RunConfig.options: the peak --lr
-    and grpo.py's --train-offset as derived), so a typed value compares with what the run used.
+    trainer_state["args"] holds the options as the run used them (RunConfig.options: the peak
+    --lr, grpo.py's --train-offset, the precision and LoRA's alpha as derived), so a typed value
+    compares with what the run used.
     """
+    run = state["args"]
+    if "config" not in state:   # written before RunConfig: a resumed run saved its own folder as --model
+        run = dict(run, model=run.get("ref_model", run["model"]))
     given = set(getattr(args, "options_given", ()))
-    if given & {"model"} and _same(args.model, args.resume):
-        given.discard("model")
+    if "model" in given and (_same(args.model, args.resume) or _same(run["model"], args.resume)):
+        given.discard("model")   # the checkpoint itself, or an old one that recorded no other start
     changed = {}
     for name in sorted((FIXED_ON_RESUME | FREE_ON_RESUME) - THIS_COMMAND):
         if name not in run or not hasattr(args, name):
             continue
         if name not in given:
             setattr(args, name, run[name])
-        elif not _same(getattr(args, name), run[name]):
+        elif not _same(run[name], getattr(args, name)):
             changed[name] = [run[name], getattr(args, name)]
     fixed = {name: values for name, values in changed.items() if name in FIXED_ON_RESUME}
-    if fixed and not args.allow_option_changes:
+    locked = [name for name in fixed if name in LOCKED_ON_RESUME]
+    if fixed and (locked or not args.allow_option_changes):
+        shown = locked if args.allow_option_changes else fixed
         sys.exit(f"{script}: --resume {args.resume}: "
-                 + ", ".join(f"{option_name(k)} {_shown(old)} -> {_shown(new)}" for k, (old, new) in fixed.items())
+                 + ", ".join(f"{option_name(k)} {_shown(fixed[k][0])} -> {_shown(fixed[k][1])}" for k in shown)
                  + ": the run was started with the first value; leave these options out to continue it, start "
-                 "another run (another --out), or add --allow-option-changes to change them anyway")
+                 "another run (another --out)"
+                 + (", or add --allow-option-changes to change them anyway" if not locked else
+                    " (the checkpoint's weights fix these: --allow-option-changes cannot change them)"))
     args.resumes = list(run.get("resumes", []))
     if not changed:
         return None
@@ -190,8 +205,9 @@ def peak_learning_rate(args):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What a training run derives from its options, once; the options (args) stay as parsed.
-    trainer_state["config"] keeps it, so that a resumed run derives the same."""
+    """What a training run derives from its options, once; the options (args) stay as parsed (on
+    --resume: as the run used them, training.resume_options). trainer_state["config"] keeps it, so
+    that a resumed run derives the same."""
     lr: float              # peak learning rate: --lr, or the script's default (peak_learning_rate)
     warmup: float          # --warmup
     min_lr_ratio: float    # --min-lr-ratio
@@ -206,10 +222,17 @@ class RunConfig:
         return cls(lr=peak_learning_rate(args), warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
                    schedule_steps=schedule_steps, policy=args.resume or args.model, **more)
 
-    def options(self, args):
+    def options(self, args, rt):
         """Every option as the run used it (trainer_state["args"]): args, with the values derived
-        for options left unset (--lr; grpo.py's --train-offset)."""
-        return dict(vars(args), **{k: v for k, v in asdict(self).items() if k in vars(args)})
+        for options left unset (--lr; grpo.py's --train-offset; the precision the Runtime `rt`
+        picked; LoRA's alpha), so that --resume compares a typed value with what the run used."""
+        from lora import lora_alpha   # lora.py imports this file
+        used = dict(vars(args), **{k: v for k, v in asdict(self).items() if k in vars(args)})
+        if "precision" in used:
+            used["precision"] = rt.precision
+        if used.get("lora_rank"):
+            used["lora_alpha"] = lora_alpha(args)
+        return used
 
 
 def saved_config(state):
@@ -254,7 +277,8 @@ def claim_output(args, script):
     anything but a checkpoint is never written. A save interrupted between its two renames left
     the checkpoint as DIR.old: --resume DIR says so. Leftovers of interrupted saves (DIR.tmp-*,
     a stale DIR.old) are removed: only save_checkpoint makes them.
-    Returns the step the log keeps (the checkpoint's) on resume, else None.
+    On resume args gets the run's options (resume_options) and args.resume_note what this resume
+    changed, for open_log. Returns the step the log keeps (the checkpoint's) on resume, else None.
     """
     state = note = None
     if args.resume:
@@ -267,7 +291,7 @@ def claim_output(args, script):
             sys.exit(f"{script}: --resume {resume}: no checkpoint written by this project's training "
                      "scripts there (trainer_state.pt missing)")
         state = load_trainer_state(resume)
-        note = resume_options(args, state["args"], script)
+        note = resume_options(args, state, script)
         args.out = os.path.normpath(args.out or resume)
     args.out = os.path.normpath(args.out or args.default_out)
     out, log = args.out, args.out + ".log.jsonl"
@@ -288,12 +312,10 @@ def claim_output(args, script):
         if os.path.isdir(leftover) and main_process:
             shutil.rmtree(leftover, ignore_errors=True)
             print(f"{script}: removed {leftover}, left by an interrupted save", file=sys.stderr)
+    args.resume_note = note   # open_log writes it, once the resumed run has loaded (not here: see there)
     if note is not None:
         note["at_step"] = state["step"]
         if main_process:
-            os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
-            with open(log, "a") as f:            # no "step": open_log keeps it, readers of steps skip it
-                f.write(json.dumps(dict(resume=note)) + "\n")
             print(f"{script}: resuming at step {state['step']} with "
                   + ", ".join(f"{k} {_shown(old)} -> {_shown(new)}"
                               for k, (old, new) in {**note["changed"], **note["overridden"]}.items())
@@ -301,11 +323,14 @@ def claim_output(args, script):
     return state["step"] if state else None
 
 
-def open_log(out, keep_step=None, enabled=True):
+def open_log(out, keep_step=None, enabled=True, note=None):
     """The JSONL training log beside the checkpoint (<out>.log.jsonl: outside the directory that
     each save replaces). A fresh run starts it anew; a resumed one (keep_step: the checkpoint's
     step) keeps the rows up to that step, dropping those a killed run logged after its last
-    checkpoint, and appends, so every step appears once. Not enabled (the processes other than
+    checkpoint, and appends, so every step appears once. note (claim_output's args.resume_note):
+    the options this resume changed, a row {"resume": note} without "step" (readers of steps skip
+    it). It is written here, after the run has loaded its checkpoint and every process has met:
+    a resume that fails earlier leaves the log as it was. Not enabled (the processes other than
     the main one): a sink that writes nothing."""
     if not enabled:
         return open(os.devnull, "w")
@@ -319,6 +344,8 @@ def open_log(out, keep_step=None, enabled=True):
             rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= keep_step]
     with open(path + ".tmp", "w") as f:
         f.writelines(rows)
+        if note is not None:
+            f.write(json.dumps(dict(resume=note)) + "\n")
     os.replace(path + ".tmp", path)
     return open(path, "a")
 
