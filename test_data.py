@@ -13,6 +13,7 @@ from PIL import Image
 
 import data
 from data import DataError, load_dataset, load_image
+from records import run_script
 
 
 # loaders on fixture files in the real formats
@@ -358,7 +359,7 @@ def test_one_file_for_every_split_is_warned_about_and_refused_as_test(tmp_path, 
                "records; give a folder with a test file, or --same-file-for-test to use it anyway")
     assert load_error("json", "test", mine) == refusal
     with pytest.raises(SystemExit, match="--same-file-for-test to use it anyway"):
-        data.main(["--dataset", "json", "--data-root", mine, "--split", "test"])
+        run_script(lambda: data.main(["--dataset", "json", "--data-root", mine, "--split", "test"]))
     capsys.readouterr()
     data.main(["--dataset", "json", "--data-root", mine, "--split", "test", "--same-file-for-test"])
     out, err = capsys.readouterr()
@@ -404,7 +405,7 @@ def test_command_line_options(tmp_path, capsys):
     assert Image.open(tmp_path / "grid.png").size == (448, 448)
     write_jsonl(str(root / "val.jsonl"), [{"q": "Q?", "image": "a.png"}])
     with pytest.raises(SystemExit, match="mine/val.jsonl line 1: missing field 'question'"):
-        data.main(["--dataset", "json", "--data-root", str(root), "--split", "val"])
+        run_script(lambda: data.main(["--dataset", "json", "--data-root", str(root), "--split", "val"]))
 
 
 # Hugging Face datasets: parquet files with embedded images, read through the `datasets` library
