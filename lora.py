@@ -7,7 +7,7 @@ import os
 import sys
 from contextlib import contextmanager, nullcontext
 
-from training import at_least
+from training import at_least, lora_alpha
 
 # LoRA (--lora-rank R > 0): low-rank adapters on the frozen model, through peft (imported only
 # then). Each adapted linear layer W (out x in) computes W x + (alpha / R) B A x, with A (R x in)
@@ -33,11 +33,6 @@ def add_lora_args(parser):
                              "[reconstructed: all attention and MLP projections]")
     parser.add_argument("--lora-vision", action="store_true",
                         help="adapt the vision tower's blocks too (qkv, proj and MLP); by default it stays frozen")
-
-
-def lora_alpha(args):
-    """LoRA's alpha: --lora-alpha, or 2 x the rank when it is not given."""
-    return args.lora_alpha or 2 * args.lora_rank
 
 
 def lora_config(args):

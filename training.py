@@ -196,6 +196,11 @@ def add_optimizer_args(parser, lr):
     parser.add_argument("--clip", type=positive_float, default=1.0, help="gradient-norm clipping")
 
 
+def lora_alpha(args):
+    """LoRA's alpha: --lora-alpha, or 2 x the rank when it is not given (peft's usual ratio)."""
+    return args.lora_alpha or 2 * args.lora_rank
+
+
 def peak_learning_rate(args):
     """--lr as given, else the script's full fine-tuning default, x LORA_LR_SCALE under LoRA."""
     if args.lr is not None:
@@ -226,7 +231,6 @@ class RunConfig:
         """Every option as the run used it (trainer_state["args"]): args, with the values derived
         for options left unset (--lr; grpo.py's --train-offset; the precision the Runtime `rt`
         picked; LoRA's alpha), so that --resume compares a typed value with what the run used."""
-        from lora import lora_alpha   # lora.py imports this file
         used = dict(vars(args), **{k: v for k, v in asdict(self).items() if k in vars(args)})
         if "precision" in used:
             used["precision"] = rt.precision
