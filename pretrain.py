@@ -37,7 +37,7 @@ PROBE_START = 10_000_000   # held-out probe images: far past any image pretraini
 ATTRIBUTES = ("modality", "region", "count", "kind", "quadrants")
 # [reconstructed] Pretraining's size, none of it from the papers: about the fewest images for a
 # probe of >= 97% whole captions (3600 steps of 8, 28,800 images: 97.5%; 3000 of 8: 96.2%). Small
-# batches learn more per image here: the same 24,000 images in steps of 16 (lr 1.4e-3) gave 94.5%;
+# batches learn more per image here: the same 24,000 images in steps of 16 (lr 1e-3) gave 94.5%;
 # steps of 32 (lr 2e-3) needed 48,000 images for 97.8% (EXPERIMENTS.md §1, "The base, built faster").
 STEPS, BATCH_SIZE, LR = 3600, 8, 1e-3
 
