@@ -1,5 +1,6 @@
-"""Tests of pretrain.py, the phantom base model: the probe's arithmetic, a short build, and sft.py
-building the base on first use. Run: python -m pytest test_pretrain.py -q"""
+"""Tests of pretrain.py, the phantom base model: the probe's arithmetic, the batch cut to the caption
+positions, a short build, the same base from the same seed, sft.py building the base on first use,
+and bench_pretrain.py. Run: python -m pytest test_pretrain.py -q"""
 
 import json
 import os
@@ -79,3 +80,12 @@ def test_sft_builds_the_base_model_once_when_it_is_missing(tmp_path, monkeypatch
     sft.main(fast + ["--out", "runs/b"])
     assert builds == [pretrain.DEFAULT_BASE]             # built by the first run, reused by the second
     assert os.path.isfile("runs/base/config.json") and os.path.isfile("runs/b/config.json")
+
+
+def test_bench_pretrain_times_every_part_of_a_step(capsys):
+    """bench_pretrain.py drives pretrain.py's own step; a change to it must not break the benchmark."""
+    import bench_pretrain
+    bench_pretrain.main(["--batch-size", "2", "--steps", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    shares = {line.split()[0]: float(line.split()[-1].rstrip("%")) for line in lines[1:6]}
+    assert list(shares) == list(bench_pretrain.PARTS) and abs(sum(shares.values()) - 100) < 0.5
