@@ -45,8 +45,10 @@ STEPS, BATCH_SIZE, LR = 3600, 8, 1e-3
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default=DEFAULT_BASE, help="where the base model is written")
-    p.add_argument("--steps", type=at_least(1), default=STEPS, help="optimizer steps, each on new images [reconstructed]")
-    p.add_argument("--batch-size", type=at_least(1), default=BATCH_SIZE, help="captioned images per step [reconstructed]")
+    p.add_argument("--steps", type=at_least(1), default=STEPS,
+                   help="optimizer steps, each on new images [reconstructed]")
+    p.add_argument("--batch-size", type=at_least(1), default=BATCH_SIZE,
+                   help="captioned images per step [reconstructed]")
     p.add_argument("--lr", type=float, default=LR, help="peak learning rate (warmup, cosine decay) [reconstructed]")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the images")
     p.add_argument("--probe-size", type=at_least(1), default=400, help="held-out images the probe captions")
@@ -96,7 +98,7 @@ def caption_batch(processor, samples):
     only where a caption token is predicted. The batch is left-padded, so every caption ends its
     row: with the labels cut to the last K positions and logits_to_keep=K (K = the longest caption
     + 1), target_token_loss gives the same loss while the output head and its softmax run on K
-    positions instead of all (~20 of ~97). The saving is small: bench_pretrain.py measured forward
+    positions instead of all (~20 of ~95). The saving is small: bench_pretrain.py measured forward
     and backward with every position's logits at 0.96x to 1.20x of these, within a shared CPU's noise.
 
         labels (2, 6) [[-100, -100, -100, -100, 7, EOS], [-100, -100, -100, 5, 8, EOS]]
@@ -115,7 +117,7 @@ def pretrain(out=DEFAULT_BASE, steps=STEPS, batch_size=BATCH_SIZE, lr=LR, seed=0
     every N steps too (its time counts in the build's seconds)."""
     model, processor = load_model("tiny", device="cpu", seed=seed)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)  # one kernel: 3x faster
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)  # one kernel for all weights
     start = time.time()
     bar = tqdm(range(steps), desc="pretrain", file=sys.stderr)
     for step in bar:
@@ -148,7 +150,7 @@ def format_probe(perception):
 def ensure_base(path, script):
     """The base model at `path`, built first (pretrain with its defaults) if it is not there yet."""
     if not os.path.isfile(os.path.join(path, "config.json")):
-        print(f"{script}: no base model at {path}: building it once (python pretrain.py, about as long as SFT)",
+        print(f"{script}: no base model at {path}: building it once (python pretrain.py: ~1.6x the time of SFT)",
               file=sys.stderr)
         pretrain(path, log=lambda text: print(text, file=sys.stderr))
     return path

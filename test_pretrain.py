@@ -45,7 +45,7 @@ def test_a_short_build_writes_a_base_model_with_its_probe(tmp_path):
     logged = []
     perception = pretrain.pretrain(out, steps=2, batch_size=4, probe_size=4, probe_every=1, log=logged.append)
     assert len(logged) == 2 and logged[0].startswith("pretrain.py: step 1, 4 images: caption accuracy")
-    assert logged[1].startswith(f"pretrain.py: wrote {out} in ")      # no probe logged at the last step but the final one
+    assert logged[1].startswith(f"pretrain.py: wrote {out} in ")   # the last step: only the final probe
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["script"] == "pretrain.py" and meta["probe"] == perception and meta["steps"] == 2
     assert set(perception) == {*pretrain.ATTRIBUTES, "caption"}
