@@ -1,14 +1,18 @@
-"""Tests of pretrain.py, the phantom base model: the probe's arithmetic, a short build, and sft.py
-building the base on first use. Run: python -m pytest test_pretrain.py -q"""
+"""Tests of pretrain.py, the phantom base model: the probe's arithmetic, the batch cut to the caption
+positions, a short build, the same base from the same seed, sft.py building the base on first use,
+and bench_pretrain.py. Run: python -m pytest test_pretrain.py -q"""
 
 import json
 import os
 
 import pytest
+import torch
 
 import pretrain
 import sft
 from model import load_model
+from phantom import CAPTION_PROMPT, phantom_captions
+from training import target_token_loss
 
 
 def test_caption_accuracy_counts_each_attribute_where_it_applies():
@@ -21,9 +25,27 @@ def test_caption_accuracy_counts_each_attribute_where_it_applies():
     assert accuracy == dict(modality=2 / 3, region=2 / 3, count=2 / 3, kind=1 / 2, quadrants=0.0, caption=1 / 3)
 
 
+def test_caption_batch_keeps_only_the_logits_the_loss_needs():
+    model, processor = load_model("tiny", device="cpu")
+    samples = phantom_captions(4)
+    full = processor.training_batch([CAPTION_PROMPT] * 4, [im for im, _ in samples], [c for _, c in samples])
+    cut = pretrain.caption_batch(processor, samples)
+    longest = max(len(processor.tokenizer(c + "<|im_end|>")["input_ids"]) for _, c in samples)
+    assert cut["logits_to_keep"] == longest + 1 == cut["labels"].shape[1] < full["labels"].shape[1]
+    assert torch.equal(cut["labels"], full["labels"][:, -longest - 1:])
+    assert (full["labels"][:, :-longest - 1] == -100).all()     # nothing cut is a target
+    with torch.no_grad():
+        (loss, n), (loss_cut, n_cut) = target_token_loss(model, full), target_token_loss(model, cut)
+    assert n_cut == n == sum(len(processor.tokenizer(c + "<|im_end|>")["input_ids"]) for _, c in samples)
+    assert torch.allclose(loss_cut, loss, rtol=1e-6)
+
+
 def test_a_short_build_writes_a_base_model_with_its_probe(tmp_path):
     out = str(tmp_path / "base")
-    perception = pretrain.pretrain(out, steps=2, batch_size=4, probe_size=4)
+    logged = []
+    perception = pretrain.pretrain(out, steps=2, batch_size=4, probe_size=4, probe_every=1, log=logged.append)
+    assert len(logged) == 2 and logged[0].startswith("pretrain.py: step 1, 4 images: caption accuracy")
+    assert logged[1].startswith(f"pretrain.py: wrote {out} in ")   # the last step: only the final probe
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["script"] == "pretrain.py" and meta["probe"] == perception and meta["steps"] == 2
     assert set(perception) == {*pretrain.ATTRIBUTES, "caption"}
@@ -32,6 +54,15 @@ def test_a_short_build_writes_a_base_model_with_its_probe(tmp_path):
     assert processor.tokenizer.convert_tokens_to_ids("<think>") != processor.tokenizer.unk_token_id
     with pytest.raises(SystemExit, match="exists"):
         pretrain.main(["--out", out])                    # never replaces a folder
+
+
+def test_a_seed_builds_the_same_base_model(tmp_path):
+    for out in ("a", "b"):
+        pretrain.pretrain(str(tmp_path / out), steps=3, batch_size=2, probe_size=2, seed=1)
+    a, b = (load_model(str(tmp_path / out), device="cpu")[0].state_dict() for out in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = load_model("tiny", device="cpu", seed=1)[0].state_dict()
+    assert not all(torch.equal(a[k], start[k]) for k in a)     # trained: not the initial weights
 
 
 def test_sft_builds_the_base_model_once_when_it_is_missing(tmp_path, monkeypatch):
@@ -49,3 +80,12 @@ def test_sft_builds_the_base_model_once_when_it_is_missing(tmp_path, monkeypatch
     sft.main(fast + ["--out", "runs/b"])
     assert builds == [pretrain.DEFAULT_BASE]             # built by the first run, reused by the second
     assert os.path.isfile("runs/base/config.json") and os.path.isfile("runs/b/config.json")
+
+
+def test_bench_pretrain_times_every_part_of_a_step(capsys):
+    """bench_pretrain.py drives pretrain.py's own step; a change to it must not break the benchmark."""
+    import bench_pretrain
+    bench_pretrain.main(["--batch-size", "2", "--steps", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    shares = {line.split()[0]: float(line.split()[-1].rstrip("%")) for line in lines[1:6]}
+    assert list(shares) == list(bench_pretrain.PARTS) and abs(sum(shares.values()) - 100) < 0.5
