@@ -30,6 +30,7 @@ from tqdm import tqdm
 from model import load_model, save_checkpoint
 from phantom import CAPTION_PROMPT, parse_caption, phantom_captions
 from policy import sample_completions, to_device
+from records import run_script
 from training import HelpFormatter, at_least, learning_rate, target_token_loss
 
 DEFAULT_BASE = "runs/base"
@@ -169,4 +170,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
