@@ -11,7 +11,7 @@ rationales whose answers score as correct are kept, --cot-select K representativ
 by k-means over their sentence embeddings, and the model in --model is fine-tuned on them.
 
 By default SFT starts from runs/base, the tiny model pretrained to describe phantom images
-(pretrain.py builds it the first time, a few minutes): the papers' regime, where SFT on scarce
+(pretrain.py builds it the first time, about 1.6x the time of SFT): the papers' regime, where SFT on scarce
 chain-of-thought starts from a VLM that already sees. `--model tiny` starts from random weights.
 
 The loss is next-token cross-entropy on the assistant's tokens only (the prompt and the image
