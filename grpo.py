@@ -35,7 +35,8 @@ from data import add_data_args, batch_order, dataset_from_args, load_image, trai
 from distributed import setup
 from evaluate import validate
 from lora import has_lora, reference_policy
-from model import add_model_args, check_checkpoint_folder, check_prompt_lengths, model_from_args, save_checkpoint
+from checkpoints import check_checkpoint_folder
+from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import Completions, ImageFeatures, completion_logprobs, sample_completions, select_prompts
 from records import run_script
 from rewards import add_reward_args, collapse_diagnostics, rewards_from_args

@@ -34,7 +34,8 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image
 from distributed import setup
 from evaluate import validate
-from model import add_model_args, check_checkpoint_folder, check_prompt_lengths, model_from_args, save_checkpoint
+from checkpoints import check_checkpoint_folder
+from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import sample_completions, to_device
 from pretrain import DEFAULT_BASE, ensure_base
 from records import run_script

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import grpo
 import model as M
+from checkpoints import missing_checkpoint_files
 import sft
 import training
 from records import CheckpointError, DataError, run_script
@@ -144,7 +145,7 @@ def test_a_truncated_trainer_state_is_named_with_the_previous_checkpoint(grpo_ru
 
 def test_a_truncated_weights_file_is_named_before_loading_as_a_user_sees_it(run_copy, tmp_path):
     truncate(os.path.join(run_copy, "model.safetensors"))
-    message = (f"model.py: {run_copy}/model.safetensors is damaged (truncated or unreadable: Error while "
+    message = (f"checkpoints.py: {run_copy}/model.safetensors is damaged (truncated or unreadable: Error while "
                "deserializing header: incomplete metadata, file not fully covered)")
     with pytest.raises(CheckpointError) as error:
         M.load_model(run_copy)
@@ -158,7 +159,7 @@ def test_a_truncated_weights_file_is_named_before_loading_as_a_user_sees_it(run_
     with open(os.path.join(adapter, "adapter_config.json"), "w") as f:
         json.dump({"base_model_name_or_path": "tiny", "peft_type": "LORA"}, f)
     shutil.copy(os.path.join(run_copy, "model.safetensors"), os.path.join(adapter, "adapter_model.safetensors"))
-    with pytest.raises(CheckpointError, match=rf"^model.py: {adapter}/adapter_model.safetensors is damaged \("):
+    with pytest.raises(CheckpointError, match=rf"^checkpoints.py: {adapter}/adapter_model.safetensors is damaged \("):
         M.load_model(adapter)
 
 
@@ -173,7 +174,7 @@ def test_a_folder_without_tokenizer_files_is_named_before_its_weights_load(run_c
     with pytest.raises(CheckpointError) as error:
         M.load_model(run_copy)
     assert str(error.value) == (
-        f"model.py: {run_copy} lacks tokenizer (tokenizer.json, tokenizer_config.json); `python model.py complete "
+        f"checkpoints.py: {run_copy} lacks tokenizer (tokenizer.json, tokenizer_config.json); `python model.py complete "
         f"{run_copy} OUT --processor-from MODEL` writes a complete folder at OUT (MODEL: the model its weights came "
         "from, e.g. tiny, a hub id or a checkpoint folder)")
     monkeypatch.undo()
@@ -189,7 +190,7 @@ def test_a_folder_without_tokenizer_files_is_named_before_its_weights_load(run_c
 def test_a_missing_chat_template_or_preprocessor_config_is_named(run_copy):
     os.remove(os.path.join(run_copy, "chat_template.jinja"))
     os.remove(os.path.join(run_copy, "preprocessor_config.json"))
-    assert M.missing_checkpoint_files(run_copy) == ["chat template (chat_template.jinja)", "preprocessor_config.json"]
+    assert missing_checkpoint_files(run_copy) == ["chat template (chat_template.jinja)", "preprocessor_config.json"]
 
 
 def test_a_missing_image_is_one_line_with_its_hint_and_no_traceback(tmp_path, monkeypatch):
