@@ -41,7 +41,7 @@ from policy import Completions, ImageFeatures, completion_logprobs, sample_compl
 from records import run_script
 from rewards import add_reward_args, collapse_diagnostics, rewards_from_args
 from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args, at_least, claim_output, due,
-                      load_trainer_state, open_log, parse_run_args, positive_float, saved_config, set_learning_rate)
+                      open_log, parse_run_args, positive_float, saved_config, set_learning_rate)
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "token", "dr_grpo")
@@ -551,16 +551,16 @@ def save(policy, rewards, config, args, rt, step, metrics):
 
 def main(argv=None):
     args = parse_args(argv)
-    keep_step = claim_output(args, "grpo.py")
+    state = claim_output(args, "grpo.py")   # the checkpoint's trainer_state on --resume
     rt = setup(args.precision, args.device, args.gather_for_generation)
     rt.require_divisible(args.prompts_per_step, "--prompts-per-step", "grpo.py")
-    state = load_trainer_state(args.resume) if args.resume else None
     config = Config.from_args(args, state)
     train, val, policy = load_run(args, config, rt)
     rewards = rewards_from_args(args, gather=rt.gather_scores if rt.sharded else None)
     torch.manual_seed(args.seed + rt.rank)   # each process samples its own completions
     start = resume(state, policy, rewards, rt) if state else 0
-    log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main, note=args.resume_note)
+    log = open_log(args.out, keep_step=state and state["step"], enabled=rt.is_main,
+                   note=args.resume_note)
     rt.print(f"grpo.py: {len(train)} training prompts, G={args.num_generations}, reward {args.reward}, "
              f"from {config.policy} on {rt.world_size} x {rt.device.type}, precision {rt.precision}")
     metrics = None

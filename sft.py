@@ -41,7 +41,7 @@ from pretrain import DEFAULT_BASE, ensure_base
 from records import run_script
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args, at_least, claim_output, due,
-                      load_trainer_state, open_log, parse_run_args, set_learning_rate, target_token_loss)
+                      open_log, parse_run_args, set_learning_rate, target_token_loss)
 
 
 def parse_args(argv=None):
@@ -194,7 +194,7 @@ def save(model, processor, optimizer, config, args, rt, step, metrics):
 
 def main(argv=None):
     args = parse_args(argv)
-    keep_step = claim_output(args, "sft.py")
+    state = claim_output(args, "sft.py")   # the checkpoint's trainer_state on --resume
     if args.model == DEFAULT_BASE and not args.resume:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not os.path.isdir(DEFAULT_BASE):
             sys.exit(f"sft.py: no base model at {DEFAULT_BASE}: run `python pretrain.py` once before torchrun")
@@ -203,7 +203,6 @@ def main(argv=None):
     rt.require_divisible(args.batch_size, "--batch-size", "sft.py")
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    state = load_trainer_state(args.resume) if args.resume else None
     config = RunConfig.from_args(args, state)
     for folder in (config.policy, args.cot_from):   # incomplete or damaged: said before any work
         if folder and os.path.isdir(folder):
@@ -221,7 +220,8 @@ def main(argv=None):
         rt.set_rng_state(state["rng"])   # first: it refuses another number of processes
         rt.load_optimizer_state(model, optimizer, state["optimizer"])
     scorer = SemanticScorer(args.encoder)
-    log = open_log(args.out, keep_step=keep_step, enabled=rt.is_main, note=args.resume_note)
+    log = open_log(args.out, keep_step=state and state["step"], enabled=rt.is_main,
+                   note=args.resume_note)
     rt.print(f"sft.py: {sum(p.numel() for p in params) * rt.world_size / 1e6:.2f}M trainable parameters on "
              f"{rt.world_size} x {rt.device.type}, precision {rt.precision}")
     start = state["step"] if state else 0

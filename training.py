@@ -2,8 +2,8 @@
 output folder, the SFT loss and the JSONL log (checkpoints are written by model.save_checkpoint).
 
     args = parse_run_args(parser, argv)  # parse_args, noting which options the command line gave
-    claim_output(args, "grpo.py")        # before anything is opened: may this run write to --out?
-    log = open_log(args.out, keep_step)  # runs/grpo.log.jsonl, cut back to the checkpoint on resume
+    state = claim_output(args, "grpo.py")   # before anything is opened: may this run write to --out?
+    log = open_log(args.out, state and state["step"])  # runs/grpo.log.jsonl, cut back to the checkpoint on resume
     state = load_trainer_state("runs/grpo")                                   # --resume
 """
 
@@ -282,7 +282,8 @@ def claim_output(args, script):
     the checkpoint as DIR.old: --resume DIR says so. Leftovers of interrupted saves (DIR.tmp-*,
     a stale DIR.old) are removed: only save_checkpoint makes them.
     On resume args gets the run's options (resume_options) and args.resume_note what this resume
-    changed, for open_log. Returns the step the log keeps (the checkpoint's) on resume, else None.
+    changed, for open_log. Returns the checkpoint's trainer_state on resume (read once, here: the
+    optimizer state of a large model takes long to load), else None.
     """
     state = note = None
     if args.resume:
@@ -324,7 +325,7 @@ def claim_output(args, script):
                   + ", ".join(f"{k} {_shown(old)} -> {_shown(new)}"
                               for k, (old, new) in {**note["changed"], **note["overridden"]}.items())
                   + (" (--allow-option-changes)" if note["overridden"] else ""), file=sys.stderr)
-    return state["step"] if state else None
+    return state
 
 
 def open_log(out, keep_step=None, enabled=True, note=None):
