@@ -186,8 +186,10 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps=0.2, beta=
         "token"    sum over all completion tokens / their number (DAPO).
         "dr_grpo"  sum over all completion tokens / (N · max_new_tokens) (Dr. GRPO: no
                    length bias).
-    Returns (loss, stats), stats python floats: "loss", and "kl", "ratio_mean", "clip_fraction"
-    as means over completion tokens (kl is 0 when beta == 0: no reference). clip_fraction
+    Returns (loss, stats), stats python floats: "loss", and "kl", "ratio_mean", "clip_fraction",
+    "sampled_nll" as means over completion tokens (kl is 0 when beta == 0: no reference).
+    sampled_nll = -old_logps: how surprised the sampling policy is by its own samples, an estimate
+    of its per-token entropy (falling towards 0: the policy narrowing), at no extra forward. clip_fraction
     counts the tokens whose gradient the clip stops: ρ < 1-ε with A < 0, or ρ > 1+ε with A > 0
     (TRL's is_low_clipped / is_high_clipped). A ρ outside the range on the other side (say
     ρ > 1+ε with A < 0) keeps the unclipped ρA.
@@ -244,6 +246,7 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps=0.2, beta=
             "kl": _masked_mean(kl, mask),
             "ratio_mean": _masked_mean(ratio, mask),
             "clip_fraction": _masked_mean(clipped.to(mask.dtype), mask),
+            "sampled_nll": _masked_mean(-old_logps.detach(), mask),
         }
     return loss, stats
 
@@ -293,17 +296,20 @@ class Scores:
     totals: np.ndarray    # (n,) total rewards
     components: dict      # reward name -> (n,)
     answer_types: list    # n: "open" or "closed"
+    texts: list           # n: the completions' texts (identical ones in a group: the policy collapsing)
 
     @classmethod
     def gather(cls, groups, rt):
         """The Scores of this process's `groups` and those of every other process (a collective)."""
         own = (np.concatenate([g.rewards for g in groups]),
                {k: np.concatenate([g.components[k] for g in groups]) for k in groups[0].components},
-               [g.record.answer_type for g in groups for _ in g.rewards])
+               [g.record.answer_type for g in groups for _ in g.rewards],
+               [text for g in groups for text in g.completions.texts])
         every = rt.gather(own)
-        return cls(np.concatenate([t for t, _, _ in every]),
-                   {k: np.concatenate([c[k] for _, c, _ in every]) for k in every[0][1]},
-                   [t for _, _, types in every for t in types])
+        return cls(np.concatenate([t for t, _, _, _ in every]),
+                   {k: np.concatenate([c[k] for _, c, _, _ in every]) for k in every[0][1]},
+                   [t for _, _, types, _ in every for t in types],
+                   [t for _, _, _, texts in every for t in texts])
 
 
 def draw_records(train, step, draw, args, rt):
@@ -430,7 +436,9 @@ def policy_update(model, optimizer, params, groups, args, rt):
         token:         micro-batch losses are means over 2 and 5 tokens; weights 2/7 and 5/7:
                        their sum is the mean over all 7 tokens
     With W processes, N and the token count are those of the global batch (rt.sum) and the
-    gradients are summed over processes. kl, ratio_mean and clip_fraction are weighted by tokens.
+    gradients are summed over processes. kl, ratio_mean, clip_fraction and sampled_nll are weighted
+    by tokens; sampled_nll is thus over the trained groups (the only ones with log-probs), where the
+    other collapse diagnostics are over the step's own prompts (reward_log).
     A non-finite loss or gradient skips the step (on every process alike).
     """
     prompts, completions = as_batch(groups)
@@ -479,7 +487,7 @@ def reward_log(first, trained, draws, G):
     ARMed's Figure 4)."""
     row = dict(reward=float(trained.totals.mean()),
                **{f"reward_{k}": float(np.mean(v)) for k, v in trained.components.items()},
-               **collapse_diagnostics(first.components, first.totals, G, first.answer_types))
+               **collapse_diagnostics(first.components, first.totals, G, first.answer_types, first.texts))
     informative = np.ptp(trained.totals.reshape(-1, G), axis=1) > 0                       # (trained groups,)
     row.update(draws=draws, trained_informative_fraction=float(informative.mean()))
     for kind in ("closed", "open"):   # which questions the reward rises on

@@ -494,22 +494,37 @@ def reward_list(weights=RewardWeights(), semantic="adaptive", scorer=None, adapt
     return functions
 
 
-def collapse_diagnostics(components, totals, group_size, answer_types=None):
+def collapse_diagnostics(components, totals, group_size, answer_types=None, texts=None):
     """Signs of reward collapse for one batch of len(totals) = prompts * group_size completions.
 
     semantic_raw_var / semantic_var: variance of the raw vs weighted (adaptive) semantic reward,
     over open questions when answer_types is given; total_std_within_group: mean over groups of the
     Bessel std of the totals (as GRPO's advantages); equal_total_group_fraction: share of groups
     whose totals are all equal, which give GRPO no signal.
+    With the completions' texts, that share splits in two (they sum to it):
+    policy_collapse_fraction, groups whose G completions are one text (the policy collapsing:
+    no reward can tell them apart), and reward_collapse_fraction, groups of distinct completions
+    with all-equal totals (the reward collapsing); distinct_fraction is the mean over groups of
+    (distinct texts) / G.
+    Example, G = 2: texts [a, a | a, b | a, b], totals [1, 1 | 0, 0 | 0, 1] -> equal_total 2/3,
+    policy_collapse 1/3, reward_collapse 1/3, distinct_fraction (1/2 + 1 + 1) / 3 = 5/6.
     """
     totals = np.asarray(totals, dtype=float)
     if group_size < 1 or totals.size == 0 or totals.size % group_size:
         raise ValueError(f"{totals.size} totals do not split into groups of {group_size}")
     groups = totals.reshape(-1, group_size)  # (prompts, G)
+    equal = np.ptp(groups, axis=1) == 0      # (prompts,)
     out = {
         "total_std_within_group": float(groups.std(axis=1, ddof=1).mean()) if group_size > 1 else 0.0,
-        "equal_total_group_fraction": float((np.ptp(groups, axis=1) == 0).mean()),
+        "equal_total_group_fraction": float(equal.mean()),
     }
+    if texts is not None:
+        if len(texts) != totals.size:
+            raise ValueError(f"{len(texts)} texts for {totals.size} totals")
+        distinct = np.array([len(set(texts[i:i + group_size])) for i in range(0, totals.size, group_size)])
+        out.update(policy_collapse_fraction=float(((distinct == 1) & equal).mean()),
+                   reward_collapse_fraction=float(((distinct > 1) & equal).mean()),
+                   distinct_fraction=float((distinct / group_size).mean()))
     if "semantic_raw" in components:
         keep = np.ones(totals.size, dtype=bool) if answer_types is None else np.asarray(answer_types) == "open"
         if keep.any():

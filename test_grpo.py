@@ -84,7 +84,14 @@ def test_loss_types_by_hand(loss_type, expected):
                             loss_type=loss_type, max_new_tokens=2)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     assert stats == pytest.approx({"loss": expected, "kl": 0.0, "ratio_mean": 1.0,
-                                   "clip_fraction": 2 / 3}, abs=1e-6)
+                                   "clip_fraction": 2 / 3, "sampled_nll": 1.0}, abs=1e-6)
+
+
+def test_sampled_nll_is_the_mean_negative_old_logprob_over_completion_tokens():
+    old_logps = torch.tensor([[-1.0, -2.0], [-3.0, -99.0]])   # -99 is padding
+    mask = torch.tensor([[True, True], [True, False]])
+    _, stats = grpo_loss(old_logps.clone(), old_logps, None, torch.tensor([1.0, -1.0]), mask, beta=0.0)
+    assert stats["sampled_nll"] == pytest.approx((1 + 2 + 3) / 3)
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
@@ -330,8 +337,13 @@ def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_
     rows = rows[1:]
     for key in ("reward", "reward_format", "reward_textual", "reward_semantic", "kl", "clip_fraction",
                 "total_std_within_group", "equal_total_group_fraction", "completion_length",
-                "tokens_per_s", "step_time", "grad_norm"):
+                "tokens_per_s", "step_time", "grad_norm", "policy_collapse_fraction",
+                "reward_collapse_fraction", "distinct_fraction", "sampled_nll"):
         assert key in rows[-1] and np.isfinite(rows[-1][key])
+    for row in rows:   # the two kinds of all-equal group make up the whole
+        assert row["policy_collapse_fraction"] + row["reward_collapse_fraction"] == \
+            pytest.approx(row["equal_total_group_fraction"])
+        assert 0 < row["distinct_fraction"] <= 1 and row["sampled_nll"] > 0
     assert 0 < rows[-1]["completion_length"] <= 48
     assert "val" in rows[-1] and rows[-1]["val"]["n"] == 2
     state = training.load_trainer_state(out)

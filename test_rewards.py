@@ -434,6 +434,20 @@ def test_collapse_diagnostics_by_hand():
         collapse_diagnostics(parts, totals, group_size=3)
 
 
+def test_collapse_diagnostics_separate_policy_from_reward_collapse():
+    # G = 3: one text thrice (policy collapse); three texts, equal totals (reward collapse);
+    # two texts, equal totals (reward collapse); two texts, different totals (a signal)
+    texts = ["a", "a", "a", "a", "b", "c", "a", "a", "b", "a", "b", "b"]
+    totals = np.array([2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.5, 0.5])
+    d = collapse_diagnostics({}, totals, group_size=3, texts=texts)
+    assert d["equal_total_group_fraction"] == 3 / 4
+    assert d["policy_collapse_fraction"] == 1 / 4 and d["reward_collapse_fraction"] == 2 / 4
+    assert d["distinct_fraction"] == pytest.approx((1 / 3 + 3 / 3 + 2 / 3 + 2 / 3) / 4)
+    assert "policy_collapse_fraction" not in collapse_diagnostics({}, totals, group_size=3)
+    with pytest.raises(ValueError, match="11 texts for 12 totals"):
+        collapse_diagnostics({}, totals, group_size=3, texts=texts[:11])
+
+
 def test_reward_options_and_demo(scorer, monkeypatch, capsys):
     monkeypatch.setattr(rewards, "SemanticScorer", lambda *args, **kwargs: scorer)
     parser = argparse.ArgumentParser()
