@@ -208,7 +208,7 @@ def _trl_loss_and_grad(logps, old_logps, ref_logps, advantages, mask, eps, beta,
     "dr_grpo": (ptl·mask).sum() / (N · max_completion_length)."""
     n, t = logps.shape
     loss, grad = 0.0, np.zeros((n, t))
-    stats = {"kl": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0}
+    stats = {"kl": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "sampled_nll": 0.0}
     total_tokens = max(mask.sum(), 1)
     for i in range(n):
         length = mask[i].sum()
@@ -232,6 +232,7 @@ def _trl_loss_and_grad(logps, old_logps, ref_logps, advantages, mask, eps, beta,
             stats["kl"] += kl / total_tokens
             stats["ratio_mean"] += coef_1 / total_tokens
             stats["clip_fraction"] += (low or high) / total_tokens
+            stats["sampled_nll"] += -old_logps[i, j] / total_tokens
     return loss, grad, stats
 
 
