@@ -389,6 +389,7 @@ class JudgeReward:
             position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding
             with torch.inference_mode():
                 logits = self.model(**batch, position_ids=position_ids, logits_to_keep=1).logits[:, -1]  # (b, V)
+            # [reconstructed] the verdict: "yes" beats "no" on the first token (the best of each word's forms)
             margin = logits[:, self.yes_ids].max(-1).values - logits[:, self.no_ids].max(-1).values   # (b,)
             margins[rows] = margin.float().cpu().numpy()
         return margins
