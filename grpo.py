@@ -4,6 +4,7 @@
     python grpo.py --reward text+semantic   # plain (collapsing) semantic reward, for comparison
     python grpo.py --resume runs/grpo       # continue an interrupted run
     python grpo.py --dynamic-sampling       # DAPO: replace groups with equal rewards by new prompts
+    python grpo.py --loss-type dr_grpo --closed-semantic zero   # Dr. GRPO: no std scaling, constant normaliser
     python grpo.py --model runs/sft-qwen --dataset vqa_rad --data-root data/vqa_rad \\
         --prompts-per-step 8 --micro-batch 4 --lr 1e-6 --max-new-tokens 512 --gradient-checkpointing
 
@@ -39,12 +40,13 @@ from checkpoints import check_checkpoint_folder
 from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import Completions, ImageFeatures, completion_logprobs, sample_completions, select_prompts
 from records import run_script
-from rewards import add_reward_args, collapse_diagnostics, rewards_from_args
+from rewards import add_reward_args, collapse_diagnostics, length_target_unreachable, rewards_from_args
 from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args, at_least, claim_output, due,
                       open_log, parse_run_args, positive_float, saved_config, set_learning_rate)
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "token", "dr_grpo")
+DR_GRPO_SCALE = "none"   # Dr. GRPO (Liu et al. 2025) is two changes: no std division, and the dr_grpo normaliser
 
 
 def parse_args(argv=None):
@@ -72,9 +74,12 @@ def parse_args(argv=None):
     g.add_argument("--mu", type=at_least(1), default=1, help="policy updates per rollout batch")
     g.add_argument("--beta", type=at_least(0.0, float), default=0.04, help="KL weight (0 skips the reference model)")
     g.add_argument("--clip-eps", type=positive_float, default=0.2, help="PPO ratio clip epsilon")
-    g.add_argument("--loss-type", choices=LOSS_TYPES, default="grpo", help="token aggregation of the loss")
-    g.add_argument("--advantage-scale", choices=ADVANTAGE_SCALES, default="group",
-                   help="divide advantages by the group std, the batch std, or nothing (Dr. GRPO)")
+    g.add_argument("--loss-type", choices=LOSS_TYPES, default="grpo",
+                   help="token aggregation of the loss; dr_grpo is Dr. GRPO whole: the constant normaliser and, "
+                        "unless --advantage-scale is given, no std scaling")
+    g.add_argument("--advantage-scale", choices=ADVANTAGE_SCALES, default=None,
+                   help="divide advantages by the group std, the batch std, or nothing; default: group, "
+                        "or none with --loss-type dr_grpo (Dr. GRPO)")
     g.add_argument("--dynamic-sampling", action="store_true",
                    help="DAPO's dynamic sampling (in neither paper): drop groups whose rewards are all equal "
                         "and draw more prompts until the batch is full")
@@ -96,6 +101,11 @@ def parse_args(argv=None):
     args = parse_run_args(p, argv)
     if args.top_p > 1:
         p.error(f"argument --top-p: must be <= 1, got {args.top_p}")
+    if args.advantage_scale is None:   # resolved here, so the checkpoint's options record the value used
+        args.advantage_scale = DR_GRPO_SCALE if args.loss_type == "dr_grpo" else "group"
+    if (args.ecr_weight or args.cwr_weight) and (unreachable := length_target_unreachable(args.target_length,
+                                                                                         args.max_new_tokens)):
+        p.error(unreachable)
     return args
 
 
@@ -185,7 +195,8 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps=0.2, beta=
                    adds 0.
         "token"    sum over all completion tokens / their number (DAPO).
         "dr_grpo"  sum over all completion tokens / (N · max_new_tokens) (Dr. GRPO: no
-                   length bias).
+                   length bias). Dr. GRPO's other half is group_advantages' scale "none";
+                   grpo.py's --loss-type dr_grpo sets both (--advantage-scale overrides).
     Returns (loss, stats), stats python floats: "loss", and "kl", "ratio_mean", "clip_fraction",
     "sampled_nll" as means over completion tokens (kl is 0 when beta == 0: no reference).
     sampled_nll = -old_logps: how surprised the sampling policy is by its own samples, an estimate
@@ -569,7 +580,9 @@ def main(argv=None):
     start = resume(state, policy, rewards, rt) if state else 0
     log = open_log(args.out, keep_step=state and state["step"], enabled=rt.is_main,
                    note=args.resume_note)
-    rt.print(f"grpo.py: {len(train)} training prompts, G={args.num_generations}, reward {args.reward}, "
+    judge = ("" if not args.judge_weight else " + oracle judge (a stand-in, not an LLM)" if args.judge == "oracle"
+             else f" + judge {args.judge_model}")
+    rt.print(f"grpo.py: {len(train)} training prompts, G={args.num_generations}, reward {args.reward}{judge}, "
              f"from {config.policy} on {rt.world_size} x {rt.device.type}, precision {rt.precision}")
     metrics = None
     if args.eval_every and start == 0:   # the starting point of the held-out curve (plot.py)

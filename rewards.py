@@ -6,6 +6,8 @@
     adaptive   sigmoid(k (s - tau) / (sigma + eps)), tau and sigma from a buffer (ARMed)
     ecr, cwr   length rewards of RL-MedVQA                                        [reconstructed]
     judge      a local causal LM says yes/no: is the reasoning clinically sound?  (RL-MedVQA)
+               or, on the phantom data, an oracle standing in for it: the share of the facts
+               stated in <think> that are true of the image                       [stand-in]
     total      sum_k w_k r_k  (defaults: format 1, textual 1, adaptive semantic 1, others 0)
 
 `python rewards.py` prints a worked example of reward collapse (ARMed Figures 3 and 4 in numbers);
@@ -23,7 +25,12 @@ import numpy as np
 
 ANSWER_TYPES = ("open", "closed")
 ARTICLES = frozenset({"a", "an", "the"})
-DEFAULT_TARGET_LENGTH = 128  # [reconstructed] L* of the ECR reward is not published; --target-length
+# [reconstructed] L* of the ECR reward is not published; --target-length. 48 <think> words fit the
+# default --max-new-tokens 96 with room for the answer: the tiny tokenizer spends ~1.4 tokens a word
+# on the phantom's rationales (median 17 words), so 48 words take ~67 tokens. (It was 128, which no
+# completion of 96 tokens could reach: chasing it meant truncated completions, format reward 0.)
+DEFAULT_TARGET_LENGTH = 48
+FORMAT_TOKENS = 5   # the fewest tokens of the format beside the words: <think> </think> <answer> x </answer>
 
 _NOT_LETTER_OR_DIGIT = re.compile(r"[\W_]+")  # \w is str.isalnum() plus "_", so this is "not alnum"
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -149,6 +156,26 @@ def ecr_length_reward(completion, target_length=DEFAULT_TARGET_LENGTH):
     return min(len(think_text(completion).split()) / target_length, 1.0)
 
 
+def length_target_unreachable(target_length, max_new_tokens):
+    """Why no completion of max_new_tokens tokens can earn the full length reward of L* =
+    target_length words (a one-line message naming both options), or None when one can.
+
+    A run whose L* is out of reach is refused rather than L* being tied to the token limit: L* is a
+    reward constant and the limit a compute budget, and tying them would change the reward whenever
+    the budget changes (the length experiment would then compare two things at once). The test is a
+    bound that holds for every tokenizer: a word takes at least one token (byte-level BPE never joins
+    two words) and the format at least FORMAT_TOKENS more; real text spends more (1.4 tokens a word
+    in the phantom's rationales), so leave room.
+    Example: L* 128, 96 tokens -> refused (128 + 5 > 96); L* 48, 96 tokens -> None.
+    """
+    if target_length + FORMAT_TOKENS <= max_new_tokens:
+        return None
+    return (f"--target-length {target_length} (<think> words for the full ECR/CWR reward) cannot be reached "
+            f"within --max-new-tokens {max_new_tokens}: each word takes a token and the format {FORMAT_TOKENS} "
+            f"more; give --target-length <= {max_new_tokens - FORMAT_TOKENS} or --max-new-tokens >= "
+            f"{target_length + FORMAT_TOKENS}")
+
+
 def cwr_length_reward(completion, correctness, target_length=DEFAULT_TARGET_LENGTH):
     """[reconstructed form] RL-MedVQA correctness-weighted reward: correctness * ECR."""
     if not 0.0 <= correctness <= 1.0:  # also rejects NaN
@@ -270,7 +297,16 @@ def _finite_1d(values, name):
     return array
 
 
-JUDGE_PROMPT = (  # [reconstructed] RL-MedVQA does not publish its judge prompt; see --judge-prompt
+# [reconstructed] RL-MedVQA does not publish its judge prompt; see --judge-prompt. The judge sees the
+# reference answer by default ([reconstructed]: it can then reward agreement with the ground truth,
+# not only plausible-sounding reasoning); JUDGE_PROMPT_BLIND (--no-judge-reference) hides it.
+JUDGE_PROMPT = (
+    "You are an experienced clinician reviewing a student's reasoning about a medical image.\n"
+    "Question: {question}\nReference answer: {reference}\nReasoning: {reasoning}\nFinal answer: {answer}\n"
+    "Does the final answer agree with the reference answer, and is the reasoning clinically sound? "
+    "Answer yes or no."
+)
+JUDGE_PROMPT_BLIND = (
     "You are an experienced clinician reviewing a student's reasoning about a medical image.\n"
     "Question: {question}\nReasoning: {reasoning}\nFinal answer: {answer}\n"
     "Is the reasoning clinically sound for this question and this answer? Answer yes or no."
@@ -278,12 +314,22 @@ JUDGE_PROMPT = (  # [reconstructed] RL-MedVQA does not publish its judge prompt;
 
 
 class JudgeReward:
-    """RL-MedVQA's clinical-alignment judge: a local causal LM reads the question, the <think>
-    reasoning and the answer; reward 1 if its next-token logit for yes beats the one for no.
-    A completion without reasoning gets 0 without asking. Off by default (weight 0).
+    """RL-MedVQA's clinical-alignment judge: a local causal LM reads the question, the reference
+    answer (show_reference, the default; prompt None picks JUDGE_PROMPT, or JUDGE_PROMPT_BLIND
+    without it), the <think> reasoning and the answer. [reconstructed] Reward 1 if the judge's
+    next-token logit for "yes" beats the one for "no" (the best of each word's first tokens,
+    with and without a leading space and capital), else 0: a greedy one-token verdict, since the
+    paper publishes no decoding rule. A completion without reasoning gets 0 without asking. Off
+    by default (weight 0).
     """
 
-    def __init__(self, model_path, device=None, prompt=JUDGE_PROMPT, batch_size=8, max_reasoning_chars=4000):
+    def __init__(self, model_path, device=None, prompt=None, batch_size=8, max_reasoning_chars=4000,
+                 show_reference=True):
+        prompt = prompt or (JUDGE_PROMPT if show_reference else JUDGE_PROMPT_BLIND)
+        if ("{reference}" in prompt) != show_reference:
+            raise ValueError("--judge-prompt " + ("has no {reference} field; add one or pass --no-judge-reference"
+                                                   if show_reference else "has a {reference} field, which "
+                                                   "--no-judge-reference leaves unfilled; drop one of them"))
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -305,8 +351,10 @@ class JudgeReward:
     def _first_tokens(self, words):
         return {ids[0] for ids in (self.tokenizer.encode(w, add_special_tokens=False) for w in words) if ids}
 
-    def _prompt_text(self, question, completion):
+    def prompt_text(self, question, completion, reference=""):
+        """The text the judge reads for one completion (its chat template applied, if it has one)."""
         text = self.prompt.format(question=as_text(question, "question").strip(),
+                                  reference=as_text(reference, "reference").strip(),
                                   reasoning=think_text(completion)[: self.max_reasoning_chars],
                                   answer=extract_answer(completion, strict=True))
         if self.tokenizer.chat_template:
@@ -315,27 +363,69 @@ class JudgeReward:
         return text + "\nAnswer:"
 
     def rewards(self, records, completions):
-        """The judge as a reward function (compute_rewards): the records' questions."""
-        return self([r.question for r in records], completions)
+        """The judge as a reward function (compute_rewards): the records' questions and answers."""
+        return self([r.question for r in records], completions, [r.answer for r in records])
 
-    def __call__(self, questions, completions):
+    def __call__(self, questions, completions, references=None):
+        """(N,) 1.0 where the judge says yes, else 0.0."""
+        return (self.margins(questions, completions, references) > 0).astype(float)
+
+    def margins(self, questions, completions, references=None):
+        """(N,) the judge's next-token logit for yes minus the one for no; -inf (never asked) for a
+        completion without reasoning."""
         import torch
 
-        if len(questions) != len(completions):
-            raise ValueError(f"{len(questions)} questions but {len(completions)} completions")
-        rewards = np.zeros(len(completions))
+        references = [""] * len(questions) if references is None else references
+        if not len(questions) == len(completions) == len(references):
+            raise ValueError(f"{len(questions)} questions, {len(completions)} completions, "
+                             f"{len(references)} references: they must have the same length")
+        margins = np.full(len(completions), -np.inf)
         asked = [i for i, c in enumerate(completions) if think_text(c)]
         for start in range(0, len(asked), self.batch_size):
             rows = asked[start:start + self.batch_size]
-            batch = self.tokenizer([self._prompt_text(questions[i], completions[i]) for i in rows],
+            batch = self.tokenizer([self.prompt_text(questions[i], completions[i], references[i]) for i in rows],
                                    return_tensors="pt", padding=True,  # a chat template has its own BOS
                                    add_special_tokens=not self.tokenizer.chat_template).to(self.device)
             position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding
             with torch.inference_mode():
                 logits = self.model(**batch, position_ids=position_ids, logits_to_keep=1).logits[:, -1]  # (b, V)
-            says_yes = logits[:, self.yes_ids].max(-1).values > logits[:, self.no_ids].max(-1).values
-            rewards[rows] = says_yes.float().cpu().numpy()
-        return rewards
+            # [reconstructed] the verdict: "yes" beats "no" on the first token (the best of each word's forms)
+            margin = logits[:, self.yes_ids].max(-1).values - logits[:, self.no_ids].max(-1).values   # (b,)
+            margins[rows] = margin.float().cpu().numpy()
+        return margins
+
+
+class OracleJudge:
+    """NOT a language model: a stand-in for RL-MedVQA's LLM judge on the phantom data, an oracle that
+    knows each image's true facts. It reads the facts stated in the completion's <think>
+    (phantom.parse_caption: modality, region, lesion count and, when lesions are stated, their kind
+    and quadrants) and rewards the share that are true of the image, whose caption opens the
+    record's reference rationale (record.cot). 0 when <think> states no readable caption. It
+    isolates the effect of rewarding sound reasoning from a real judge's own errors.
+    Example, truth "Ultrasound of the chest. Two masses: left upper, right upper.":
+        <think>Ultrasound of the chest. Two masses: left upper, right lower. ...  -> 4/5
+        <think>CT of the chest. No lesion. ...                                   -> 1/3
+        <think>I see a lung.                                                      -> 0
+    """
+
+    def rewards(self, records, completions):
+        from phantom import parse_caption   # the judge's only use of the dataset
+
+        scores = np.zeros(len(completions))
+        for i, (record, completion) in enumerate(zip(records, completions)):
+            truth = parse_caption(getattr(record, "cot", None) or "")
+            if truth is None:
+                where = getattr(record, "source", "") or f"the record of question {record.question!r}"
+                raise ValueError(f"--judge oracle: {where}: its rationale does not open with a phantom caption; "
+                                 "the oracle judge knows only the phantom data's facts")
+            stated = parse_caption(think_text(completion))
+            if stated is not None:
+                facts = ("modality", "region", "count") + (("kind", "quadrants") if stated["count"] else ())
+                scores[i] = np.mean([stated[f] == truth[f] for f in facts])
+        return scores
+
+
+JUDGES = ("lm", "oracle")   # --judge
 
 
 @dataclass(frozen=True)
@@ -551,11 +641,24 @@ def add_reward_args(parser):
     group.add_argument("--adaptive-k", type=float, default=2.0, help="[reconstructed] sigmoid sharpness k")
     group.add_argument("--adaptive-eps", type=float, default=1e-6, help="[reconstructed] eps added to sigma")
     group.add_argument("--closed-semantic", choices=("exact", "zero"), default="exact",
-                       help="[reconstructed] semantic slot of closed questions: exact match, or 0")
+                       help="[reconstructed] the semantic slot of closed questions: exact, their exact match a "
+                            "second time beside the textual reward (closed questions weigh double; under Dr. "
+                            "GRPO's unscaled advantages that doubles them), or zero, 0 (the slot rewards open "
+                            "answers only: loss types and reward variants compare alike)")
     group.add_argument("--target-length", type=int, default=DEFAULT_TARGET_LENGTH,
-                       help="[reconstructed] L*: <think> words for full ECR/CWR reward")
+                       help="[reconstructed] L*: <think> words for full ECR/CWR reward; a run whose "
+                            "--max-new-tokens cannot hold them is refused")
+    group.add_argument("--judge", choices=JUDGES, default="lm",
+                       help="the judge reward (--judge-weight): lm, a local causal LM (--judge-model) says yes/no; "
+                            "oracle, NOT a language model but a stand-in for one on the phantom data: the share "
+                            "of the facts stated in <think> that are true of the image")
     group.add_argument("--judge-model", default=None, help="local causal LM for the clinical judge reward")
-    group.add_argument("--judge-prompt", default=JUDGE_PROMPT, help="[reconstructed] judge prompt template")
+    group.add_argument("--judge-reference", action=argparse.BooleanOptionalAction, default=True,
+                       help="[reconstructed] show the lm judge the reference answer")
+    group.add_argument("--judge-prompt", default=None,
+                       help="[reconstructed] lm judge prompt template, fields {question} {reference} {reasoning} "
+                            "{answer}; default: rewards.JUDGE_PROMPT, or JUDGE_PROMPT_BLIND with "
+                            "--no-judge-reference")
 
 
 @dataclass
@@ -576,9 +679,14 @@ def rewards_from_args(args, device=None, gather=None):
     feed of every process's scores (Runtime.gather_scores) when there are several."""
     semantic = SEMANTIC_MODES[args.reward]
     weights = RewardWeights(**{f.name: getattr(args, f"{f.name}_weight") for f in fields(RewardWeights)})
-    if weights.judge and not args.judge_model:
-        raise ValueError("--judge-weight needs --judge-model")
-    judge = JudgeReward(args.judge_model, device=device, prompt=args.judge_prompt) if weights.judge else None
+    judge = None
+    if weights.judge and args.judge == "oracle":
+        judge = OracleJudge()
+    elif weights.judge:
+        if not args.judge_model:
+            raise ValueError("--judge-weight needs --judge-model (or, on the phantom data, --judge oracle)")
+        judge = JudgeReward(args.judge_model, device=device, prompt=args.judge_prompt,
+                            show_reference=args.judge_reference)
     scorer = SemanticScorer(args.encoder, device=device) if semantic != "none" else None
     adaptive = AdaptiveSemanticReward(args.buffer_size, args.adaptive_quantile, args.adaptive_k, args.adaptive_eps,
                                       gather) if semantic == "adaptive" else None

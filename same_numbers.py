@@ -36,8 +36,8 @@ RUNS = {
     "sft": ([], "sft.py", SFT),
     "grpo-dynamic": ([], "grpo.py", ["--model", "{sft}", *GRPO, "--dynamic-sampling", "--max-draws", "3", "--mu", "2"]),
     "grpo-plain": ([], "grpo.py", ["--model", "{sft}", *GRPO, "--steps", "2", "--reward", "text+semantic",
-                                   "--ecr-weight", "0.5", "--cwr-weight", "0.5", "--loss-type", "token",
-                                   "--advantage-scale", "batch"]),
+                                   "--ecr-weight", "0.5", "--cwr-weight", "0.5", "--target-length", "16",
+                                   "--loss-type", "token", "--advantage-scale", "batch"]),
     "torchrun-sft": (["torchrun"], "sft.py", [*SFT, "--eval-size", "5"]),   # 5 records: one process pads its share
     "torchrun-grpo": (["torchrun"], "grpo.py", ["--model", "{sft}", *GRPO, "--prompts-per-step", "4",
                                                   "--dynamic-sampling", "--max-draws", "3"]),

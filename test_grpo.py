@@ -208,7 +208,7 @@ def _trl_loss_and_grad(logps, old_logps, ref_logps, advantages, mask, eps, beta,
     "dr_grpo": (ptl·mask).sum() / (N · max_completion_length)."""
     n, t = logps.shape
     loss, grad = 0.0, np.zeros((n, t))
-    stats = {"kl": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0}
+    stats = {"kl": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "sampled_nll": 0.0}
     total_tokens = max(mask.sum(), 1)
     for i in range(n):
         length = mask[i].sum()
@@ -232,6 +232,7 @@ def _trl_loss_and_grad(logps, old_logps, ref_logps, advantages, mask, eps, beta,
             stats["kl"] += kl / total_tokens
             stats["ratio_mean"] += coef_1 / total_tokens
             stats["clip_fraction"] += (low or high) / total_tokens
+            stats["sampled_nll"] += -old_logps[i, j] / total_tokens
     return loss, grad, stats
 
 
@@ -274,6 +275,83 @@ class TestAgainstTRLRestatement:
             assert grad.numpy() == pytest.approx(expected_grad, abs=1e-6)
             assert stats == pytest.approx({"loss": expected_loss, **expected_stats}, abs=1e-6)
             assert 0 < stats["clip_fraction"] < 1
+
+
+# ---- named choices of the options: Dr. GRPO, the closed-question semantic slot, the length target ----------
+
+def test_dr_grpo_is_one_named_choice_that_sets_both_parts():
+    import grpo as script
+    args = script.parse_args(["--loss-type", "dr_grpo"])
+    assert (args.loss_type, args.advantage_scale) == ("dr_grpo", "none") and args.options_given == ["loss_type"]
+    assert script.parse_args([]).advantage_scale == "group"
+    assert script.parse_args(["--loss-type", "dr_grpo", "--advantage-scale", "group"]).advantage_scale == "group"
+    # Dr. GRPO's loss (Liu et al. 2025, eq. 3 at ρ = 1): -Σ_i Σ_t (r_i - mean r) / (N · L)
+    rewards, lengths, L = [1.0, 0.0, 0.0, 0.0], [1, 2, 3, 4], 4
+    advantages = group_advantages(torch.tensor(rewards), 4, args.advantage_scale)
+    assert advantages.tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25])
+    mask = torch.arange(L).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)          # (4, 4)
+    logps = torch.full((4, L), -1.0, requires_grad=True)
+    loss, _ = grpo_loss(logps, logps.detach(), None, advantages, mask, beta=0.0, loss_type=args.loss_type,
+                        max_new_tokens=L)
+    assert loss.item() == pytest.approx(-(0.75 * 1 - 0.25 * (2 + 3 + 4)) / (4 * L))
+
+
+def test_a_resumed_dr_grpo_run_keeps_its_resolved_advantage_scale(monkeypatch):
+    import grpo as script
+    run = vars(script.parse_args(["--loss-type", "dr_grpo"]))   # the options as a checkpoint saves them
+    state = {"args": run, "config": {}}
+    args = script.parse_args(["--resume", "runs/x"])            # alone, it would resolve to "group"
+    training.resume_options(args, state, "grpo.py")
+    assert (args.loss_type, args.advantage_scale) == ("dr_grpo", "none")
+    args = script.parse_args(["--resume", "runs/x", "--advantage-scale", "group"])
+    with pytest.raises(SystemExit, match="--advantage-scale none -> group"):
+        training.resume_options(args, state, "grpo.py")
+
+
+def test_closed_semantic_exact_doubles_closed_advantages_without_std_scaling():
+    """Why --closed-semantic is an option: with the semantic slot on, a closed group's exact match
+    counts twice; group-std scaling cancels the factor, Dr. GRPO's "none" keeps it."""
+    from rewards import compute_rewards, references, reward_list
+
+    class NoOpenScorer:
+        def score(self, predictions, refs):
+            return np.zeros(len(predictions))
+
+    records = references(["yes"] * 4, ["closed"] * 4)
+    completions = [f"<think>t</think><answer>{a}</answer>" for a in ("yes", "no", "no", "yes")]
+    text_only = compute_rewards(reward_list(semantic="none"), records, completions)[0]
+    for closed, factor in (("exact", 2.0), ("zero", 1.0)):
+        total = compute_rewards(reward_list(semantic="plain", scorer=NoOpenScorer(), closed_semantic=closed),
+                                records, completions)[0]
+        for scale, expected in (("none", factor), ("group", 1.0)):
+            assert group_advantages(torch.tensor(total), 4, scale) == pytest.approx(
+                expected * group_advantages(torch.tensor(text_only), 4, scale), rel=1e-3)
+
+
+def test_a_length_target_out_of_reach_is_refused():
+    import grpo as script
+    from rewards import DEFAULT_TARGET_LENGTH, length_target_unreachable
+    assert length_target_unreachable(91, 96) is None and length_target_unreachable(DEFAULT_TARGET_LENGTH, 96) is None
+    message = length_target_unreachable(128, 96)
+    assert message.startswith("--target-length 128 ") and "--max-new-tokens 96" in message and "\n" not in message
+    assert "--target-length <= 91 or --max-new-tokens >= 133" in message
+    with pytest.raises(SystemExit):
+        script.parse_args(["--cwr-weight", "1", "--target-length", "128"])
+    script.parse_args(["--target-length", "128"])   # no length reward: nothing to reach
+
+
+def test_the_default_length_target_fits_the_default_token_limit():
+    """At grpo.py's defaults a completion of L* phantom-rationale words, tags and answer included,
+    fits --max-new-tokens in the tiny tokenizer (an end token too) and earns the full ECR."""
+    import grpo as script
+    from data import load_dataset
+    from model import build_tiny_tokenizer
+    from rewards import ecr_length_reward
+    args = script.parse_args(["--ecr-weight", "1", "--cwr-weight", "1"])
+    words = " ".join(r.cot for r in load_dataset("phantom", "val")[:20]).split()[:args.target_length]
+    text = f"<think>{' '.join(words)}</think><answer>pleural effusion</answer>"
+    tokens = len(build_tiny_tokenizer().encode(text, add_special_tokens=False)) + 1
+    assert tokens <= args.max_new_tokens and ecr_length_reward(text, args.target_length) == 1.0
 
 
 # ---- the training loop on the tiny model -------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 import evaluate
 import rewards
 from evaluate import BERTScorer
-from rewards import (AdaptiveSemanticReward, JudgeReward, RewardWeights, SemanticScorer, bleu1, reward_list,
+from rewards import (AdaptiveSemanticReward, RewardWeights, SemanticScorer, bleu1, reward_list,
                      collapse_diagnostics, compute_rewards, cwr_length_reward, ecr_length_reward, exact_match,
                      extract_answer, format_reward, normalize, rouge1_f1, textual_reward, think_text, token_recall)
 
@@ -496,28 +496,6 @@ def test_phantom_wording_check_on_minilm(scorer, monkeypatch, capsys):
     rewards.main(["--phantom"])
     out = capsys.readouterr().out
     assert "closest wrong answer" in out and "0 of 18 references" in out and "a pair of lesions" in out
-
-
-# ---- clinical judge with a tiny random causal LM
-
-def test_judge_returns_zero_or_one(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = ["<pad>", "<unk>", "</s>", "yes", "no", "Yes", "No", "the", "heart", "is", "enlarged"]
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
-                            eos_token="</s>").save_pretrained(tmp_path)
-    config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-
-    judge = JudgeReward(str(tmp_path), device="cpu", batch_size=2)
-    completions = [completion("yes", think="the heart is enlarged"), completion("no", think="heart"),
-                   "<answer>yes</answer>", completion("enlarged", think="is " * 40)]
-    rewards = judge(["is the heart enlarged?"] * 4, completions)
-    assert rewards.shape == (4,) and set(rewards.tolist()) <= {0.0, 1.0} and rewards[2] == 0.0  # no reasoning
 
 
 # ---- evaluate.py, predictions mode

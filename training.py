@@ -100,7 +100,7 @@ FIXED_ON_RESUME = frozenset({
     "advantage_scale", "dynamic_sampling", "max_draws",
     "reward", "format_weight", "textual_weight", "semantic_weight", "ecr_weight", "cwr_weight", "judge_weight",
     "encoder", "buffer_size", "adaptive_quantile", "adaptive_k", "adaptive_eps", "closed_semantic",
-    "target_length", "judge_model", "judge_prompt"})
+    "target_length", "judge", "judge_model", "judge_reference", "judge_prompt"})
 # Fixed by the checkpoint itself: the weights and adapters it holds. Refused even with
 # --allow-option-changes, since a resumed run loads them from the checkpoint whatever is given.
 LOCKED_ON_RESUME = frozenset({"model", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_vision"})
