@@ -51,8 +51,9 @@ METRICS = (("closed acc", ("closed", "accuracy")), ("open semantic", ("open", "s
 # The rows of the stages table: (name, checkpoint folder under OUT with {seed}, or the instruct model).
 ROWS = (("SFT", "sft-{seed}"), ("SFT → GRPO", "grpo-{seed}"), ("instruct", None),
         ("I", "I-{seed}"), ("I → A", "A-{seed}"), ("I → A → R", "R-{seed}"))
-# Each stage against the one it starts from: (row, predecessor).
-PAIRS = (("SFT → GRPO", "SFT"), ("I", "instruct"), ("I → A", "I"), ("I → A → R", "I → A"))
+# Each stage against the one it starts from: (label, row, predecessor).
+PAIRS = (("GRPO − SFT", "SFT → GRPO", "SFT"), ("I − instruct", "I", "instruct"), ("A − I", "I → A", "I"),
+         ("R − A", "I → A → R", "I → A"))
 MISSING = "—"
 
 
@@ -112,7 +113,7 @@ def score_steps(name, checkpoint, base, eval_args):
 
 def stage_chains(args):
     """The steps of `stages`: [first chain (the instruct model), then per seed two chains (SFT → GRPO
-    and I → A → R) that may run side by side]."""
+    and I → A → R) that run side by side with --jobs]."""
     out, grpo_args, sft_args, eval_args = args.out, *map(shlex.split, (args.grpo_args, args.sft_args, args.eval_args))
     instruct = [Step("instruct", ["pretrain.py", "--instruct"], args.instruct)] if args.instruct == INSTRUCT else []
     chains = [instruct + score_steps("instruct", args.instruct, os.path.join(out, "instruct"), eval_args)]
@@ -136,40 +137,60 @@ def stage_chains(args):
 def run_chains(chains, out, jobs, dry_run=False):
     """Run the first chain, then the others `jobs` at a time, each step's output to OUT/logs/NAME.log,
     every process on one thread (OMP_NUM_THREADS=1: the numbers do not depend on --jobs). A step whose
-    output is there is skipped. Returns {step name: seconds} of the steps run now; raises SystemExit
-    naming the log of each step that failed (the other chains finish first)."""
-    logs, seconds, failed, lock = os.path.join(out, "logs"), {}, [], threading.Lock()
+    output is there is skipped. Each step's seconds go to OUT/times.json (kept over reruns); returns
+    that dict. A step that failed stops its chain and every step whose command names its output; the
+    rest run on. Then SystemExit names the log of each step that failed."""
+    logs, seconds, failed, broken, lock = os.path.join(out, "logs"), {}, [], [], threading.Lock()
     env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def say(line):
+        with lock:
+            print(line, flush=True)
 
     def run_chain(chain):
         for step in chain:
+            needs = [name for name, output in broken if output in step.command]
+            if needs:
+                say(f"{step.name}: not run, it needs {needs[0]}, which failed")
+                return
             command = step.to_run()
             shown = "python " + shlex.join(command or step.command)
             if dry_run or command is None:
-                print(f"{'done ' if command is None else ''}{shown}", flush=True)
+                say(f"{'done ' if command is None else ''}{shown}")
                 continue
-            print(f"[{time.strftime('%H:%M:%S')}] {step.name}: {shown}", flush=True)
+            say(f"[{time.strftime('%H:%M:%S')}] {step.name}: {shown}")
             start = time.time()
             with open(os.path.join(logs, f"{step.name}.log"), "a") as log:
                 log.write(f"$ {shown}\n")
                 log.flush()
                 done = subprocess.run([sys.executable, *command], stdout=log, stderr=subprocess.STDOUT, env=env)
             with lock:
-                seconds[step.name] = time.time() - start
+                seconds[step.name] = round(time.time() - start, 1)
                 if done.returncode:
                     failed.append(f"{step.name} (exit {done.returncode}; see {log.name})")
+                    broken.append((step.name, step.output))
             if done.returncode:
                 return
 
-    if not dry_run:
-        os.makedirs(logs, exist_ok=True)
+    if dry_run:
+        for chain in chains:
+            run_chain(chain)
+        return {}
+    os.makedirs(logs, exist_ok=True)
     run_chain(chains[0])
-    if not failed:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(run_chain, chains[1:]))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(run_chain, chains[1:]))
+    times_path = os.path.join(out, "times.json")
+    times = {}
+    if os.path.exists(times_path):
+        with open(times_path) as f:
+            times = json.load(f)
+    times.update(seconds)
+    with open(times_path, "w") as f:
+        json.dump(times, f, indent=2)
     if failed:
         raise SystemExit("experiments.py: failed: " + "; ".join(failed))
-    return seconds
+    return times
 
 
 def summary_of(path):
@@ -188,7 +209,7 @@ def value(summary, keys):
     return None if summary is None else 100 * summary
 
 
-def stage_results(out, seeds, instruct=INSTRUCT):
+def stage_results(out, seeds):
     """{row: {split: {metric: [value per seed, in %; None where not measured]}}}; the instruct
     row has one value (no seed)."""
     results = {}
@@ -240,39 +261,34 @@ def stages_markdown(results, seeds, seconds=None):
     for split in SPLITS:
         lines += ["", f"**paired differences per seed, {names[split]}**: mean ± sample std (each seed)", ""]
         lines += head("stage − its start")
-        lines += [f"| {after} − {before} | " + " | ".join(
+        lines += [f"| {label} | " + " | ".join(
             difference_cell(differences(results[after][split][t], results[before][split][t])) for t in titles) + " |"
-                  for after, before in PAIRS]
+                  for label, after, before in PAIRS]
     if seconds is not None:
-        lines += ["", f"Wall time of the steps run by this command: {seconds / 60:.1f} min."]
+        lines += ["", f"Wall time of this command: {seconds / 60:.1f} min (steps done before were skipped; "
+                  "times.json has each step's)."]
     return "\n".join(lines)
 
 
 def stages(args):
     start = time.time()
-    chains = stage_chains(args)
-    steps_seconds = run_chains(chains, args.out, args.jobs, args.dry_run)
+    times = run_chains(stage_chains(args), args.out, args.jobs, args.dry_run)
     if args.dry_run:
         return None
     seconds = time.time() - start
-    results = stage_results(args.out, args.seeds, args.instruct)
+    results = stage_results(args.out, args.seeds)
     table = stages_markdown(results, args.seeds, seconds)
-    times_path = os.path.join(args.out, "times.json")   # every step's time, over resumed runs too
-    times = json.load(open(times_path)) if os.path.exists(times_path) else {}
-    times.update({name: round(s, 1) for name, s in steps_seconds.items()})
-    with open(times_path, "w") as f:
-        json.dump(times, f, indent=2)
     with open(os.path.join(args.out, "stages.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.out, "stages.json"), "w") as f:
         json.dump(dict(command=sys.argv, seeds=args.seeds, std="sample std, ddof=1", seconds=round(seconds, 1),
                        step_seconds=times, results=results,
-                       differences={f"{a} − {b}": {split: {t: differences(results[a][split][t], results[b][split][t])
-                                                          for t, _ in METRICS} for split in SPLITS}
-                                    for a, b in PAIRS}), f, indent=2, ensure_ascii=False)
+                       differences={label: {split: {t: differences(results[a][split][t], results[b][split][t])
+                                                    for t, _ in METRICS} for split in SPLITS}
+                                    for label, a, b in PAIRS}), f, indent=2, ensure_ascii=False)
     print(table)
     print(f"wrote {args.out}/stages.md, {args.out}/stages.json; total wall time {seconds / 60:.1f} min "
-          f"(--jobs {args.jobs}); the time of each step: {times_path}")
+          f"(--jobs {args.jobs}); the time of each step: {args.out}/times.json")
     return results
 
 
