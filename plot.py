@@ -208,12 +208,14 @@ def plot_sampling(plt, logs, window):
             steps, values = series(rows, key)
             if len(steps):
                 collapse.plot(steps, moving_mean(values, window), style, color=f"C{i}", label=label if i == 0 else None)
-    for ax, title, key in ((reward, "sampled training reward", ""),
-                           (greedy, "held-out greedy: mean of closed, semantic, ROUGE-1 (%)", "grpo.py --eval-every"),
-                           (entropy, "entropy estimate: NLL per sampled token", "sampled_nll"),
-                           (collapse, "share of groups", "policy_collapse_fraction"), (lr, "learning rate", "lr")):
-        ax.set_title(title if ax.lines else f"{title}: not logged ({key})", fontsize=FONT_SIZE)
+    for ax, title, key in ((reward, "sampled training reward", ""), (greedy, "held-out greedy score", "--eval-every"),
+                           (entropy, "entropy estimate", "sampled_nll"), (collapse, "collapsed groups", "*_collapse_fraction"),
+                           (lr, "learning rate", "lr")):
+        ax.set_title(title if ax.lines else f"{title}\nnot logged ({key})", fontsize=FONT_SIZE)
         ax.set_xlabel("step")
+    greedy.set_ylabel("mean of closed, semantic, ROUGE-1 (%)")
+    entropy.set_ylabel("NLL per sampled token")
+    collapse.set_ylabel("share of groups")
     if collapse.lines:
         collapse.legend(fontsize=FONT_SIZE - 2)
     return fig

@@ -86,9 +86,10 @@ def test_sampling_puts_the_sampled_reward_beside_the_greedy_score_entropy_and_co
     assert [t.get_text() for t in collapse.get_legend().get_texts()][0] == "policy collapse (identical completions)"
     plt.close(fig)
     fig = plot.plot_sampling(plt, {"old": [{"step": 1, "reward": 1.0}]}, window=1)
-    assert [ax.get_title() for ax in fig.axes][2:] == [
-        "entropy estimate: NLL per sampled token: not logged (sampled_nll)",
-        "share of groups: not logged (policy_collapse_fraction)", "learning rate: not logged (lr)"]
+    assert [ax.get_title() for ax in fig.axes] == [
+        "sampled training reward", "held-out greedy score\nnot logged (--eval-every)",
+        "entropy estimate\nnot logged (sampled_nll)", "collapsed groups\nnot logged (*_collapse_fraction)",
+        "learning rate\nnot logged (lr)"]
     plt.close(fig)
 
 
