@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from records import run_script
+from tables import MISSING, markdown_table, mean_std_cell, paired_difference_cell
 from training import HelpFormatter, at_least
 
 INSTRUCT = "runs/instruct"  # pretrain.DEFAULT_INSTRUCT
@@ -54,7 +55,6 @@ ROWS = (("SFT", "sft-{seed}"), ("SFT → GRPO", "grpo-{seed}"), ("instruct", Non
 # Each stage against the one it starts from: (label, row, predecessor).
 PAIRS = (("GRPO − SFT", "SFT → GRPO", "SFT"), ("I − instruct", "I", "instruct"), ("A − I", "I → A", "I"),
          ("R − A", "I → A → R", "I → A"))
-MISSING = "—"
 
 
 @dataclass
@@ -220,50 +220,26 @@ def stage_results(out, seeds):
     return results
 
 
-def mean_std(values):
-    """"66.2 ± 2.6": mean ± sample std (ddof=1) of the measured values; one value alone; "—" for none."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return MISSING
-    return f"{values[0]:.1f}" if len(values) == 1 else f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
-
-
 def differences(after, before):
     """Per seed after − before (a before without seeds, the instruct model, is the same for each)."""
     before = before * len(after) if len(before) == 1 else before
     return [None if a is None or b is None else a - b for a, b in zip(after, before)]
 
 
-def difference_cell(diffs):
-    """"+3.2 ± 1.4 (+4.7, +2.8, +2.0)": mean ± sample std of the paired differences, then each."""
-    measured = [d for d in diffs if d is not None]
-    if not measured:
-        return MISSING
-    each = ", ".join(MISSING if d is None else f"{d:+.1f}" for d in diffs)
-    if len(measured) == 1:
-        return f"{measured[0]:+.1f}"
-    return f"{np.mean(measured):+.1f} ± {np.std(measured, ddof=1):.1f} ({each})"
-
-
 def stages_markdown(results, seeds, seconds=None):
     """The stages table as Markdown: per split a table of mean ± std, then the paired differences."""
     titles = [title for title, _ in METRICS]
-
-    def head(first):
-        return [f"| {first} | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
-
     names = {"test": "in-domain (test split)", "ood": "out-of-domain (ood split)"}
     lines = [f"Phantom, seeds {', '.join(map(str, seeds))}: mean ± sample std (ddof=1) over seeds, in %; "
              f"{MISSING}: not measured."]
     for split in SPLITS:
-        lines += ["", f"**{names[split]}**", ""] + head("model")
-        lines += [f"| {row} | " + " | ".join(mean_std(results[row][split][t]) for t in titles) + " |" for row, _ in ROWS]
+        lines += ["", f"**{names[split]}**", ""] + markdown_table(
+            ["model", *titles], [[row, *(mean_std_cell(results[row][split][t]) for t in titles)] for row, _ in ROWS])
     for split in SPLITS:
         lines += ["", f"**paired differences per seed, {names[split]}**: mean ± sample std (each seed)", ""]
-        lines += head("stage − its start")
-        lines += [f"| {label} | " + " | ".join(
-            difference_cell(differences(results[after][split][t], results[before][split][t])) for t in titles) + " |"
-                  for label, after, before in PAIRS]
+        lines += markdown_table(["stage − its start", *titles], [
+            [label, *(paired_difference_cell(differences(results[after][split][t], results[before][split][t]))
+                      for t in titles)] for label, after, before in PAIRS])
     if seconds is not None:
         lines += ["", f"Wall time of this command: {seconds / 60:.1f} min (steps done before were skipped; "
                   "times.json has each step's)."]
@@ -384,7 +360,7 @@ def format_ablation(results, args):
              f"mean ± sample std (ddof=1) over seeds {args.seeds}; metrics in %",
              f"{'start / variant':<24}" + "".join(f"{title:>14}" for title, _ in ABLATION_COLUMNS)]
     for name, result in results.items():
-        lines.append(f"{name:<24}" + "".join(f"{mean_std([value(m, keys) for m in result['metrics']]):>14}"
+        lines.append(f"{name:<24}" + "".join(f"{mean_std_cell([value(m, keys) for m in result['metrics']]):>14}"
                                              for _, keys in ABLATION_COLUMNS))
     lines.append("\nduring training (mean over steps; semantic variances over open questions)")
     lines.append(f"{'variant':<24}" + "".join(f"{k:>28}" for k in TRAINING))
