@@ -66,7 +66,7 @@ class Step:
     steps: int = None   # training steps the checkpoint is done at (None: any checkpoint is done)
 
     def state(self):
-        """"done", "partial" (an interrupted training run: continued with --resume) or "todo"."""
+        """"done", "partial" (a training run interrupted after a checkpoint) or "todo"."""
         if self.output.endswith(".json"):
             if not os.path.exists(self.output):
                 return "todo"
@@ -87,11 +87,15 @@ class Step:
         return "done" if self.steps is None or step is None or step >= self.steps else "partial"
 
     def to_run(self):
-        """The command to run now, or None when the output is there."""
+        """The command to run now: None when the output is there, --resume for a run interrupted after
+        a checkpoint, --overwrite for a training run interrupted before its first (only its log is there)."""
         state = self.state()
         if state == "done":
             return None
-        return [self.command[0], "--resume", self.output] if state == "partial" else self.command
+        if state == "partial":
+            return [self.command[0], "--resume", self.output]
+        started = self.steps is not None and os.path.exists(self.output + ".log.jsonl")
+        return [*self.command, "--overwrite"] if started else self.command
 
 
 def training_step(name, script, args, out):

@@ -116,6 +116,10 @@ def test_a_step_with_its_output_is_skipped_and_an_interrupted_run_resumed(tmp_pa
     partial = experiments.Step("partial", ["grpo.py", "--steps", "5", "--out", str(partial_dir)], str(partial_dir), steps=5)
     assert (done.state(), done.to_run()) == ("done", None)
     assert (partial.state(), partial.to_run()) == ("partial", ["grpo.py", "--resume", str(partial_dir)])
+    early = experiments.Step("early", ["sft.py", "--out", str(tmp_path / "early")], str(tmp_path / "early"), steps=5)
+    assert early.to_run() == ["sft.py", "--out", str(tmp_path / "early")]
+    (tmp_path / "early.log.jsonl").write_text('{"step": 1}\n')   # stopped before its first checkpoint
+    assert (early.state(), early.to_run()) == ("todo", ["sft.py", "--out", str(tmp_path / "early"), "--overwrite"])
 
     scores = str(tmp_path / "done.test.json")
     scored = experiments.Step("scored", ["-c", "raise SystemExit(4)", "--model", str(done_dir)], scores)
