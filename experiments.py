@@ -345,6 +345,9 @@ def ablation(args):
     records = load_dataset("phantom", args.split, phantom_wording=args.phantom_wording)
     scorer = SemanticScorer()
     results = {"sft": {"metrics": [held_out(args.sft, os.path.join(args.out, "sft.heldout.json"), records, scorer, args)]}}
+    if "text+adaptive+augment" in args.variants:   # the augmentation arm's own start
+        augmented = os.path.join(args.out, AUGMENTED)
+        results[AUGMENTED] = {"metrics": [held_out(augmented, augmented + ".heldout.json", records, scorer, args)]}
     for variant in args.variants:
         results[variant] = {"metrics": [], "training": []}
         for seed in args.seeds:
@@ -369,7 +372,7 @@ def format_ablation(results, args):
     lines.append("\nduring training (mean over steps; semantic variances over open questions)")
     lines.append(f"{'variant':<24}" + "".join(f"{k:>28}" for k in TRAINING))
     for name, result in results.items():
-        if name != "sft":
+        if "training" in result:   # a GRPO variant, not a start
             lines.append(f"{name:<24}" + "".join(
                 f"{np.mean([t[k] for t in result['training'] if k in t]):>28.4f}"
                 if any(k in t for t in result["training"]) else f"{'-':>28}" for k in TRAINING))

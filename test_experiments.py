@@ -149,3 +149,20 @@ def test_a_step_with_its_output_is_skipped_and_an_interrupted_run_resumed(tmp_pa
         experiments.run_chains([[fails_first], [needs_it], [other]], str(tmp_path), jobs=1)
     assert "needs: not run, it needs fails, which failed" in capsys.readouterr().out
     assert (tmp_path / "logs" / "other.log").exists() and not (tmp_path / "logs" / "needs.log").exists()
+
+
+def test_the_ablation_table_gives_each_arm_mean_and_sample_std():
+    def metrics(closed):
+        return {"n": 4, "closed": {"accuracy": closed}, "open": {"semantic": 0.9, "rouge1": 0.4, "bleu1": None,
+                                                                 "concept": 0.7}, "format": 1.0}
+    results = {"sft": {"metrics": [metrics(0.45)]}, "augment-sft": {"metrics": [metrics(0.48)]},
+               "text+adaptive+augment": {"metrics": [metrics(0.5), metrics(0.6)],
+                                         "training": [{"draws": 1.0}, {"draws": 2.0}]}}
+    lines = experiments.format_ablation(results, experiments.parse_args(["ablation", "--seeds", "0", "1"])).splitlines()
+    assert lines[0] == "phantom test split (4 records), mean ± sample std (ddof=1) over seeds [0, 1]; metrics in %"
+    # closed 50 and 60: mean 55, sample std sqrt(50) = 7.07; BLEU-1 not measured
+    assert lines[2].split() == ["sft", "45.0", "90.0", "40.0", "—", "70.0", "100.0"]
+    assert lines[3].split()[:2] == ["augment-sft", "48.0"]
+    assert lines[4].split() == ["text+adaptive+augment", "55.0", "±", "7.1", "90.0", "±", "0.0", "40.0", "±", "0.0", "—",
+                                "70.0", "±", "0.0", "100.0", "±", "0.0"]
+    assert lines[-1].split() == ["text+adaptive+augment", "-", "-", "-", "-", "1.5000"]   # only draws logged
