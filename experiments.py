@@ -107,12 +107,12 @@ def training_step(name, script, args, out):
     return Step(name, command, out, steps.parse_known_args(args)[0].steps)
 
 
-def score_steps(name, checkpoint, base, eval_args):
+def score_steps(name, checkpoint, base, eval_args, splits):
     """evaluate.py on each split: BASE.SPLIT.json (beside the checkpoint, or for the instruct model,
     which this experiment did not write, under --out)."""
     return [Step(f"{name}.{split}", ["evaluate.py", "--model", checkpoint, "--split", split,
                                      "--out", f"{base}.{split}.json", *eval_args], f"{base}.{split}.json")
-            for split in SPLITS]
+            for split in splits]
 
 
 def stage_chains(args):
@@ -120,14 +120,14 @@ def stage_chains(args):
     and I → A → R) that run side by side with --jobs]."""
     out, grpo_args, sft_args, eval_args = args.out, *map(shlex.split, (args.grpo_args, args.sft_args, args.eval_args))
     instruct = [Step("instruct", ["pretrain.py", "--instruct"], args.instruct)] if args.instruct == INSTRUCT else []
-    chains = [instruct + score_steps("instruct", args.instruct, os.path.join(out, "instruct"), eval_args)]
+    chains = [instruct + score_steps("instruct", args.instruct, os.path.join(out, "instruct"), eval_args, args.splits)]
     for seed in args.seeds:
         s = ["--seed", str(seed)]
 
         def run(name, script, extra):
             step = training_step(f"{name}-{seed}", script, [*extra, *s, *(grpo_args if script == "grpo.py" else sft_args)],
                                  os.path.join(out, f"{name}-{seed}"))
-            return [step, *score_steps(step.name, step.output, step.output, eval_args)]
+            return [step, *score_steps(step.name, step.output, step.output, eval_args, args.splits)]
 
         a_start = args.instruct if args.a_start == "instruct" else os.path.join(out, f"I-{seed}")
         chains.append(run("sft", "sft.py", []) + run("grpo", "grpo.py", ["--model", os.path.join(out, f"sft-{seed}")]))
@@ -213,14 +213,14 @@ def value(summary, keys):
     return None if summary is None else 100 * summary
 
 
-def stage_results(out, seeds):
+def stage_results(out, seeds, splits=SPLITS):
     """{row: {split: {metric: [value per seed, in %; None where not measured]}}}; the instruct
     row has one value (no seed)."""
     results = {}
     for row, folder in ROWS:
         paths = [os.path.join(out, "instruct")] if folder is None else [os.path.join(out, folder.format(seed=s)) for s in seeds]
         results[row] = {split: {title: [value(summary_of(f"{p}.{split}.json"), keys) for p in paths]
-                                for title, keys in METRICS} for split in SPLITS}
+                                for title, keys in METRICS} for split in splits}
     return results
 
 
@@ -233,13 +233,15 @@ def differences(after, before):
 def stages_markdown(results, seeds, seconds=None):
     """The stages table as Markdown: per split a table of mean ± std, then the paired differences."""
     titles = [title for title, _ in METRICS]
-    names = {"test": "in-domain (test split)", "ood": "out-of-domain (ood split)"}
+    splits = list(next(iter(results.values())))
+    names = {split: f"{split} split" for split in splits} | {"test": "in-domain (test split)",
+                                                              "ood": "out-of-domain (ood split)"}
     lines = [f"Phantom, seeds {', '.join(map(str, seeds))}: mean ± sample std (ddof=1) over seeds, in %; "
              f"{MISSING}: not measured."]
-    for split in SPLITS:
+    for split in splits:
         lines += ["", f"**{names[split]}**", ""] + markdown_table(
             ["model", *titles], [[row, *(mean_std_cell(results[row][split][t]) for t in titles)] for row, _ in ROWS])
-    for split in SPLITS:
+    for split in splits:
         lines += ["", f"**paired differences per seed, {names[split]}**: mean ± sample std (each seed)", ""]
         lines += markdown_table(["stage − its start", *titles], [
             [label, *(paired_difference_cell(differences(results[after][split][t], results[before][split][t]))
@@ -251,24 +253,33 @@ def stages_markdown(results, seeds, seconds=None):
 
 
 def stages(args):
-    start = time.time()
-    times = run_chains(stage_chains(args), args.out, args.jobs, args.dry_run)
+    start, failed = time.time(), None
+    try:
+        times = run_chains(stage_chains(args), args.out, args.jobs, args.dry_run)
+    except SystemExit as error:   # the table of what did finish, then the failure
+        failed = error
     if args.dry_run:
         return None
     seconds = time.time() - start
-    results = stage_results(args.out, args.seeds)
-    table = stages_markdown(results, args.seeds, seconds)
+    times_path = os.path.join(args.out, "times.json")
+    if failed:
+        with open(times_path) as f:
+            times = json.load(f)
+    results = stage_results(args.out, args.seeds, args.splits)
+    table = stages_markdown(results, args.seeds, seconds) + (f"\n\nIncomplete: {failed}" if failed else "")
     with open(os.path.join(args.out, "stages.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.out, "stages.json"), "w") as f:
         json.dump(dict(command=sys.argv, seeds=args.seeds, std="sample std, ddof=1", seconds=round(seconds, 1),
                        step_seconds=times, results=results,
                        differences={label: {split: {t: differences(results[a][split][t], results[b][split][t])
-                                                    for t, _ in METRICS} for split in SPLITS}
+                                                    for t, _ in METRICS} for split in args.splits}
                                     for label, a, b in PAIRS}), f, indent=2, ensure_ascii=False)
     print(table)
     print(f"wrote {args.out}/stages.md, {args.out}/stages.json; total wall time {seconds / 60:.1f} min "
-          f"(--jobs {args.jobs}); the time of each step: {args.out}/times.json")
+          f"(--jobs {args.jobs}); the time of each step: {times_path}")
+    if failed:
+        raise failed
     return results
 
 
@@ -400,6 +411,8 @@ def parse_args(argv=None):
                    help="[reconstructed] the checkpoint stage A fine-tunes on stage I's rationales: the instruct "
                    "model (as the README's three-stage commands) or the stage-I model itself")
     s.add_argument("--eval-args", default="", help="options added to every evaluate.py step")
+    s.add_argument("--splits", nargs="+", default=list(SPLITS),
+                   help="phantom splits each checkpoint is scored on: in-domain test, out-of-domain ood")
     a = commands.add_parser("ablation", parents=[both], formatter_class=HelpFormatter,
                             help="GRPO with each reward from one SFT start, and the augmentation arm (Figure 5)")
     a.add_argument("--out", default="runs/ablation", help="folder of the checkpoints, logs and ablation.json")

@@ -42,8 +42,10 @@ def test_stages_runs_these_commands_per_seed(tmp_path):
     steps = {step.name: step.steps for chain in experiments.stage_chains(args) for step in chain}
     assert (steps["grpo-3"], steps["I-3"], steps["sft-3"], steps["instruct"]) == (7, 7, 500, None)
 
-    args = experiments.parse_args(["stages", "--seeds", "0", "--out", out, "--a-start", "I"])
-    assert experiments.stage_chains(args)[2][3].command[:5] == ["sft.py", "--model", f"{out}/I-0", "--cot-from", f"{out}/I-0"]
+    args = experiments.parse_args(["stages", "--seeds", "0", "--out", out, "--a-start", "I", "--splits", "test"])
+    armed = experiments.stage_chains(args)[2]
+    assert armed[2].command[:5] == ["sft.py", "--model", f"{out}/I-0", "--cot-from", f"{out}/I-0"]
+    assert [step.name for step in armed] == ["I-0", "I-0.test", "A-0", "A-0.test", "R-0", "R-0.test"]
 
 
 def test_the_ablation_keeps_the_commands_of_ablation_py_and_adds_the_augmented_arm(tmp_path):
