@@ -400,7 +400,8 @@ def parse_args(argv=None):
     both.add_argument("--grpo-args", default="", help='options added to every grpo.py step, e.g. "--steps 100"')
     both.add_argument("--sft-args", default="", help='options added to every sft.py step, e.g. "--steps 200"')
     both.add_argument("--cot-select", type=at_least(0), default=512,
-                      help="ARMed-A: rationales kept by k-means (sft.py --cot-select)")
+                      help="[reconstructed] ARMed-A: rationales kept by k-means (sft.py --cot-select; "
+                      "the paper gives no number, the README's three-stage commands use 512)")
     both.add_argument("--dry-run", action="store_true", help="print the commands (done ones marked), run nothing")
     s = commands.add_parser("stages", parents=[both], formatter_class=HelpFormatter,
                             help="SFT, SFT → GRPO, instruct, I, I → A, I → A → R; in- and out-of-domain")
