@@ -2,14 +2,26 @@
 
     python plot.py runs/grpo --out figs                    # writes figs/*.png and prints their paths
     python plot.py runs/ablation/*-seed0 --out figs/ablation  # several runs overlaid, a legend names each
+                                                              # (python experiments.py ablation)
     python plot.py runs/grpo --early 20 --late 20
 
   rewards.png    total reward and each component per step (thin: per step; thick: moving mean)
   heldout.png    validation metrics at each evaluation (grpo.py --eval-every), a panel per metric
   collapse.png   the share of groups whose G rewards are all equal (no GRPO signal) per step,
                  and the variance of the raw vs the weighted semantic reward on open questions
-  semantic.png   ARMed's Figure 4 at toy scale: the distribution of the raw (cosine) and the
-                 weighted (adaptive) semantic reward of open completions, early vs late in training
+  semantic.png   the distribution of the raw (cosine) and the weighted (adaptive) semantic reward
+                 of open completions, early vs late in training
+  sampling.png   the sampled training reward beside the held-out greedy score (mean of closed
+                 accuracy, semantic, ROUGE-1), the policy's entropy estimate (per-token NLL of its
+                 samples), policy vs reward collapse and the learning rate, over steps
+
+    python plot.py --figure4 runs/ablation/text+semantic-seed0 runs/ablation/text+adaptive-seed0 --out figs
+    python plot.py --figure5 runs/ablation/ablation.json --out figs
+
+  figure4.png    ARMed's Figure 4: the semantic reward's distribution in a plain-semantic GRPO run
+                 against an adaptive one, over the same steps (early and late), raw and as weighted
+  figure5.png    ARMed's Figure 5: the ablation's arms (experiments.py ablation), mean ± sample std
+                 (ddof=1) over seeds, a panel per metric
 
 Each figure is a grid of panels sized to be read at 100% zoom (PANEL_INCHES at DPI); with several
 runs every panel draws each run in its own colour, named in the legend above the panels (each
@@ -47,7 +59,7 @@ def run_names(runs):
     """Legend names: "runs/ablation/text-seed0", "runs/ablation/text+semantic-seed0" ->
     "text-seed0", "text+semantic-seed0"; one run keeps its path."""
     paths = [os.path.normpath(run) for run in runs]
-    if len(paths) == 1:
+    if len(paths) <= 1:
         return paths
     shared = os.path.commonpath([os.path.abspath(path) for path in paths])
     names = [os.path.relpath(os.path.abspath(path), shared) for path in paths]
@@ -166,15 +178,110 @@ def plot_semantic(plt, logs, early, late):
     return fig
 
 
+def greedy_score(val):
+    """The held-out greedy score of a validation row: the mean of closed accuracy, open semantic and
+    ROUGE-1 in %, or None when one is missing."""
+    scores = [nested(val, keys) for _, keys in HELD_OUT[:3]]
+    return None if None in scores else 100 * float(np.mean(scores))
+
+
+COLLAPSE = (("policy_collapse_fraction", "-", "policy collapse (identical completions)"),
+            ("reward_collapse_fraction", "--", "reward collapse (distinct, equal rewards)"),
+            ("distinct_fraction", ":", "distinct completions"))
+
+
+def plot_sampling(plt, logs, window):
+    """Why the sampled reward can fall while the greedy score rises: the training reward of the
+    sampled completions, the held-out greedy score, the entropy estimate (`sampled_nll`), policy
+    collapse against reward collapse, and the learning rate; a panel whose keys a log lacks says so."""
+    fig, (reward, greedy, entropy, collapse, lr) = panels(plt, 5)
+    for i, rows in enumerate(logs.values()):
+        trace(reward, *series(rows, "reward"), window, f"C{i}")
+        points = [(r["step"], greedy_score(r["val"])) for r in rows if r.get("val") and greedy_score(r["val"]) is not None]
+        if points:
+            greedy.plot(*zip(*points), marker="o", color=f"C{i}")
+        if any("sampled_nll" in r for r in rows):
+            trace(entropy, *series(rows, "sampled_nll"), window, f"C{i}")
+        if any("lr" in r for r in rows):
+            lr.plot(*series(rows, "lr"), color=f"C{i}")
+        for key, style, label in COLLAPSE:
+            steps, values = series(rows, key)
+            if len(steps):
+                collapse.plot(steps, moving_mean(values, window), style, color=f"C{i}", label=label if i == 0 else None)
+    for ax, title, key in ((reward, "sampled training reward", ""), (greedy, "held-out greedy score", "--eval-every"),
+                           (entropy, "entropy estimate", "sampled_nll"), (collapse, "collapsed groups", "*_collapse_fraction"),
+                           (lr, "learning rate", "lr")):
+        ax.set_title(title if ax.lines else f"{title}\nnot logged ({key})", fontsize=FONT_SIZE)
+        ax.set_xlabel("step")
+    greedy.set_ylabel("mean of closed, semantic, ROUGE-1 (%)")
+    entropy.set_ylabel("NLL per sampled token")
+    collapse.set_ylabel("share of groups")
+    if collapse.lines:
+        collapse.legend(fontsize=FONT_SIZE - 2)
+    return fig
+
+
+def same_steps(logs):
+    """Each log cut to the steps every one of them reached, so that "late" means the same steps."""
+    last = min(max(r["step"] for r in rows if "step" in r) for rows in logs.values())
+    return {name: [r for r in rows if r.get("step", last + 1) <= last] for name, rows in logs.items()}
+
+
+def plot_figure4(plt, plain, adaptive, early, late):
+    """ARMed's Figure 4: the semantic reward of a plain-semantic run (--reward text+semantic) against
+    an adaptive run (text+adaptive) over the same steps; plain's "as weighted" is its cosine."""
+    logs = same_steps({f"plain semantic: {plain[0]}": plain[1], f"adaptive: {adaptive[0]}": adaptive[1]})
+    fig = plot_semantic(plt, logs, early, late)
+    name_runs(fig, logs, "Figure 4: the semantic reward, plain against adaptive, same steps")
+    return fig
+
+
+# Figure 5's metrics: (title, keys into evaluate.py's metrics); the last is the mean of the first three.
+FIGURE5 = HELD_OUT + (("mean of closed, semantic, ROUGE-1", None),)
+
+
+def arm_scores(results):
+    """{arm: {metric title: [value per seed, in %]}} from ablation.json's results (each arm's
+    `metrics`, a list over seeds; the SFT start has one)."""
+    return {arm: {title: [score for m in result["metrics"]
+                          if (score := greedy_score(m) if keys is None else
+                              None if nested(m, keys) is None else 100 * nested(m, keys)) is not None]
+                   for title, keys in FIGURE5} for arm, result in results.items()}
+
+
+def plot_figure5(plt, results):
+    """ARMed's Figure 5: a bar per arm (the SFT start, each reward, the augmented start), mean ±
+    sample std (ddof=1) over seeds, a panel per metric."""
+    arms = arm_scores(results)
+    fig, axes = panels(plt, len(FIGURE5))
+    for ax, (title, _) in zip(axes, FIGURE5):
+        values = [arms[arm][title] for arm in arms]
+        means = [np.mean(v) if v else np.nan for v in values]
+        stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
+        ax.bar(range(len(arms)), means, yerr=stds, capsize=3, color=[f"C{i}" for i in range(len(arms))])
+        measured = any(values)
+        if measured:   # bars start near the lowest, so that differences of a point show
+            ax.set_ylim(max(0.0, np.nanmin(np.subtract(means, stds)) - 5), None)
+        ax.set_xticks(range(len(arms)), list(arms), rotation=30, ha="right", fontsize=FONT_SIZE - 2)
+        ax.set_title(f"{title} (%){'' if measured else ': not measured'}", fontsize=FONT_SIZE)
+    fig.suptitle("Figure 5: the ablation, mean ± sample std over seeds", fontsize=FONT_SIZE + 1)
+    return fig
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("runs", nargs="+", help="grpo.py output folders (runs/grpo); each log is <run>.log.jsonl; "
+    p.add_argument("runs", nargs="*", help="grpo.py output folders (runs/grpo); each log is <run>.log.jsonl; "
                    "several are overlaid, a colour each")
+    p.add_argument("--figure4", nargs=2, metavar=("PLAIN", "ADAPTIVE"),
+                   help="figure4.png from a plain-semantic and an adaptive grpo.py run")
+    p.add_argument("--figure5", metavar="ABLATION_JSON", help="figure5.png from experiments.py ablation's ablation.json")
     p.add_argument("--out", default="figs", help="folder for the PNGs (created; existing PNGs of these names are replaced)")
     p.add_argument("--window", type=at_least(1), default=10, help="steps in the moving mean")
     p.add_argument("--early", type=at_least(1), default=20, help="first steps pooled in semantic.png")
     p.add_argument("--late", type=at_least(1), default=20, help="last steps pooled in semantic.png")
     args = p.parse_args(argv)
+    if not (args.runs or args.figure4 or args.figure5):
+        p.error("give grpo.py runs, --figure4 PLAIN ADAPTIVE or --figure5 ABLATION_JSON")
     logs = dict(zip(run_names(args.runs), map(read_log, args.runs)))
     try:
         import matplotlib
@@ -183,13 +290,23 @@ def main(argv=None):
     except ImportError:
         raise SystemExit("plot.py: needs matplotlib (pip install matplotlib)")
     os.makedirs(args.out, exist_ok=True)
+    figures = {}
     with plt.rc_context({"font.size": FONT_SIZE}):
-        figures = {"rewards": plot_rewards(plt, logs, args.window), "heldout": plot_held_out(plt, logs),
-                   "collapse": plot_collapse(plt, logs, args.window),
-                   "semantic": plot_semantic(plt, logs, args.early, args.late)}
+        if logs:
+            figures = {"rewards": plot_rewards(plt, logs, args.window), "heldout": plot_held_out(plt, logs),
+                       "collapse": plot_collapse(plt, logs, args.window),
+                       "semantic": plot_semantic(plt, logs, args.early, args.late),
+                       "sampling": plot_sampling(plt, logs, args.window)}
+            for name, fig in figures.items():
+                name_runs(fig, logs, f"{next(iter(logs)) if len(logs) == 1 else f'{len(logs)} runs'}: {name}")
+        if args.figure4:
+            plain, adaptive = ((os.path.normpath(run), read_log(run)) for run in args.figure4)
+            figures["figure4"] = plot_figure4(plt, plain, adaptive, args.early, args.late)
+        if args.figure5:
+            with open(args.figure5) as f:
+                figures["figure5"] = plot_figure5(plt, json.load(f)["results"])
     paths = []
     for name, fig in figures.items():
-        name_runs(fig, logs, f"{next(iter(logs)) if len(logs) == 1 else f'{len(logs)} runs'}: {name}")
         paths.append(os.path.join(args.out, f"{name}.png"))
         fig.savefig(paths[-1], dpi=DPI)
         plt.close(fig)

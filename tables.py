@@ -3,9 +3,12 @@ model, per dataset the open metrics and the closed accuracy), as text, CSV and M
 
 Every table reads the summaries evaluate.py's score_predictions writes (fractions in [0, 1], counts
 as `n`) and shows fractions in percent, counts as they are, and '-' where a group has no questions.
-report.py draws the same tables (metric_tables) as HTML.
+report.py draws the same tables (metric_tables) as HTML. experiments.py's tables over seeds use
+mean_std_cell and paired_difference_cell.
 """
 import csv
+
+import numpy as np
 
 COLUMNS = (("open n", ("open", "n")), ("BLEU-1", ("open", "bleu1")), ("ROUGE-1", ("open", "rouge1")),
            ("BERTScore", ("open", "bertscore")),
@@ -90,7 +93,32 @@ def write_paper_table(results, csv_path=None, markdown_path=None):
         with open(csv_path, "w", newline="") as file:
             csv.writer(file).writerows([["model", *header, *counts], *rows])
     if markdown_path:
-        lines = ["| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
-        lines += ["| " + " | ".join(row[:1 + len(header)]) + " |" for row in rows]
         with open(markdown_path, "w") as file:
-            file.write("\n".join(lines) + "\n")
+            file.write("\n".join(markdown_table(["model", *header], [row[:1 + len(header)] for row in rows])) + "\n")
+
+
+def markdown_table(header, rows):
+    """Lines of a Markdown table: the header, the rule, a line per row of cells."""
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+MISSING = "—"
+
+
+def mean_std_cell(values):
+    """Values over seeds (in %, None where not measured) as "66.2 ± 2.6": mean ± sample std (ddof=1,
+    the convention of every table here); one value alone; "—" for none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return MISSING
+    return f"{values[0]:.1f}" if len(values) == 1 else f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
+
+
+def paired_difference_cell(differences):
+    """Per-seed differences as "+3.2 ± 1.4 (+4.7, +2.8, +2.0)": mean ± sample std, then each seed's
+    ("—" where not measured)."""
+    measured = [d for d in differences if d is not None]
+    if len(measured) <= 1:
+        return f"{measured[0]:+.1f}" if measured else MISSING
+    each = ", ".join(MISSING if d is None else f"{d:+.1f}" for d in differences)
+    return f"{np.mean(measured):+.1f} ± {np.std(measured, ddof=1):.1f} ({each})"

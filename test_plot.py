@@ -40,7 +40,7 @@ def test_several_runs_overlaid_in_a_readable_grid(tmp_path):
     sizes = {path.rsplit("/", 1)[1]: Image.open(path).size for path in paths}
     # 4 reward panels: 3 columns x 2 rows of 420 x 300 px; 4 held-out metrics: 2 x 2
     assert sizes == {"rewards.png": (1260, 600), "heldout.png": (840, 600), "collapse.png": (840, 300),
-                     "semantic.png": (840, 600)}
+                     "semantic.png": (840, 600), "sampling.png": (1260, 600)}
 
     logs = {name: plot.read_log(run) for name, run in zip(plot.run_names(runs), runs)}
     assert list(logs) == ["text-seed0", "text+semantic-seed0"]
@@ -70,3 +70,62 @@ def test_several_runs_overlaid_in_a_readable_grid(tmp_path):
 def test_one_run_keeps_its_path_as_its_name():
     assert plot.run_names(["runs/grpo"]) == ["runs/grpo"]
     assert plot.run_names(["runs/a/x", "runs/b/x"]) == ["a/x", "b/x"]
+
+
+def test_sampling_puts_the_sampled_reward_beside_the_greedy_score_entropy_and_collapse(tmp_path):
+    rows = [{"step": s, "reward": 2.0, "lr": 1e-4 * s, "sampled_nll": 1.0 / s, "policy_collapse_fraction": 0.25,
+             "reward_collapse_fraction": 0.5, "distinct_fraction": 0.75}
+            | ({"val": {"closed": {"accuracy": 0.6}, "open": {"semantic": 0.9, "rouge1": 0.3}}} if s % 5 == 0 else {})
+            for s in range(1, 11)]
+    fig = plot.plot_sampling(plt, {"run": rows}, window=1)
+    reward, greedy, entropy, collapse, lr = fig.axes
+    assert list(greedy.lines[0].get_ydata()) == pytest.approx([60.0, 60.0])   # (60 + 90 + 30) / 3
+    assert list(greedy.lines[0].get_xdata()) == [5, 10]
+    assert entropy.lines[-1].get_ydata()[-1] == pytest.approx(0.1) and lr.lines[0].get_ydata()[-1] == pytest.approx(1e-3)
+    assert [line.get_ydata()[0] for line in collapse.lines] == [0.25, 0.5, 0.75]
+    assert [t.get_text() for t in collapse.get_legend().get_texts()][0] == "policy collapse (identical completions)"
+    plt.close(fig)
+    fig = plot.plot_sampling(plt, {"old": [{"step": 1, "reward": 1.0}]}, window=1)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "sampled training reward", "held-out greedy score\nnot logged (--eval-every)",
+        "entropy estimate\nnot logged (sampled_nll)", "collapsed groups\nnot logged (*_collapse_fraction)",
+        "learning rate\nnot logged (lr)"]
+    plt.close(fig)
+
+
+def test_figure4_compares_plain_and_adaptive_over_the_same_steps(tmp_path):
+    def log(steps, value):
+        return [{"step": s, "open_semantic_raw": [0.8, 0.8], "open_semantic": [value(s), value(s)]} for s in steps]
+    plain = log(range(1, 31), lambda s: 0.8)
+    adaptive = log(range(1, 41), lambda s: 0.0 if s > 30 else (0.2 if s % 2 else 0.6))   # steps 31-40: left out
+    fig = plot.plot_figure4(plt, ("runs/plain", plain), ("runs/adaptive", adaptive), early=10, late=10)
+    late_weighted = fig.axes[3]
+    assert [t.get_text() for t in late_weighted.get_legend().get_texts()] == [
+        "var 0.0000, 20 answers", "var 0.0400, 20 answers"]   # steps 21-30 of both: 0.2 and 0.6 alternate
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["plain semantic: runs/plain", "adaptive: runs/adaptive"]
+    plt.close(fig)
+
+
+def test_figure5_draws_each_arm_as_mean_and_sample_std(tmp_path):
+    def metrics(closed, semantic, rouge):
+        return {"closed": {"accuracy": closed}, "open": {"semantic": semantic, "rouge1": rouge, "concept": None}}
+    results = {"sft": {"metrics": [metrics(0.6, 0.9, 0.3)]},
+               "text+adaptive+augment": {"metrics": [metrics(0.6, 0.9, 0.3), metrics(0.7, 0.9, 0.5),
+                                                     metrics(0.8, 0.9, 0.4)]}}
+    arms = plot.arm_scores(results)
+    assert arms["text+adaptive+augment"]["closed accuracy"] == pytest.approx([60, 70, 80])
+    assert arms["text+adaptive+augment"]["mean of closed, semantic, ROUGE-1"] == pytest.approx([60, 70, 70])
+    assert arms["sft"]["open concept"] == []
+    with open(tmp_path / "ablation.json", "w") as f:
+        json.dump({"results": results}, f)
+    paths = plot.main(["--figure5", str(tmp_path / "ablation.json"), "--out", str(tmp_path)])
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["figure5.png"]
+    fig = plot.plot_figure5(plt, results)
+    closed = fig.axes[0]
+    assert [bar.get_height() for bar in closed.patches] == pytest.approx([60, 70])
+    errorbar, = [c for c in closed.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+    caps = errorbar.lines[2][0].get_segments()   # the error bars: mean ± std (ddof=1)
+    assert [tuple(segment[:, 1]) for segment in caps] == [pytest.approx((60, 60)), pytest.approx((60, 80))]
+    assert [label.get_text() for label in closed.get_xticklabels()] == ["sft", "text+adaptive+augment"]
+    assert fig.axes[3].get_title() == "open concept (%): not measured"
+    plt.close(fig)

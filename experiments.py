@@ -1,0 +1,441 @@
+"""Named experiments, one command each: every step is a run of sft.py, grpo.py, pretrain.py or
+evaluate.py, written under --out, and a rerun skips what is there (it continues after an interruption).
+
+    python experiments.py stages                     # ARMed's table in miniature: seeds 0 1 2
+    python experiments.py stages --jobs 2            # two chains at once, one thread each
+    python experiments.py stages --seeds 0 --grpo-args "--steps 50" --sft-args "--steps 100"
+    python experiments.py stages --dry-run           # print the commands and what is done, run nothing
+    python experiments.py ablation                   # the reward ablation and Figure 5's augmentation arm
+    python experiments.py ablation --seeds 0 --grpo-args "--steps 20"   # a quicker look
+
+stages: per seed S, SFT (sft.py) and GRPO from it (the default path); ARMed's three stages: I =
+GRPO from the instruct model (runs/instruct, `python pretrain.py --instruct`, built once), A = SFT
+on the rationales I wrote for the training questions (sft.py --cot-from, --cot-select), R = GRPO
+from A. Each checkpoint is scored once on the phantom test split (in-domain) and on the "ood" split
+(out-of-domain), `python evaluate.py --model DIR --split SPLIT --out DIR.SPLIT.json`. The table gives
+mean ± sample std (ddof=1) over seeds and, per seed, the difference of each stage from the one it
+starts from. It goes to OUT/stages.md and OUT/stages.json; every command's output to OUT/logs/.
+
+ablation: one SFT checkpoint, GRPO with each reward (text, text+semantic, text+adaptive, and
+text+adaptive with DAPO's dynamic sampling), over seeds, scored on the test split with
+evaluate.py's metrics, beside what the logs say about reward collapse (ARMed's Figure 5; the
+variants and their grpo.py commands are those of ablation.py before it moved here). The
+augmentation arm (text+adaptive+augment): GRPO from an SFT on the dataset's rationales with
+ARMed-A's generated ones added (sft.py --cot-from --cot-augment). <run>.heldout.json keeps each
+run's scores; the table goes to OUT/ablation.json (`python plot.py --figure5 OUT/ablation.json`).
+"""
+
+import argparse
+import importlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from records import run_script
+from tables import MISSING, markdown_table, mean_std_cell, paired_difference_cell
+from training import HelpFormatter, at_least
+
+INSTRUCT = "runs/instruct"  # pretrain.DEFAULT_INSTRUCT
+SPLITS = ("test", "ood")  # in-domain, out-of-domain
+# The table's columns: (title, keys into a dataset's summary in evaluate.py's --out JSON).
+METRICS = (("closed acc", ("closed", "accuracy")), ("open semantic", ("open", "semantic")),
+           ("ROUGE-1", ("open", "rouge1")), ("concept", ("open", "concept")),
+           ("fact acc", ("reasoning", "fact_accuracy")), ("consistency", ("reasoning", "consistency")))
+# The rows of the stages table: (name, checkpoint folder under OUT with {seed}, or the instruct model).
+ROWS = (("SFT", "sft-{seed}"), ("SFT → GRPO", "grpo-{seed}"), ("instruct", None),
+        ("I", "I-{seed}"), ("I → A", "A-{seed}"), ("I → A → R", "R-{seed}"))
+# Each stage against the one it starts from: (label, row, predecessor).
+PAIRS = (("GRPO − SFT", "SFT → GRPO", "SFT"), ("I − instruct", "I", "instruct"), ("A − I", "I → A", "I"),
+         ("R − A", "I → A → R", "I → A"))
+
+
+@dataclass
+class Step:
+    """One command of an experiment and the file or checkpoint folder it writes."""
+    name: str           # its log: OUT/logs/NAME.log
+    command: list       # arguments after `python`
+    output: str         # a checkpoint folder (training) or a JSON file (scores)
+    steps: int = None   # training steps the checkpoint is done at (None: any checkpoint is done)
+
+    def state(self):
+        """"done", "partial" (a training run interrupted after a checkpoint) or "todo"."""
+        if self.output.endswith(".json"):
+            if not os.path.exists(self.output):
+                return "todo"
+            try:
+                with open(self.output) as f:
+                    json.load(f)
+            except ValueError:
+                return "todo"  # cut off mid-write
+            model = self.command[self.command.index("--model") + 1] if "--model" in self.command else ""
+            checkpoint = os.path.join(model, "meta.json")
+            scored_after = not os.path.exists(checkpoint) or os.path.getmtime(checkpoint) <= os.path.getmtime(self.output)
+            return "done" if scored_after else "todo"   # a checkpoint trained again is scored again
+        meta = os.path.join(self.output, "meta.json")
+        if not os.path.exists(meta):
+            return "todo"
+        with open(meta) as f:
+            step = json.load(f).get("step")
+        return "done" if self.steps is None or step is None or step >= self.steps else "partial"
+
+    def to_run(self):
+        """The command to run now: None when the output is there, --resume for a run interrupted after
+        a checkpoint, --overwrite for a training run interrupted before its first (only its log is there)."""
+        state = self.state()
+        if state == "done":
+            return None
+        if state == "partial":
+            return [self.command[0], "--resume", self.output]
+        started = self.steps is not None and os.path.exists(self.output + ".log.jsonl")
+        return [*self.command, "--overwrite"] if started else self.command
+
+
+def training_step(name, script, args, out):
+    """A sft.py or grpo.py run: done when its checkpoint reached the --steps it parses to."""
+    command = [script, *args, "--out", out]
+    default = importlib.import_module(script.removesuffix(".py")).parse_args(["--out", out]).steps
+    steps = argparse.ArgumentParser(add_help=False)
+    steps.add_argument("--steps", type=int, default=default)
+    return Step(name, command, out, steps.parse_known_args(args)[0].steps)
+
+
+def score_steps(name, checkpoint, base, eval_args, splits):
+    """evaluate.py on each split: BASE.SPLIT.json (beside the checkpoint, or for the instruct model,
+    which this experiment did not write, under --out)."""
+    return [Step(f"{name}.{split}", ["evaluate.py", "--model", checkpoint, "--split", split,
+                                     "--out", f"{base}.{split}.json", *eval_args], f"{base}.{split}.json")
+            for split in splits]
+
+
+def stage_chains(args):
+    """The steps of `stages`: [first chain (the instruct model), then per seed two chains (SFT → GRPO
+    and I → A → R) that run side by side with --jobs]."""
+    out, grpo_args, sft_args, eval_args = args.out, *map(shlex.split, (args.grpo_args, args.sft_args, args.eval_args))
+    instruct = [Step("instruct", ["pretrain.py", "--instruct"], args.instruct)] if args.instruct == INSTRUCT else []
+    chains = [instruct + score_steps("instruct", args.instruct, os.path.join(out, "instruct"), eval_args, args.splits)]
+    for seed in args.seeds:
+        s = ["--seed", str(seed)]
+
+        def run(name, script, extra):
+            step = training_step(f"{name}-{seed}", script, [*extra, *s, *(grpo_args if script == "grpo.py" else sft_args)],
+                                 os.path.join(out, f"{name}-{seed}"))
+            return [step, *score_steps(step.name, step.output, step.output, eval_args, args.splits)]
+
+        a_start = args.instruct if args.a_start == "instruct" else os.path.join(out, f"I-{seed}")
+        chains.append(run("sft", "sft.py", []) + run("grpo", "grpo.py", ["--model", os.path.join(out, f"sft-{seed}")]))
+        chains.append(run("I", "grpo.py", ["--model", args.instruct])
+                      + run("A", "sft.py", ["--model", a_start, "--cot-from", os.path.join(out, f"I-{seed}"),
+                                            "--cot-select", str(args.cot_select)])
+                      + run("R", "grpo.py", ["--model", os.path.join(out, f"A-{seed}")]))
+    return chains
+
+
+def run_chains(chains, out, jobs, dry_run=False):
+    """Run the first chain, then the others `jobs` at a time, each step's output to OUT/logs/NAME.log,
+    every process on one thread (OMP_NUM_THREADS=1: the numbers do not depend on --jobs). A step whose
+    output is there is skipped. Each step's seconds go to OUT/times.json (kept over reruns); returns
+    that dict. A step that failed stops its chain and every step whose command names its output; the
+    rest run on. Then SystemExit names the log of each step that failed."""
+    logs, seconds, failed, broken, lock = os.path.join(out, "logs"), {}, [], [], threading.Lock()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def say(line):
+        with lock:
+            print(line, flush=True)
+
+    def run_chain(chain):
+        for step in chain:
+            needs = [name for name, output in broken if output in step.command]
+            if needs:
+                say(f"{step.name}: not run, it needs {needs[0]}, which failed")
+                return
+            command = step.to_run()
+            shown = "python " + shlex.join(command or step.command)
+            if dry_run or command is None:
+                say(f"{'done ' if command is None else ''}{shown}")
+                continue
+            say(f"[{time.strftime('%H:%M:%S')}] {step.name}: {shown}")
+            start = time.time()
+            with open(os.path.join(logs, f"{step.name}.log"), "a") as log:
+                log.write(f"$ {shown}\n")
+                log.flush()
+                done = subprocess.run([sys.executable, *command], stdout=log, stderr=subprocess.STDOUT, env=env)
+            with lock:
+                seconds[step.name] = round(time.time() - start, 1)
+                if done.returncode:
+                    failed.append(f"{step.name} (exit {done.returncode}; see {log.name})")
+                    broken.append((step.name, step.output))
+            if done.returncode:
+                return
+
+    if dry_run:
+        for chain in chains:
+            run_chain(chain)
+        return {}
+    os.makedirs(logs, exist_ok=True)
+    run_chain(chains[0])
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(run_chain, chains[1:]))
+    times_path = os.path.join(out, "times.json")
+    times = {}
+    if os.path.exists(times_path):
+        with open(times_path) as f:
+            times = json.load(f)
+    times.update(seconds)
+    with open(times_path, "w") as f:
+        json.dump(times, f, indent=2)
+    if failed:
+        raise SystemExit("experiments.py: failed: " + "; ".join(failed))
+    return times
+
+
+def summary_of(path):
+    """The phantom summary in evaluate.py's --out JSON (its by_dataset entry, which carries
+    `reasoning`), or None when the file is not there."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        metrics = json.load(f)
+    return metrics.get("by_dataset", {}).get("phantom", metrics)
+
+
+def value(summary, keys):
+    for key in keys:
+        summary = summary.get(key) if isinstance(summary, dict) else None
+    return None if summary is None else 100 * summary
+
+
+def stage_results(out, seeds, splits=SPLITS):
+    """{row: {split: {metric: [value per seed, in %; None where not measured]}}}; the instruct
+    row has one value (no seed)."""
+    results = {}
+    for row, folder in ROWS:
+        paths = [os.path.join(out, "instruct")] if folder is None else [os.path.join(out, folder.format(seed=s)) for s in seeds]
+        results[row] = {split: {title: [value(summary_of(f"{p}.{split}.json"), keys) for p in paths]
+                                for title, keys in METRICS} for split in splits}
+    return results
+
+
+def differences(after, before):
+    """Per seed after − before (a before without seeds, the instruct model, is the same for each)."""
+    before = before * len(after) if len(before) == 1 else before
+    return [None if a is None or b is None else a - b for a, b in zip(after, before)]
+
+
+def stages_markdown(results, seeds, seconds=None):
+    """The stages table as Markdown: per split a table of mean ± std, then the paired differences."""
+    titles = [title for title, _ in METRICS]
+    splits = list(next(iter(results.values())))
+    names = {split: f"{split} split" for split in splits} | {"test": "in-domain (test split)",
+                                                              "ood": "out-of-domain (ood split)"}
+    lines = [f"Phantom, seeds {', '.join(map(str, seeds))}: mean ± sample std (ddof=1) over seeds, in %; "
+             f"{MISSING}: not measured."]
+    for split in splits:
+        lines += ["", f"**{names[split]}**", ""] + markdown_table(
+            ["model", *titles], [[row, *(mean_std_cell(results[row][split][t]) for t in titles)] for row, _ in ROWS])
+    for split in splits:
+        lines += ["", f"**paired differences per seed, {names[split]}**: mean ± sample std (each seed)", ""]
+        lines += markdown_table(["stage − its start", *titles], [
+            [label, *(paired_difference_cell(differences(results[after][split][t], results[before][split][t]))
+                      for t in titles)] for label, after, before in PAIRS])
+    if seconds is not None:
+        lines += ["", f"Wall time of this command: {seconds / 60:.1f} min (steps done before were skipped; "
+                  "times.json has each step's)."]
+    return "\n".join(lines)
+
+
+def stages(args):
+    start, failed = time.time(), None
+    try:
+        times = run_chains(stage_chains(args), args.out, args.jobs, args.dry_run)
+    except SystemExit as error:   # the table of what did finish, then the failure
+        failed = error
+    if args.dry_run:
+        return None
+    seconds = time.time() - start
+    times_path = os.path.join(args.out, "times.json")
+    if failed:
+        with open(times_path) as f:
+            times = json.load(f)
+    results = stage_results(args.out, args.seeds, args.splits)
+    table = stages_markdown(results, args.seeds, seconds) + (f"\n\nIncomplete: {failed}" if failed else "")
+    with open(os.path.join(args.out, "stages.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "stages.json"), "w") as f:
+        json.dump(dict(command=sys.argv, seeds=args.seeds, std="sample std, ddof=1", seconds=round(seconds, 1),
+                       step_seconds=times, results=results,
+                       differences={label: {split: {t: differences(results[a][split][t], results[b][split][t])
+                                                    for t, _ in METRICS} for split in args.splits}
+                                    for label, a, b in PAIRS}), f, indent=2, ensure_ascii=False)
+    print(table)
+    print(f"wrote {args.out}/stages.md, {args.out}/stages.json; total wall time {seconds / 60:.1f} min "
+          f"(--jobs {args.jobs}); the time of each step: {times_path}")
+    if failed:
+        raise failed
+    return results
+
+
+# The ablation: each variant's grpo.py options. The fourth is the default reward with DAPO's dynamic
+# sampling, which neither paper uses; the fifth starts from the augmented SFT (AUGMENTED).
+VARIANTS = {"text": ["--reward", "text"], "text+semantic": ["--reward", "text+semantic"],
+            "text+adaptive": ["--reward", "text+adaptive"],
+            "text+adaptive+dynamic": ["--reward", "text+adaptive", "--dynamic-sampling"],
+            "text+adaptive+augment": ["--reward", "text+adaptive"]}
+AUGMENTED = "augment-sft"
+ABLATION_COLUMNS = (("closed acc", ("closed", "accuracy")), ("open sem", ("open", "semantic")),
+                    ("ROUGE-1", ("open", "rouge1")), ("BLEU-1", ("open", "bleu1")), ("concept", ("open", "concept")),
+                    ("format", ("format",)))
+TRAINING = ("semantic_raw_var", "semantic_var", "total_std_within_group", "equal_total_group_fraction", "draws")
+
+
+def ablation_chains(args):
+    """[the augmentation arm's SFT (and the stage-I model that writes its rationales), then a chain
+    per variant and seed]. The four reward variants run the commands ablation.py ran."""
+    grpo_args, sft_args = shlex.split(args.grpo_args), shlex.split(args.sft_args)
+    first = []
+    if "text+adaptive+augment" in args.variants:
+        writer = args.augment_from
+        if writer is None:   # [reconstructed] ARMed-A's rationales: those of a stage-I model, seed 0
+            writer = os.path.join(args.out, "armed-i")
+            first.append(training_step("armed-i", "grpo.py", ["--model", INSTRUCT, "--seed", "0", *grpo_args], writer))
+        first.append(training_step(AUGMENTED, "sft.py", ["--cot-from", writer, "--cot-augment", "--cot-select",
+                                                         str(args.cot_select), "--seed", "0", *sft_args],
+                                   os.path.join(args.out, AUGMENTED)))
+    chains = [first]
+    for variant in args.variants:
+        start = os.path.join(args.out, AUGMENTED) if variant.endswith("augment") else args.sft
+        for seed in args.seeds:
+            chains.append([training_step(f"{variant}-seed{seed}", "grpo.py", [
+                "--model", start, *VARIANTS[variant], "--seed", str(seed), "--phantom-wording", args.phantom_wording,
+                "--save-every", "0", *grpo_args], os.path.join(args.out, f"{variant}-seed{seed}"))])
+    return chains
+
+
+def held_out(path, saved, records, scorer, args):
+    """The held-out metrics of checkpoint `path`, kept in the file `saved` and read from it later,
+    unless --rescore or it scored another checkpoint or split."""
+    from evaluate import evaluate_model
+    from model import load_model
+    key = dict(model=os.path.abspath(path), split=args.split, phantom_wording=args.phantom_wording)
+    if os.path.exists(saved) and not args.rescore:
+        with open(saved) as f:
+            kept = json.load(f)
+        if kept["scored"] == key:
+            return kept["metrics"]
+    model, processor = load_model(path)
+    metrics, _ = evaluate_model(model, processor, records, scorer, batch_size=64, max_new_tokens=args.max_new_tokens)
+    tmp = f"{saved}.tmp-{os.getpid()}"   # two ablations side by side may score the SFT start at once
+    with open(tmp, "w") as f:
+        json.dump(dict(scored=key, metrics=metrics), f)
+    os.replace(tmp, saved)
+    return metrics
+
+
+def ablation(args):
+    from data import load_dataset
+    from rewards import SemanticScorer
+    if not os.path.isdir(args.sft) and not args.dry_run:
+        raise SystemExit(f"experiments.py ablation: {args.sft} not found: run `python sft.py` first (or pass --sft)")
+    chains = ablation_chains(args)
+    if args.rescore:
+        missing = [step.output for chain in chains[1:] for step in chain if not os.path.isdir(step.output)]
+        if missing:
+            raise SystemExit(f"experiments.py ablation --rescore: {missing[0]} not found: run without --rescore")
+    else:
+        run_chains(chains, args.out, args.jobs, args.dry_run)
+    if args.dry_run:
+        return None
+    records = load_dataset("phantom", args.split, phantom_wording=args.phantom_wording)
+    scorer = SemanticScorer()
+    results = {"sft": {"metrics": [held_out(args.sft, os.path.join(args.out, "sft.heldout.json"), records, scorer, args)]}}
+    if "text+adaptive+augment" in args.variants:   # the augmentation arm's own start
+        augmented = os.path.join(args.out, AUGMENTED)
+        results[AUGMENTED] = {"metrics": [held_out(augmented, augmented + ".heldout.json", records, scorer, args)]}
+    for variant in args.variants:
+        results[variant] = {"metrics": [], "training": []}
+        for seed in args.seeds:
+            out = os.path.join(args.out, f"{variant}-seed{seed}")
+            rows = [json.loads(line) for line in open(out + ".log.jsonl")]
+            results[variant]["training"].append({k: float(np.mean([r[k] for r in rows if k in r]))
+                                                for k in TRAINING if any(k in r for r in rows)})
+            results[variant]["metrics"].append(held_out(out, out + ".heldout.json", records, scorer, args))
+    print(format_ablation(results, args))
+    with open(os.path.join(args.out, "ablation.json"), "w") as f:
+        json.dump(dict(args=vars(args), std="sample std, ddof=1", results=results), f, indent=2)
+    return results
+
+
+def format_ablation(results, args):
+    lines = [f"phantom {args.split} split ({results['sft']['metrics'][0]['n']} records), "
+             f"mean ± sample std (ddof=1) over seeds {args.seeds}; metrics in %",
+             f"{'start / variant':<24}" + "".join(f"{title:>14}" for title, _ in ABLATION_COLUMNS)]
+    for name, result in results.items():
+        lines.append(f"{name:<24}" + "".join(f"{mean_std_cell([value(m, keys) for m in result['metrics']]):>14}"
+                                             for _, keys in ABLATION_COLUMNS))
+    lines.append("\nduring training (mean over steps; semantic variances over open questions)")
+    lines.append(f"{'variant':<24}" + "".join(f"{k:>28}" for k in TRAINING))
+    for name, result in results.items():
+        if "training" in result:   # a GRPO variant, not a start
+            lines.append(f"{name:<24}" + "".join(
+                f"{np.mean([t[k] for t in result['training'] if k in t]):>28.4f}"
+                if any(k in t for t in result["training"]) else f"{'-':>28}" for k in TRAINING))
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    from phantom import WORDINGS
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    commands = p.add_subparsers(dest="experiment", required=True, help="the experiment to run")
+    both = argparse.ArgumentParser(add_help=False)
+    both.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    both.add_argument("--jobs", type=at_least(1), default=1, help="chains of steps run side by side")
+    both.add_argument("--grpo-args", default="", help='options added to every grpo.py step, e.g. "--steps 100"')
+    both.add_argument("--sft-args", default="", help='options added to every sft.py step, e.g. "--steps 200"')
+    both.add_argument("--cot-select", type=at_least(0), default=512,
+                      help="[reconstructed] ARMed-A: rationales kept by k-means (sft.py --cot-select; "
+                      "the paper gives no number, the README's three-stage commands use 512)")
+    both.add_argument("--dry-run", action="store_true", help="print the commands (done ones marked), run nothing")
+    s = commands.add_parser("stages", parents=[both], formatter_class=HelpFormatter,
+                            help="SFT, SFT → GRPO, instruct, I, I → A, I → A → R; in- and out-of-domain")
+    s.add_argument("--out", default="runs/stages", help="folder of the checkpoints, scores, logs and the table")
+    s.add_argument("--instruct", default=INSTRUCT, help="the instruct model stage I starts from "
+                   f"({INSTRUCT} is built by `python pretrain.py --instruct` when missing)")
+    s.add_argument("--a-start", choices=("instruct", "I"), default="instruct",
+                   help="[reconstructed] the checkpoint stage A fine-tunes on stage I's rationales: the instruct "
+                   "model (as the README's three-stage commands) or the stage-I model itself")
+    s.add_argument("--eval-args", default="", help="options added to every evaluate.py step")
+    s.add_argument("--splits", nargs="+", default=list(SPLITS),
+                   help="phantom splits each checkpoint is scored on: in-domain test, out-of-domain ood")
+    a = commands.add_parser("ablation", parents=[both], formatter_class=HelpFormatter,
+                            help="GRPO with each reward from one SFT start, and the augmentation arm (Figure 5)")
+    a.add_argument("--out", default="runs/ablation", help="folder of the checkpoints, logs and ablation.json")
+    a.add_argument("--sft", default="runs/sft", help="SFT checkpoint every reward variant starts from")
+    a.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="rewards (dynamic sampling, the augmented SFT start) to compare")
+    a.add_argument("--augment-from", default=None,
+                   help="[reconstructed] checkpoint that writes the added rationales (default: a stage-I model, "
+                   "GRPO from the instruct model, seed 0, trained under --out)")
+    a.add_argument("--split", default="test", help="held-out phantom split to score")
+    a.add_argument("--phantom-wording", default="random", choices=WORDINGS,
+                   help="[reconstructed] how phantom open answers are worded (phantom.WORDINGS)")
+    a.add_argument("--max-new-tokens", type=int, default=96, help="generation length at evaluation")
+    a.add_argument("--rescore", action="store_true",
+                   help="do not train: score again the checkpoints a previous run left under --out")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return stages(args) if args.experiment == "stages" else ablation(args)
+
+
+if __name__ == "__main__":
+    run_script(main)
