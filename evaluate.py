@@ -3,6 +3,8 @@
     python evaluate.py --predictions preds.jsonl --out metrics.json
     python evaluate.py --model runs/grpo [--dataset phantom --split test] --out metrics.json
     python evaluate.py --model runs/sft --blank-images      # question-only baseline: does the image matter?
+    python evaluate.py --model runs/sft --split ood         # the phantom's out-of-domain split (another scanner)
+    python evaluate.py --model runs/sft --pass-at 8         # + pass@8 against greedy, on 300 questions
     python evaluate.py --model runs/sft --report sft.html   # every answer with its scan, in a browser
     python evaluate.py --model runs/sft runs/grpo --dataset vqa_rad slake \\
         --data-root data/vqa_rad data/slake --csv table.csv --markdown table.md   # ARMed's table shape
@@ -16,7 +18,7 @@ Each line of preds.jsonl is one JSON object:
 
     {"question": "Is there a fracture?", "answer": "no", "prediction": "<think>...</think><answer>No</answer>",
      "answer_type": "closed", "dataset": "vqa_rad", "id": "17", "category": "PRES",
-     "image": "data/vqa_rad/images/synpic1.jpg"}        # dataset, id, category and image optional
+     "image": "data/vqa_rad/images/synpic1.jpg", "cot": "..."}   # dataset, id, category, image, cot optional
 
 The answer is read from <answer>...</answer>, or is the whole prediction when the tags are missing.
 Open questions: BLEU-1, ROUGE-1 F1, BERTScore F1 (BERTScorer below, the bert-score package's F1
@@ -30,6 +32,13 @@ alternate between them, so BLEU/ROUGE partly measure which wording a model happe
 `concept` measures whether the answer is right; with --phantom-wording question the question's
 phrasing picks the wording (phantom.WORDINGS). Score a checkpoint with the wording it trained on.
 
+`reasoning`, on the phantom only, is no training reward (unlike semantic, the semantic reward's
+cosine, and ROUGE-1, half of the textual reward): the <think> is read as a caption (the reference
+rationale `cot` starts with the image's, which gives the true facts) and `fact_accuracy` is the share
+of its stated facts that are true, `consistency` the share of answers that its OWN stated facts imply
+(reasoning_scores). `--pass-at K`: K answers per question sampled at temperature 0.7 (GRPO's),
+the share of questions with at least one right (closed: accuracy; open: concept) against greedy.
+
 Categories (category_parts): the dataset's own field (VQA-RAD question_type, SLAKE content_type,
 the phantom's question kind) folded: capitals ("Other" = "OTHER", "Modality" = "MODALITY"), known
 typos corrected (VQA-RAD's ATRIB = ATTRIB, PRSE = PRES), and a combined value ("POS, PRES") counted
@@ -40,8 +49,10 @@ The JSON written by --out holds fractions in [0, 1] (null where a group has no q
 
     {"n": 2, "open": {"n", "bleu1", "rouge1", "bertscore", "recall", "semantic", "concept"},
      "closed": {"n", "accuracy"}, "format": 0.5,
+     "reasoning": {"n", "stated", "facts", "fact_accuracy", "consistency"},   # phantom rows only
      "by_dataset": {"vqa_rad": {same shape without by_dataset,
-                                "by_category": {"PRES": {same shape}, ...}}}}
+                                "by_category": {"PRES": {same shape}, ...},
+                                "pass_at_k": {"k", "closed", "open_concept", "greedy_closed", ...}}}}
 
 and with several models {"by_model": {"runs/sft": {the shape above}, ...}}.
 """
@@ -392,15 +403,16 @@ def answer_records(model, processor, records, batch_size=32, max_new_tokens=128,
 
 
 def pass_at_k(model, processor, records, k, greedy_rows=None, batch_size=32, max_new_tokens=128, rt=None,
-              temperature=0.7, seed=0):
+              temperature=0.7, seed=0, blank_images=False):
     """pass@k (arXiv 2603.01301): k completions per record sampled at `temperature` (GRPO's
     sampling temperature), against the greedy answers (`greedy_rows`, answer_records' rows of the
-    same records, or answered here). A right answer is score_rows' `right` (closed: accuracy; open,
+    same records, or answered here); `blank_images` as answer_records. A right answer is score_rows' `right` (closed: accuracy; open,
     phantom: concept; open, elsewhere: exact match). Returns pass_at_k_summary's dict."""
     import torch
-    greedy_rows = greedy_rows or answer_records(model, processor, records, batch_size, max_new_tokens, rt=rt)
+    greedy_rows = greedy_rows or answer_records(model, processor, records, batch_size, max_new_tokens,
+                                                blank_images, rt)
     torch.manual_seed(seed)
-    sampled = answer_records(model, processor, records, batch_size, max_new_tokens, rt=rt, samples=k,
+    sampled = answer_records(model, processor, records, batch_size, max_new_tokens, blank_images, rt, samples=k,
                              temperature=temperature)
     is_open = np.array([r.answer_type == "open" for r in records], dtype=bool)
     return pass_at_k_summary(is_open, answer_scores(greedy_rows)["right"],
@@ -576,7 +588,7 @@ def answer_with_models(args):
                 n = min(args.pass_size, len(questions))
                 passes.setdefault(name, {})[dataset] = pass_at_k(
                     model, processor, questions[:n], args.pass_at, rows[:n], args.batch_size, args.max_new_tokens,
-                    rt, args.pass_temperature)
+                    rt, args.pass_temperature, blank_images=args.blank_images)
             records.update(((r.dataset, r.id), r) for r in questions)
         del model
     rt.close()

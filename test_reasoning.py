@@ -105,7 +105,8 @@ def test_pass_at_k_with_stubbed_samples(monkeypatch):
     records = phantom.phantom_dataset("test", size=6)
     calls = []
 
-    def answer_records(model, processor, chosen, batch_size, max_new_tokens, rt=None, samples=0, temperature=0.7):
+    def answer_records(model, processor, chosen, batch_size, max_new_tokens, blank_images, rt, samples=0,
+                       temperature=0.7):
         calls.append((samples, temperature))  # record i's sample j is right where i + j is a multiple of 3
         return [evaluate.prediction_row(r, f"<answer>{r.answer if (i + j) % 3 == 0 else 'wrong'}</answer>")
                 for i, r in enumerate(chosen) for j in range(max(samples, 1))]
