@@ -225,11 +225,10 @@ def phantom_caption(scene: PhantomScene, size: int) -> str:
     """Everything visible, in one fixed form (the base model's pretraining text, and the start of
     every rationale): "CT of the chest. Two nodules: left upper, right lower." Quadrants are the
     patient's sides, in QUADRANTS order."""
-    n = len(scene.lesions)
+    n, where = len(scene.lesions), scene_facts(scene, size)["quadrants"]
     if n == 0:
         lesions = "No lesion."
     else:
-        where = sorted((_quadrant(x, y, size) for x, y, _ in scene.lesions), key=QUADRANTS.index)
         lesions = f"{NUMBER_WORDS[n]} {scene.kind if n == 1 else PLURAL[scene.kind]}: {', '.join(where)}."
     return f"{MODALITY_WORDS[scene.modality]} of the {scene.region}. {lesions}"
 
@@ -265,6 +264,17 @@ def scene_facts(scene: PhantomScene, size: int) -> dict:
                 kind=scene.kind if scene.lesions else None, quadrants=quadrants)
 
 
+def lesions_by_side(quadrants) -> dict[str, int]:
+    """How many of the quadrants lie on each of the patient's sides: {"left": 1, "right": 0}."""
+    return {side: sum(q.startswith(side) for q in quadrants) for side in ("left", "right")}
+
+
+_LESION_NUMBERS = {_lesions(k): k for k in (1, 2)}  # the thresholds' wordings -> k
+_NAMED_MODALITY = {named: modality for modality, named in NAMED.items()}
+_ORGAN_SIDES = dict(ORGAN_SIDE.values())  # "heart" -> "left"
+_SINGULAR = {plural: kind for kind, plural in PLURAL.items()}
+
+
 def implied_answer(kind: str, phrasing: int, values: dict, facts: dict) -> str | None:
     """The answer to a question of `kind` (CLOSED_QUESTIONS, OPEN_QUESTIONS), asked in its
     `phrasing`-th phrasing filled with `values`, about an image with `facts` (scene_facts,
@@ -276,8 +286,7 @@ def implied_answer(kind: str, phrasing: int, values: dict, facts: dict) -> str |
         implied_answer("side", 1, {"side": "left"}, dict(count=1, quadrants=("left upper",), ...))
         -> "no"   (asked: "Is the patient's left side free of lesions?")
     """
-    n, seen = facts["count"], facts["kind"]
-    on = {side: sum(q.startswith(side) for q in facts["quadrants"]) for side in ("left", "right")}
+    n, seen, on = facts["count"], facts["kind"], lesions_by_side(facts["quadrants"])
 
     def yes(true):  # the second phrasing of a closed kind is the negated one
         return "yes" if true != bool(phrasing) else "no"
@@ -302,12 +311,6 @@ def implied_answer(kind: str, phrasing: int, values: dict, facts: dict) -> str |
     if kind == "organ_count":
         return str(on[_ORGAN_SIDES[values["organ"]]])
     raise ValueError(f"phantom.py: unknown question kind {kind!r}")
-
-
-_LESION_NUMBERS = {_lesions(k): k for k in (1, 2)}  # the thresholds' wordings -> k
-_NAMED_MODALITY = {named: modality for modality, named in NAMED.items()}
-_ORGAN_SIDES = dict(ORGAN_SIDE.values())  # "heart" -> "left"
-_SINGULAR = {plural: kind for kind, plural in PLURAL.items()}
 
 
 def _template_pattern(template: str) -> re.Pattern:
@@ -354,8 +357,7 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
 
     facts = scene_facts(scene, size)
     n, modality, region, kind = len(scene.lesions), scene.modality, scene.region, scene.kind
-    quadrants = [_quadrant(x, y, size) for x, y, _ in scene.lesions]
-    on = {side: sum(q.startswith(side) for q in quadrants) for side in ("left", "right")}
+    quadrants, on = facts["quadrants"], lesions_by_side(facts["quadrants"])
     there = f"there {'is' if n == 1 else 'are'} {_lesions(n)}"
     closed = []
 
