@@ -31,10 +31,12 @@ PHANTOM_SPLITS = (*SPLITS, "ood")
 # never a VQA split's; "ood" the out-of-domain test images, never trained on.
 STREAMS = {"train": 0, "val": 1, "test": 2, "base": 3, "ood": 4}
 # The "ood" split's rendering shift, "another scanner": the same scenes and questions, but every
-# grey level through a gamma curve (mid-greys darker, so lower contrast among soft tissues),
-# stronger noise (standard deviation in grey levels) and a slight extra blur (pixels).
-# [reconstructed] phantom data design choice, tuned so lesions stay visible (data.py --split ood --grid).
-OOD_SCANNER = dict(gamma=1.6, noise=12.0, blur=0.8)
+# grey level through a gamma curve (mid-greys brighter, bright tissue less contrasted), added noise
+# (standard deviation in grey levels) and a slight extra blur (pixels). [reconstructed] phantom data
+# design choice, tuned on an SFT checkpoint so that the shift costs points but leaves the modality
+# readable (gamma 1.4 or 0.7 already made it misread X-ray, CT and ultrasound as MRI, from grey
+# levels) and lesions visible (data.py --split ood --grid).
+OOD_SCANNER = dict(gamma=0.9, noise=6.0, blur=0.9)
 
 # Each concept has two wordings; WORDINGS (below) says which one a reference answer uses. The pairs
 # of counts are paraphrases a sentence encoder places close together (cos("two lesions", "a pair
@@ -413,14 +415,13 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
     return closed + open_
 
 
-def other_scanner(image: Image.Image, rng: np.random.Generator, gamma: float = OOD_SCANNER["gamma"],
-                  noise: float = OOD_SCANNER["noise"], blur: float = OOD_SCANNER["blur"]) -> Image.Image:
+def other_scanner(image: Image.Image, rng: np.random.Generator, scanner: dict = OOD_SCANNER) -> Image.Image:
     """The "ood" split's rendering shift: an image as another scanner would show it (OOD_SCANNER),
     grey levels g -> 255 (g / 255) ** gamma, plus Gaussian noise, then a Gaussian blur."""
     grey = np.asarray(image.convert("L"), np.float32)
-    grey = 255 * (grey / 255) ** gamma + rng.normal(0, noise, grey.shape)
+    grey = 255 * (grey / 255) ** scanner["gamma"] + rng.normal(0, scanner["noise"], grey.shape)
     shifted = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8))
-    return shifted.filter(ImageFilter.GaussianBlur(blur)).convert("RGB")
+    return shifted.filter(ImageFilter.GaussianBlur(scanner["blur"])).convert("RGB")
 
 
 def _phrasings(answer: str) -> tuple[str, str]:
@@ -469,8 +470,8 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
     tokens.
 
     "ood" is an out-of-domain test split (never trained on): the same scenes and questions, from
-    another scanner, a rendering shift: a gamma curve that darkens the mid-greys (lower contrast),
-    stronger noise and a slight blur (other_scanner, OOD_SCANNER), on images of its own stream.
+    another scanner, a rendering shift: a gamma curve that brightens the mid-greys (lower contrast),
+    added noise and a slight blur (other_scanner, OOD_SCANNER), on images of its own stream.
 
     Each concept has two wordings ("two lesions" / "a pair of lesions"). With `wording="question"`
     (the default) the question's phrasing decides which one the reference uses (see WORDINGS).

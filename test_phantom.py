@@ -253,16 +253,16 @@ def test_ood_split_is_another_scanner_on_images_of_its_own():
     assert texts(ood[:40]) == texts(phantom.phantom_dataset("ood", size=40))  # deterministic, a prefix
     splits = {split: set(image_bytes(phantom.phantom_dataset(split, size=150))) for split in phantom.PHANTOM_SPLITS}
     assert all(not splits["ood"] & splits[split] for split in phantom.SPLITS)
-    # the shift alone, on test images: mid-greys darker (gamma 1.6), bright lesions still far brighter
+    # the shift alone, on test images: mid-greys brighter (gamma 0.9: 128 -> 137), noisier, bright
+    # lesions still far brighter than soft tissue
     for record in phantom.phantom_dataset("test", size=20)[::4]:
         plain = np.asarray(record.image, np.float32)[..., 0]
         shifted = np.asarray(phantom.other_scanner(record.image, np.random.default_rng(0)), np.float32)[..., 0]
-        mid = (plain > 60) & (plain < 190)
-        assert (shifted[mid] < plain[mid]).mean() > 0.8, record.id
-        assert np.abs(shifted - plain).mean() > 10, record.id  # visible
+        mid = (plain > 90) & (plain < 170)
+        assert 5 < (shifted[mid] - plain[mid]).mean() < 15, record.id
         lesion = plain > 220
         if lesion.sum() > 30:
-            assert shifted[lesion].mean() > shifted[mid].mean() + 60, record.id
+            assert shifted[lesion].mean() > shifted[mid].mean() + 50, record.id
     with pytest.raises(DataError, match="unknown split 'oodd'.*ood"):
         phantom.phantom_dataset("oodd")
     with pytest.raises(DataError, match="unknown split 'ood'"):
