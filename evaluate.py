@@ -406,8 +406,9 @@ def pass_at_k(model, processor, records, k, greedy_rows=None, batch_size=32, max
               temperature=0.7, seed=0, blank_images=False):
     """pass@k (arXiv 2603.01301): k completions per record sampled at `temperature` (GRPO's
     sampling temperature), against the greedy answers (`greedy_rows`, answer_records' rows of the
-    same records, or answered here); `blank_images` as answer_records. A right answer is score_rows' `right` (closed: accuracy; open,
-    phantom: concept; open, elsewhere: exact match). Returns pass_at_k_summary's dict."""
+    same records, or answered here); `blank_images` as answer_records. A right answer is
+    score_rows' `right` (closed: accuracy; open, phantom: concept; open, elsewhere: exact match).
+    Returns pass_at_k_summary's dict."""
     import torch
     greedy_rows = greedy_rows or answer_records(model, processor, records, batch_size, max_new_tokens,
                                                 blank_images, rt)
@@ -458,7 +459,9 @@ def format_pass_at_k(dataset, passed):
     """One line of pass@k against the greedy and one-sample accuracies, in percent."""
     def cells(key):
         values = [passed[name] for name in (key, f"sampled_{key}", f"greedy_{key}")]
-        return "-" if values[0] is None else "{:.1f} (one sample {:.1f}, greedy {:.1f})".format(*(100 * v for v in values))
+        if values[0] is None:
+            return "-"
+        return "{:.1f} (one sample {:.1f}, greedy {:.1f})".format(*(100 * v for v in values))
     return (f"pass@{passed['k']} on {dataset} ({passed['n']} questions): closed {cells('closed')}; "
             f"open concept {cells('open_concept')}")
 

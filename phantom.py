@@ -370,7 +370,8 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
     k = int(rng.integers(1, 3))
     threshold = _lesions(k)
     phrasing = rng.integers(2)
-    closed.append(ask_closed("threshold", phrasing, f"Asked: {'at most' if phrasing else 'more than'} {threshold}; {there}.",
+    closed.append(ask_closed("threshold", phrasing,
+                             f"Asked: {'at most' if phrasing else 'more than'} {threshold}; {there}.",
                              verb="Is" if k == 1 else "Are", k=threshold))
     asked_modality, asked_region = modality, region
     if rng.random() < 0.5:   # a false pair: the modality, the region, or both differ

@@ -71,7 +71,8 @@ def test_facts_and_implied_answers_by_hand():
     assert phantom.parse_question("count", "Is the patient's left side free of lesions?") is None
     two_left = dict(modality="ct", region="chest", count=2, kind="mass", quadrants=("left upper", "left lower"))
     for kind, question, answer in [
-            ("threshold", "Are there more than two lesions?", "no"), ("threshold", "Is there at most one lesion?", "no"),
+            ("threshold", "Are there more than two lesions?", "no"),
+            ("threshold", "Is there at most one lesion?", "no"),
             ("organ_side", "Is the lesion on the side opposite the heart?", "yes"),  # two on the heart's side, not one
             ("kind", "Is the scan free of masses?", "no"), ("kind", "Is there a nodule?", "no"),
             ("finding", "What does the scan show?", "masses"),
@@ -124,7 +125,8 @@ def test_pass_at_k_on_the_tiny_model(tmp_path, fixed_scorers, capsys):
     model, processor = load_model("tiny", device="cpu", seed=0)
     save_checkpoint(model, processor, str(tmp_path / "tiny"))
     out = evaluate.main(["--model", str(tmp_path / "tiny"), "--split", "ood", "--limit", "5", "--pass-at", "4",
-                         "--pass-size", "3", "--max-new-tokens", "4", "--batch-size", "2", "--out", str(tmp_path / "m.json")])
+                         "--pass-size", "3", "--max-new-tokens", "4", "--batch-size", "2",
+                         "--out", str(tmp_path / "m.json")])
     passed = out["by_dataset"]["phantom"]["pass_at_k"]
     assert passed["k"] == 4 and passed["n"] == 3 and passed["closed_n"] + passed["open_n"] == 3
     rows = evaluate.read_predictions(str(tmp_path / "m.predictions.jsonl"))

@@ -126,7 +126,8 @@ def report(tmp_path, fixed_scorers):
         with open(tmp_path / f"{name}.jsonl", "w") as file:
             for i, r in enumerate(records):
                 think = r.cot if name == "a" and right(i) else "I look at the scan."
-                file.write(json.dumps(evaluate.prediction_row(r, completion(r.answer if right(i) else "zzz", think))) + "\n")
+                row = evaluate.prediction_row(r, completion(r.answer if right(i) else "zzz", think))
+                file.write(json.dumps(row) + "\n")
     path = tmp_path / "report.html"
     evaluate.main(["--predictions", str(tmp_path / "a.jsonl"), "--compare", str(tmp_path / "b.jsonl"),
                    "--report", str(path), "--limit", "30", "--report-page-size", "20"])
