@@ -58,7 +58,7 @@ import numpy as np
 from PIL import Image
 
 from images import image_problem, open_image, to_8bit, unreadable
-from phantom import PHANTOM_SIZES, WORDINGS, phantom_dataset
+from phantom import PHANTOM_SIZES, PHANTOM_SPLITS, WORDINGS, phantom_dataset
 from records import SPLITS, DataError, VQARecord, run_script  # the record type, shared with phantom.py
 
 DATASETS = ("phantom", "vqa_rad", "slake", "pathvqa", "pmc_vqa", "json", "hf")
@@ -539,7 +539,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=main.__doc__)
     add_data_args(parser)
     parser.set_defaults(check_images=True)  # a bad image stops here, or is skipped and counted (--skip-bad)
-    parser.add_argument("--split", default="train", choices=SPLITS, help="which split to check")
+    parser.add_argument("--split", default="train", choices=PHANTOM_SPLITS,
+                        help="which split to check (ood: the phantom's only)")
     parser.add_argument("--grid", default=None, help="also save its first 16 images as one PNG")
     args = parser.parse_args(argv)
     grid, shown = Image.new("RGB", (448, 448)), set()

@@ -3,6 +3,8 @@
     python evaluate.py --predictions preds.jsonl --out metrics.json
     python evaluate.py --model runs/grpo [--dataset phantom --split test] --out metrics.json
     python evaluate.py --model runs/sft --blank-images      # question-only baseline: does the image matter?
+    python evaluate.py --model runs/sft --split ood         # the phantom's out-of-domain split (another scanner)
+    python evaluate.py --model runs/sft --pass-at 8         # + pass@8 against greedy, on 300 questions
     python evaluate.py --model runs/sft --report sft.html   # every answer with its scan, in a browser
     python evaluate.py --model runs/sft runs/grpo --dataset vqa_rad slake \\
         --data-root data/vqa_rad data/slake --csv table.csv --markdown table.md   # ARMed's table shape
@@ -16,7 +18,7 @@ Each line of preds.jsonl is one JSON object:
 
     {"question": "Is there a fracture?", "answer": "no", "prediction": "<think>...</think><answer>No</answer>",
      "answer_type": "closed", "dataset": "vqa_rad", "id": "17", "category": "PRES",
-     "image": "data/vqa_rad/images/synpic1.jpg"}        # dataset, id, category and image optional
+     "image": "data/vqa_rad/images/synpic1.jpg", "cot": "..."}   # dataset, id, category, image, cot optional
 
 The answer is read from <answer>...</answer>, or is the whole prediction when the tags are missing.
 Open questions: BLEU-1, ROUGE-1 F1, BERTScore F1 (BERTScorer below, the bert-score package's F1
@@ -30,6 +32,13 @@ alternate between them, so BLEU/ROUGE partly measure which wording a model happe
 `concept` measures whether the answer is right; with --phantom-wording question the question's
 phrasing picks the wording (phantom.WORDINGS). Score a checkpoint with the wording it trained on.
 
+`reasoning`, on the phantom only, is no training reward (unlike semantic, the semantic reward's
+cosine, and ROUGE-1, half of the textual reward): the <think> is read as a caption (the reference
+rationale `cot` starts with the image's, which gives the true facts) and `fact_accuracy` is the share
+of its stated facts that are true, `consistency` the share of answers that its OWN stated facts imply
+(reasoning_scores). `--pass-at K`: K answers per question sampled at temperature 0.7 (GRPO's),
+the share of questions with at least one right (closed: accuracy; open: concept) against greedy.
+
 Categories (category_parts): the dataset's own field (VQA-RAD question_type, SLAKE content_type,
 the phantom's question kind) folded: capitals ("Other" = "OTHER", "Modality" = "MODALITY"), known
 typos corrected (VQA-RAD's ATRIB = ATTRIB, PRSE = PRES), and a combined value ("POS, PRES") counted
@@ -40,8 +49,10 @@ The JSON written by --out holds fractions in [0, 1] (null where a group has no q
 
     {"n": 2, "open": {"n", "bleu1", "rouge1", "bertscore", "recall", "semantic", "concept"},
      "closed": {"n", "accuracy"}, "format": 0.5,
+     "reasoning": {"n", "stated", "facts", "fact_accuracy", "consistency"},   # phantom rows only
      "by_dataset": {"vqa_rad": {same shape without by_dataset,
-                                "by_category": {"PRES": {same shape}, ...}}}}
+                                "by_category": {"PRES": {same shape}, ...},
+                                "pass_at_k": {"k", "closed", "open_concept", "greedy_closed", ...}}}}
 
 and with several models {"by_model": {"runs/sft": {the shape above}, ...}}.
 """
@@ -55,14 +66,16 @@ from PIL import Image
 
 from data import add_data_args
 from distributed import Runtime, add_runtime_args
-from phantom import SYNONYMS
+from phantom import SYNONYMS, fact_truths, implied_answer, parse_caption, parse_question
 from records import run_script
 from rewards import (ANSWER_TYPES, SemanticScorer, as_text, bleu1, exact_match, extract_answer, format_reward,
-                     normalize, rouge1_f1, token_recall)
+                     normalize, rouge1_f1, think_text, token_recall)
 from tables import format_paper_table, format_table, metric_tables, write_paper_table
 
 REQUIRED_FIELDS = ("question", "answer", "prediction", "answer_type")
-OPTIONAL_FIELDS = ("dataset", "id", "category", "image")  # text, or absent (category and image may be null)
+# text, or absent (category, image and cot may be null); cot: the reference rationale (the phantom's
+# starts with the image's caption, from which `reasoning` reads the image's facts)
+OPTIONAL_FIELDS = ("dataset", "id", "category", "image", "cot")
 OPEN_METRICS = {"bleu1": bleu1, "rouge1": rouge1_f1, "recall": token_recall}  # + model-based, batched
 
 
@@ -72,7 +85,7 @@ class PredictionsError(ValueError):
 
 def read_predictions(path):
     """Rows of a JSONL predictions file, checked: [{id, question, answer, prediction, answer_type,
-    dataset, category, line[, image]}], answer_type lowercased ("OPEN" -> "open"), dataset "unknown"
+    dataset, category, line[, image][, cot]}], answer_type lowercased ("OPEN" -> "open"), dataset "unknown"
     and category None when absent."""
     rows = []
     with open(path, "rb") as file:
@@ -96,7 +109,7 @@ def read_predictions(path):
             if isinstance(record.get("id"), int):
                 record["id"] = str(record["id"])
             for field in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS):
-                nullable = field in ("category", "image") and record.get(field) is None
+                nullable = field in ("category", "image", "cot") and record.get(field) is None
                 if field in record and not nullable and not isinstance(record[field], str):
                     raise PredictionsError(f"{where}: field '{field}' must be a string, "
                                            f"got {type(record[field]).__name__}")
@@ -108,7 +121,7 @@ def read_predictions(path):
                          "answer": record["answer"], "prediction": record["prediction"],
                          "answer_type": answer_type, "dataset": record.get("dataset") or "unknown",
                          "category": record.get("category") or None, "line": line_number}
-                        | ({"image": record["image"]} if record.get("image") else {}))
+                        | {field: record[field] for field in ("image", "cot") if record.get(field)})
     if not rows:
         raise PredictionsError(f"{path}: no predictions in the file")
     return rows
@@ -204,6 +217,21 @@ def score_rows(rows, scorer=None, bertscorer=None):
     """
     answers = [extract_answer(row["prediction"]) for row in rows]
     is_open = np.array([row["answer_type"] == "open" for row in rows], dtype=bool)
+    per_row = answer_scores(rows, answers) | reasoning_scores(rows, answers)
+    per_row["semantic"], per_row["bertscore"] = np.zeros(len(rows)), np.zeros(len(rows))
+    if is_open.any():
+        open_answers = [a for a, o in zip(answers, is_open) if o]
+        open_references = [row["answer"] for row, o in zip(rows, is_open) if o]
+        per_row["semantic"][is_open] = (scorer or SemanticScorer()).score(open_answers, open_references)
+        per_row["bertscore"][is_open] = (bertscorer or BERTScorer()).score(open_answers, open_references)
+    return per_row
+
+
+def answer_scores(rows, answers=None):
+    """score_rows' metrics that need no encoder: {format, accuracy, bleu1, rouge1, recall, concept,
+    right: (N,) array}; `answers` as extract_answer reads them from the rows' predictions."""
+    answers = [extract_answer(row["prediction"]) for row in rows] if answers is None else answers
+    is_open = np.array([row["answer_type"] == "open" for row in rows], dtype=bool)
     per_row = {"format": np.array([format_reward(row["prediction"]) for row in rows]),
                "accuracy": np.array([exact_match(a, row["answer"]) for a, row in zip(answers, rows)])}
     for name, metric in OPEN_METRICS.items():
@@ -213,12 +241,43 @@ def score_rows(rows, scorer=None, bertscorer=None):
     per_row["concept"] = np.array([_same_concept(a, row["answer"]) if o and p else 0.0
                                    for a, row, o, p in zip(answers, rows, is_open, is_phantom)])
     per_row["right"] = np.where(is_open & is_phantom, per_row["concept"], per_row["accuracy"])
-    per_row["semantic"], per_row["bertscore"] = np.zeros(len(rows)), np.zeros(len(rows))
-    if is_open.any():
-        open_answers = [a for a, o in zip(answers, is_open) if o]
-        open_references = [row["answer"] for row, o in zip(rows, is_open) if o]
-        per_row["semantic"][is_open] = (scorer or SemanticScorer()).score(open_answers, open_references)
-        per_row["bertscore"][is_open] = (bertscorer or BERTScorer()).score(open_answers, open_references)
+    return per_row
+
+
+def reasoning_scores(rows, answers):
+    """The reasoning metric's per-row counts, independent of every reward: on phantom rows with a
+    reference rationale (`cot`, which starts with the image's caption) and a question of a known
+    kind (`category`), `reasoned` is 1. `stated` is 1 where the <think> starts with a readable
+    caption (phantom.parse_caption); its facts (phantom.fact_truths: modality, region, count, kind
+    where lesions are stated, each stated quadrant) are counted in `facts`, the true ones in
+    `true_facts`. `consistent` is 1 where the answer is the one the rationale's OWN stated facts
+    imply for the question (phantom.implied_answer), true or not: closed, the same yes/no; open,
+    the same concept (phantom_concept). A <think> with no readable caption states no facts: 0 in
+    all but `reasoned`.
+
+        think "CT of the chest. Two nodules: left upper, right lower. ..." of an image that is a CT
+        of the chest with one nodule, left upper; question "How many lesions are there?", answer
+        "a pair of lesions" -> facts 6 (modality, region, count, kind, 2 quadrants), true_facts 4
+        (the count and "right lower" are false), consistent 1 (two stated, two answered).
+    """
+    names = ("reasoned", "stated", "facts", "true_facts", "consistent")
+    per_row = {name: np.zeros(len(rows)) for name in names}
+    for i, (row, answer) in enumerate(zip(rows, answers)):
+        truth = parse_caption(row.get("cot") or "") if row["dataset"] == "phantom" else None
+        kind = (row.get("category") or "").lower()
+        asked = parse_question(kind, row["question"])
+        if truth is None or asked is None:
+            continue
+        per_row["reasoned"][i] = 1
+        stated = parse_caption(think_text(row["prediction"]))
+        if stated is None:
+            continue
+        truths = fact_truths(stated, truth)
+        implied = implied_answer(kind, *asked, stated)
+        per_row["stated"][i], per_row["facts"][i], per_row["true_facts"][i] = 1, len(truths), sum(truths)
+        if implied is not None:
+            per_row["consistent"][i] = (exact_match(answer, implied) if row["answer_type"] == "closed"
+                                        else float(phantom_concept(answer) == implied))
     return per_row
 
 
@@ -251,7 +310,7 @@ def summarize(rows, per_row, combined="split"):
                      "concept": _mean(per_row["concept"], open_rows & is_phantom)},
             "closed": {"n": int(closed_rows.sum()), "accuracy": _mean(per_row["accuracy"], closed_rows)},
             "format": _mean(per_row["format"], selected),
-        }
+        } | reasoning_summary(per_row, selected)
 
     datasets = np.array([row["dataset"] for row in rows])
     parts = [category_parts(row.get("category"), combined) for row in rows]
@@ -268,6 +327,21 @@ def summarize(rows, per_row, combined="split"):
                 by_category[NO_CATEGORY] = summary(none)
             metrics["by_dataset"][name]["by_category"] = by_category
     return metrics
+
+
+def reasoning_summary(per_row, selected):
+    """{"reasoning": {n, stated, facts, fact_accuracy, consistency}} over the selected rows that
+    reasoning_scores scores, or {} where there are none (a dataset other than the phantom):
+    fact_accuracy = true facts / stated facts, pooled over rows; consistency = consistent answers /
+    rows that state facts; stated = rows that state facts / n."""
+    reasoned = selected & (per_row["reasoned"] > 0)
+    if not reasoned.any():
+        return {}
+    stated, facts = reasoned & (per_row["stated"] > 0), per_row["facts"][reasoned].sum()
+    return {"reasoning": {"n": int(reasoned.sum()), "stated": _mean(per_row["stated"], reasoned),
+                          "facts": int(facts),
+                          "fact_accuracy": float(per_row["true_facts"][reasoned].sum() / facts) if facts else None,
+                          "consistency": _mean(per_row["consistent"], stated)}}
 
 
 def score_predictions(rows, scorer=None, bertscorer=None, combined="split"):
@@ -299,11 +373,14 @@ def prediction_row(record, prediction):
     """A predictions-file line for a record and the model's completion."""
     row = dict(id=record.id, dataset=record.dataset, question=record.question, answer=record.answer,
                answer_type=record.answer_type, category=record.category, prediction=prediction)
-    return row | ({"image": record.image} if isinstance(record.image, str) else {})
+    return row | ({"image": record.image} if isinstance(record.image, str) else {}) | (
+        {"cot": record.cot} if record.cot else {})
 
 
-def answer_records(model, processor, records, batch_size=32, max_new_tokens=128, blank_images=False, rt=None):
-    """Greedy answers of `model` to `records`: predictions-file rows (prediction_row), in record order.
+def answer_records(model, processor, records, batch_size=32, max_new_tokens=128, blank_images=False, rt=None,
+                   samples=0, temperature=0.7):
+    """Greedy answers of `model` to `records`: predictions-file rows (prediction_row), in record order;
+    with samples=K, K completions per record sampled at `temperature` (each record's K rows together).
 
     blank_images replaces every image by a black one of the same size: a question-only baseline.
     With a Runtime `rt` of several processes, each answers every world_size-th record and all of
@@ -317,10 +394,48 @@ def answer_records(model, processor, records, batch_size=32, max_new_tokens=128,
         if blank_images:
             images = [Image.new("RGB", im.size) for im in images]
         batch = processor.prompts([r.question for r in chunk], images)
-        out = sample_completions(model, processor, batch, greedy=True, max_new_tokens=max_new_tokens,
-                                 all_done=all_done)
-        return [prediction_row(r, text) for r, text in zip(chunk, out.texts)]
-    return (rt or Runtime()).map_generation(model, answer, records, batch_size)
+        k = max(samples, 1)
+        out = sample_completions(model, processor, batch, num_samples=k, temperature=temperature,
+                                 greedy=not samples, max_new_tokens=max_new_tokens, all_done=all_done)
+        return [[prediction_row(r, text) for text in out.texts[i * k:(i + 1) * k]] for i, r in enumerate(chunk)]
+    per_record = (rt or Runtime()).map_generation(model, answer, records, batch_size)
+    return [row for rows in per_record for row in rows]
+
+
+def pass_at_k(model, processor, records, k, greedy_rows=None, batch_size=32, max_new_tokens=128, rt=None,
+              temperature=0.7, seed=0, blank_images=False):
+    """pass@k (arXiv 2603.01301): k completions per record sampled at `temperature` (GRPO's
+    sampling temperature), against the greedy answers (`greedy_rows`, answer_records' rows of the
+    same records, or answered here); `blank_images` as answer_records. A right answer is
+    score_rows' `right` (closed: accuracy; open, phantom: concept; open, elsewhere: exact match).
+    Returns pass_at_k_summary's dict."""
+    import torch
+    greedy_rows = greedy_rows or answer_records(model, processor, records, batch_size, max_new_tokens,
+                                                blank_images, rt)
+    torch.manual_seed(seed)
+    sampled = answer_records(model, processor, records, batch_size, max_new_tokens, blank_images, rt, samples=k,
+                             temperature=temperature)
+    is_open = np.array([r.answer_type == "open" for r in records], dtype=bool)
+    return pass_at_k_summary(is_open, answer_scores(greedy_rows)["right"],
+                             answer_scores(sampled)["right"].reshape(len(records), k))
+
+
+def pass_at_k_summary(is_open, greedy_right, sampled_right):
+    """{k, closed, open_concept (the share of closed / open questions with at least one right
+    answer among the k samples), sampled_closed, sampled_open_concept (one sample's accuracy: the
+    mean over the samples), greedy_closed, greedy_open_concept, n, closed_n, open_n} from
+    is_open (N,), greedy_right (N,) and sampled_right (N, k), all 0/1:
+
+        is_open [F, F, T], greedy [1, 0, 0], sampled [[1, 0], [0, 1], [0, 0]]
+        -> closed 1.0, sampled_closed 0.5, greedy_closed 0.5, open_concept 0.0, ...
+    """
+    hit = sampled_right.max(1)
+    return {"k": int(sampled_right.shape[1]),
+            "closed": _mean(hit, ~is_open), "open_concept": _mean(hit, is_open),
+            "sampled_closed": _mean(sampled_right.mean(1), ~is_open),
+            "sampled_open_concept": _mean(sampled_right.mean(1), is_open),
+            "greedy_closed": _mean(greedy_right, ~is_open), "greedy_open_concept": _mean(greedy_right, is_open),
+            "n": len(is_open), "closed_n": int((~is_open).sum()), "open_n": int(is_open.sum())}
 
 
 def evaluate_model(model, processor, records, scorer=None, batch_size=32, max_new_tokens=128,
@@ -340,6 +455,17 @@ def validate(model, processor, records, scorer, batch_size, max_new_tokens, rt=N
     return metrics
 
 
+def format_pass_at_k(dataset, passed):
+    """One line of pass@k against the greedy and one-sample accuracies, in percent."""
+    def cells(key):
+        values = [passed[name] for name in (key, f"sampled_{key}", f"greedy_{key}")]
+        if values[0] is None:
+            return "-"
+        return "{:.1f} (one sample {:.1f}, greedy {:.1f})".format(*(100 * v for v in values))
+    return (f"pass@{passed['k']} on {dataset} ({passed['n']} questions): closed {cells('closed')}; "
+            f"open concept {cells('open_concept')}")
+
+
 def parse_args(argv=None):
     from model import add_prompt_limit_arg
     from training import HelpFormatter, at_least
@@ -348,9 +474,16 @@ def parse_args(argv=None):
                         "[, dataset, id, category, image] per line; several: a row each in ARMed's table")
     parser.add_argument("--model", nargs="+", help="instead of --predictions: checkpoints that answer each "
                         "--dataset's --split; several: a row each in ARMed's table")
-    parser.add_argument("--split", default="test", help="with --model: train, val or test")
+    parser.add_argument("--split", default="test", help="with --model: train, val, test, or (phantom) ood, the "
+                        "out-of-domain test split (another scanner: phantom.OOD_SCANNER)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="with --model: generation length")
     parser.add_argument("--max-pixels", type=int, default=None, help="with --model: cap on image pixels")
+    parser.add_argument("--pass-at", type=at_least(1), default=None, metavar="K",
+                        help="with --model: also sample K answers per question of the first --pass-size "
+                        "records and report pass@K (at least one right answer) beside the greedy accuracy")
+    parser.add_argument("--pass-size", type=at_least(1), default=300, help="with --pass-at: how many records")
+    parser.add_argument("--pass-temperature", type=float, default=0.7,
+                        help="with --pass-at: the sampling temperature (grpo.py's default)")
     parser.add_argument("--blank-images", action="store_true",
                         help="with --model: black images instead of the scans (question-only baseline)")
     parser.add_argument("--save-predictions", default=None, help="with one --model and one --dataset: where to "
@@ -399,6 +532,8 @@ def parse_args(argv=None):
                      "written beside each checkpoint")
     if args.report and len(args.model or args.predictions) > 1:
         parser.error("--report shows one --model or --predictions file (a second one: --compare FILE.jsonl)")
+    if args.pass_at and not args.model:
+        parser.error("--pass-at samples answers: it goes with --model")
     if args.compare and not args.report:
         parser.error("--compare goes with --report")
     return args
@@ -423,14 +558,15 @@ def predictions_path(args, model, dataset):
 
 def answer_with_models(args):
     """--model mode: each checkpoint answers each dataset's split, its predictions written
-    (predictions_path). Returns ({model: rows}, {(dataset, id): record}, is_main process): under
-    torchrun the processes share the questions and the main one writes."""
+    (predictions_path). Returns ({model: rows}, {(dataset, id): record}, {model: {dataset: pass_at_k}}
+    (with --pass-at), is_main process): under torchrun the processes share the questions and the
+    main one writes."""
     from data import dataset_from_args
     from distributed import setup
     from model import check_prompt_lengths, load_model
     rt = setup(args.precision, args.device, args.gather_for_generation)
     datasets = {options.dataset: dataset_from_args(options, args.split) for options in dataset_options(args)}
-    answered, records = {}, {}
+    answered, records, passes = {}, {}, {}
     for name in args.model:
         try:
             model, processor = load_model(name, device="cpu", dtype=rt.weight_dtype, max_pixels=args.max_pixels,
@@ -451,16 +587,22 @@ def answer_with_models(args):
             rt.print(f"{name} on {dataset}/{args.split}{' with blank images' if args.blank_images else ''}: "
                      f"{len(rows)} predictions written to {path}")
             answered[name] += rows
+            if args.pass_at:
+                n = min(args.pass_size, len(questions))
+                passes.setdefault(name, {})[dataset] = pass_at_k(
+                    model, processor, questions[:n], args.pass_at, rows[:n], args.batch_size, args.max_new_tokens,
+                    rt, args.pass_temperature, blank_images=args.blank_images)
             records.update(((r.dataset, r.id), r) for r in questions)
         del model
     rt.close()
-    return answered, records, rt.is_main
+    return answered, records, passes, rt.is_main
 
 
 def main(argv=None):
     args = parse_args(argv)
+    passes = {}
     if args.model:
-        answered, records, is_main = answer_with_models(args)
+        answered, records, passes, is_main = answer_with_models(args)
         if not is_main:
             return None
     try:
@@ -481,6 +623,9 @@ def main(argv=None):
         if len(answered) > 1:
             print(f"\n{name}:")
         print(format_table(results[name]))
+        for dataset, passed in passes.get(name, {}).items():
+            results[name]["by_dataset"][dataset]["pass_at_k"] = passed
+            print(format_pass_at_k(dataset, passed))
     if len(results) > 1 or len({name for metrics in results.values() for name in metrics["by_dataset"]}) > 1:
         print(f"\n{format_paper_table(results)}")
     write_paper_table(results, args.csv, args.markdown)

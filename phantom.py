@@ -10,6 +10,7 @@ with nothing downloaded (see phantom_dataset). Not real anatomy or pathology.
 
 import itertools
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,11 +23,20 @@ MODALITIES = ("xray", "ct", "mri", "ultrasound")
 REGIONS = ("head", "chest", "abdomen")
 # P(0..3 lesions): uniform, so that "more than one lesion?" is a coin flip. [reconstructed]
 LESION_COUNT_PROBS = (0.25, 0.25, 0.25, 0.25)
-PHANTOM_SIZES = {"train": 6000, "val": 100, "test": 1500}
+PHANTOM_SIZES = {"train": 6000, "val": 100, "test": 1500, "ood": 500}
+# The phantom's splits: the shared three, then "ood", a test split from another scanner (OOD_SCANNER).
+PHANTOM_SPLITS = (*SPLITS, "ood")
 # Random streams of images: image i of a stream is drawn from numpy's generator seeded with
 # (seed, stream, i). "base" holds the captioned images the base model is pretrained on (pretrain.py),
-# never a VQA split's.
-STREAMS = {"train": 0, "val": 1, "test": 2, "base": 3}
+# never a VQA split's; "ood" the out-of-domain test images, never trained on.
+STREAMS = {"train": 0, "val": 1, "test": 2, "base": 3, "ood": 4}
+# The "ood" split's rendering shift, "another scanner": the same scenes and questions, but every
+# grey level through a gamma curve (mid-greys brighter, bright tissue less contrasted), added noise
+# (standard deviation in grey levels) and a slight extra blur (pixels). [reconstructed] phantom data
+# design choice, tuned on an SFT checkpoint so that the shift costs points but leaves the modality
+# readable (gamma 1.4 or 0.7 already made it misread X-ray, CT and ultrasound as MRI, from grey
+# levels) and lesions visible (data.py --split ood --grid).
+OOD_SCANNER = dict(gamma=0.9, noise=6.0, blur=0.9)
 
 # Each concept has two wordings; WORDINGS (below) says which one a reference answer uses. The pairs
 # of counts are paraphrases a sentence encoder places close together (cos("two lesions", "a pair
@@ -217,11 +227,10 @@ def phantom_caption(scene: PhantomScene, size: int) -> str:
     """Everything visible, in one fixed form (the base model's pretraining text, and the start of
     every rationale): "CT of the chest. Two nodules: left upper, right lower." Quadrants are the
     patient's sides, in QUADRANTS order."""
-    n = len(scene.lesions)
+    n, where = len(scene.lesions), scene_facts(scene, size)["quadrants"]
     if n == 0:
         lesions = "No lesion."
     else:
-        where = sorted((_quadrant(x, y, size) for x, y, _ in scene.lesions), key=QUADRANTS.index)
         lesions = f"{NUMBER_WORDS[n]} {scene.kind if n == 1 else PLURAL[scene.kind]}: {', '.join(where)}."
     return f"{MODALITY_WORDS[scene.modality]} of the {scene.region}. {lesions}"
 
@@ -249,28 +258,121 @@ def parse_caption(text: str) -> dict | None:
     return dict(modality=modality, region=region, count=NUMBER_WORDS.index(words[0]), kind=kind, quadrants=quadrants)
 
 
+def scene_facts(scene: PhantomScene, size: int) -> dict:
+    """What the scene's caption states, as parse_caption reads it: {"modality", "region", "count",
+    "kind" (None without lesions), "quadrants" (a tuple in QUADRANTS order)}."""
+    quadrants = tuple(sorted((_quadrant(x, y, size) for x, y, _ in scene.lesions), key=QUADRANTS.index))
+    return dict(modality=scene.modality, region=scene.region, count=len(scene.lesions),
+                kind=scene.kind if scene.lesions else None, quadrants=quadrants)
+
+
+def lesions_by_side(quadrants) -> dict[str, int]:
+    """How many of the quadrants lie on each of the patient's sides: {"left": 1, "right": 0}."""
+    return {side: sum(q.startswith(side) for q in quadrants) for side in ("left", "right")}
+
+
+_LESION_NUMBERS = {_lesions(k): k for k in (1, 2)}  # the thresholds' wordings -> k
+_NAMED_MODALITY = {named: modality for modality, named in NAMED.items()}
+_ORGAN_SIDES = dict(ORGAN_SIDE.values())  # "heart" -> "left"
+_SINGULAR = {plural: kind for kind, plural in PLURAL.items()}
+
+
+def implied_answer(kind: str, phrasing: int, values: dict, facts: dict) -> str | None:
+    """The answer to a question of `kind` (CLOSED_QUESTIONS, OPEN_QUESTIONS), asked in its
+    `phrasing`-th phrasing filled with `values`, about an image with `facts` (scene_facts,
+    parse_caption): "yes" or "no" for closed kinds, the SYNONYMS concept for open ones ("2",
+    "mass", "normal"); None where the facts name no kind of lesion. The one definition of every
+    answer: _phantom_questions' references, and evaluate.py's consistency (what a rationale's own
+    facts imply).
+
+        implied_answer("side", 1, {"side": "left"}, dict(count=1, quadrants=("left upper",), ...))
+        -> "no"   (asked: "Is the patient's left side free of lesions?")
+    """
+    n, seen, on = facts["count"], facts["kind"], lesions_by_side(facts["quadrants"])
+
+    def yes(true):  # the second phrasing of a closed kind is the negated one
+        return "yes" if true != bool(phrasing) else "no"
+
+    if kind == "threshold":
+        return yes(n > _LESION_NUMBERS[values["k"]])
+    if kind == "scan":
+        return yes((_NAMED_MODALITY[values["named"]], values["region"]) == (facts["modality"], facts["region"]))
+    if kind == "side":
+        return yes(on[values["side"]] > 0)
+    if kind == "organ_side":
+        return yes(on[_ORGAN_SIDES[values["organ"]]] == 1)
+    if kind == "kind":
+        asked = values["kind"] if phrasing == 0 else _SINGULAR[values["kinds"]]
+        return yes(n > 0 and seen == asked)
+    if kind == "finding":
+        return "normal" if n == 0 else None if seen is None else seen if n == 1 else PLURAL[seen]
+    if kind == "count":
+        return str(n)
+    if kind == "side_count":
+        return str(on[values["side"]])
+    if kind == "organ_count":
+        return str(on[_ORGAN_SIDES[values["organ"]]])
+    raise ValueError(f"phantom.py: unknown question kind {kind!r}")
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    """A question template as a regex whose groups are its fields: "{verb} there more than {k}?"."""
+    return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>.+?)", re.escape(template)))
+
+
+QUESTION_PATTERNS = {kind: [_template_pattern(t) for t in templates]
+                     for kind, templates in (*CLOSED_QUESTIONS.items(), *OPEN_QUESTIONS.items())}
+
+
+def parse_question(kind: str, question: str) -> tuple[int, dict] | None:
+    """(phrasing, values) of a phantom question of `kind`, the inverse of filling its template:
+    ("side", "Is the patient's left side free of lesions?") -> (1, {"side": "left"}); None where
+    the question is no phrasing of that kind."""
+    for phrasing, pattern in enumerate(QUESTION_PATTERNS.get(kind, ())):
+        if match := pattern.fullmatch(question):
+            return phrasing, match.groupdict()
+    return None
+
+
+def fact_truths(stated: dict, truth: dict) -> list[bool]:
+    """Whether each fact a caption states (parse_caption) is true of the image (`truth`,
+    scene_facts), one entry per fact: the modality, the region, the count of lesions, their kind
+    (only where lesions are stated), then each stated quadrant (true where the image has a lesion
+    there; one stated twice counts twice). "CT of the chest. Two nodules: left upper, right lower."
+    states 6 facts."""
+    facts = [stated[name] == truth[name] for name in ("modality", "region", "count")]
+    if stated["count"] > 0:
+        facts.append(stated["kind"] is not None and stated["kind"] == truth["kind"])
+    return facts + [q in truth["quadrants"] for q in stated["quadrants"]]
+
+
 def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
                        wording: str = "question") -> list[tuple]:
     """Every (kind, question, answer, answer_type, conclusion) this scene supports, one random
-    phrasing each; `wording` (WORDINGS) words the open answers. The conclusion is the rationale's
-    last sentence: what the question asks beside what the caption says, so that the answer follows
-    from two neighbouring phrases (the step RL refines). [reconstructed] phantom data design choice.
+    phrasing each; `wording` (WORDINGS) words the open answers; implied_answer gives each answer.
+    The conclusion is the rationale's last sentence: what the question asks beside what the caption
+    says, so that the answer follows from two neighbouring phrases (the step RL refines).
+    [reconstructed] phantom data design choice.
     """
     def pick(options):
         return options[rng.integers(len(options))]
 
+    facts = scene_facts(scene, size)
     n, modality, region, kind = len(scene.lesions), scene.modality, scene.region, scene.kind
-    quadrants = [_quadrant(x, y, size) for x, y, _ in scene.lesions]
-    on = {side: sum(q.startswith(side) for q in quadrants) for side in ("left", "right")}
+    quadrants, on = facts["quadrants"], lesions_by_side(facts["quadrants"])
     there = f"there {'is' if n == 1 else 'are'} {_lesions(n)}"
     closed = []
+
+    def ask_closed(kind_, phrasing, conclusion, **values):
+        return (kind_, CLOSED_QUESTIONS[kind_][phrasing].format(**values),
+                implied_answer(kind_, phrasing, values, facts), "closed", conclusion)
 
     k = int(rng.integers(1, 3))
     threshold = _lesions(k)
     phrasing = rng.integers(2)
-    closed.append(("threshold", CLOSED_QUESTIONS["threshold"][phrasing].format(verb="Is" if k == 1 else "Are", k=threshold),
-                   "yes" if (n > k) != bool(phrasing) else "no", "closed",
-                   f"Asked: {'at most' if phrasing else 'more than'} {threshold}; {there}."))
+    closed.append(ask_closed("threshold", phrasing,
+                             f"Asked: {'at most' if phrasing else 'more than'} {threshold}; {there}.",
+                             verb="Is" if k == 1 else "Are", k=threshold))
     asked_modality, asked_region = modality, region
     if rng.random() < 0.5:   # a false pair: the modality, the region, or both differ
         change = rng.integers(3)
@@ -278,44 +380,49 @@ def _phantom_questions(scene: PhantomScene, size: int, rng: np.random.Generator,
             asked_modality = pick([m for m in MODALITIES if m != modality])
         if change != 0:
             asked_region = pick([r for r in REGIONS if r != region])
-    closed.append(("scan", CLOSED_QUESTIONS["scan"][0].format(named=NAMED[asked_modality], region=asked_region),
-                   "yes" if (asked_modality, asked_region) == (modality, region) else "no", "closed",
-                   f"Asked: {NAMED[asked_modality]} of the {asked_region}; it is {NAMED[modality]} of the {region}."))
+    closed.append(ask_closed("scan", 0, f"Asked: {NAMED[asked_modality]} of the {asked_region}; "
+                             f"it is {NAMED[modality]} of the {region}.",
+                             named=NAMED[asked_modality], region=asked_region))
     side = pick(("left", "right"))
     phrasing = rng.integers(2)
-    closed.append(("side", CLOSED_QUESTIONS["side"][phrasing].format(side=side),
-                   "yes" if (on[side] > 0) != bool(phrasing) else "no", "closed",
-                   f"Asked: the {side} side; on the {side}: {_lesions(on[side])}."))
+    closed.append(ask_closed("side", phrasing, f"Asked: the {side} side; on the {side}: {_lesions(on[side])}.",
+                             side=side))
     if n == 1 and region in ORGAN_SIDE:
         organ, organ_side = ORGAN_SIDE[region]
         phrasing = rng.integers(2)
-        closed.append(("organ_side", CLOSED_QUESTIONS["organ_side"][phrasing].format(organ=organ),
-                       "yes" if (on[organ_side] == 1) != bool(phrasing) else "no", "closed",
-                       f"The {organ} is on the patient's {organ_side}; the lesion is on the {quadrants[0].split()[0]}."))
+        closed.append(ask_closed("organ_side", phrasing, f"The {organ} is on the patient's {organ_side}; "
+                                 f"the lesion is on the {quadrants[0].split()[0]}.", organ=organ))
     asked_kind = pick(tuple(PLURAL))
     phrasing = rng.integers(2)
     seen = "no lesions" if n == 0 else f"{NUMBER_WORDS[n].lower()} {kind if n == 1 else PLURAL[kind]}"
-    closed.append(("kind", CLOSED_QUESTIONS["kind"][phrasing].format(kind=asked_kind, kinds=PLURAL[asked_kind]),
-                   "yes" if (n > 0 and kind == asked_kind) != bool(phrasing) else "no", "closed",
-                   f"Asked: a {asked_kind}; there {'is' if n == 1 else 'are'} {seen}."))
+    closed.append(ask_closed("kind", phrasing, f"Asked: a {asked_kind}; there {'is' if n == 1 else 'are'} {seen}.",
+                             kind=asked_kind, kinds=PLURAL[asked_kind]))
 
-    def ask_open(kind_, concept, conclusion, **values):
+    def ask_open(kind_, conclusion, **values):
         phrasing = rng.integers(2)
-        wordings = SYNONYMS[concept]
+        wordings = SYNONYMS[implied_answer(kind_, phrasing, values, facts)]
         worded = wordings[phrasing] if wording == "question" else pick(wordings)
         return kind_, OPEN_QUESTIONS[kind_][phrasing].format(**values), worded, "open", conclusion
 
     finding = "normal" if n == 0 else kind if n == 1 else PLURAL[kind]
-    open_ = [ask_open("finding", finding, f"The finding is {SYNONYMS[finding][0]}."),
-             ask_open("count", str(n), f"{there[0].upper()}{there[1:]}.")]
+    open_ = [ask_open("finding", f"The finding is {SYNONYMS[finding][0]}."),
+             ask_open("count", f"{there[0].upper()}{there[1:]}.")]
     side = pick(("left", "right"))
-    open_.append(ask_open("side_count", str(on[side]), f"On the {side}: {_lesions(on[side])}.", side=side))
+    open_.append(ask_open("side_count", f"On the {side}: {_lesions(on[side])}.", side=side))
     if region in ORGAN_SIDE:
         organ, organ_side = ORGAN_SIDE[region]
-        open_.append(ask_open("organ_count", str(on[organ_side]),
-                              f"The {organ} is on the patient's {organ_side}; on the {organ_side}: "
+        open_.append(ask_open("organ_count", f"The {organ} is on the patient's {organ_side}; on the {organ_side}: "
                               f"{_lesions(on[organ_side])}.", organ=organ))
     return closed + open_
+
+
+def other_scanner(image: Image.Image, rng: np.random.Generator, scanner: dict = OOD_SCANNER) -> Image.Image:
+    """The "ood" split's rendering shift: an image as another scanner would show it (OOD_SCANNER),
+    grey levels g -> 255 (g / 255) ** gamma, plus Gaussian noise, then a Gaussian blur."""
+    grey = np.asarray(image.convert("L"), np.float32)
+    grey = 255 * (grey / 255) ** scanner["gamma"] + rng.normal(0, scanner["noise"], grey.shape)
+    shifted = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8))
+    return shifted.filter(ImageFilter.GaussianBlur(scanner["blur"])).convert("RGB")
 
 
 def _phrasings(answer: str) -> tuple[str, str]:
@@ -334,7 +441,7 @@ def open_answer_wordings() -> dict[str, list[tuple[str, tuple[str, str]]]]:
 def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None, *,
                     image_size: int = 112, question_rate: float = 0.375,
                     wording: str = "question") -> list[VQARecord]:
-    """`size` SYNTHETIC records (default train 6000, val 100, test 1500), identical for a seed.
+    """`size` SYNTHETIC records (default train 6000, val 100, test 1500, ood 500), identical for a seed.
 
         phantom_dataset("train")[0] -> VQARecord(id='phantom-train-0-0', image=<112x112 RGB>,
             question='Is this an ultrasound image of the chest?', answer='yes', answer_type='closed',
@@ -363,6 +470,10 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
     is the question's kind. At 112 px the vision tower's 14-px patches, merged 2x2, give 16 image
     tokens.
 
+    "ood" is an out-of-domain test split (never trained on): the same scenes and questions, from
+    another scanner, a rendering shift: a gamma curve that brightens the mid-greys (lower contrast),
+    added noise and a slight blur (other_scanner, OOD_SCANNER), on images of its own stream.
+
     Each concept has two wordings ("two lesions" / "a pair of lesions"). With `wording="question"`
     (the default) the question's phrasing decides which one the reference uses (see WORDINGS).
     With "random", training references draw it, and in val and test each concept's references
@@ -370,8 +481,8 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
     as one that always says "a pair of lesions" (one that mixes them image by image matches more or fewer by
     chance). [reconstructed] phantom data design choice.
     """
-    if split not in SPLITS:
-        raise DataError(f"phantom.py: unknown split '{split}' (use one of {', '.join(SPLITS)})")
+    if split not in PHANTOM_SPLITS:
+        raise DataError(f"phantom.py: unknown split '{split}' (use one of {', '.join(PHANTOM_SPLITS)})")
     if wording not in WORDINGS:
         raise DataError(f"phantom.py: unknown wording '{wording}' (use one of {', '.join(WORDINGS)})")
     size = PHANTOM_SIZES[split] if size is None else size
@@ -382,6 +493,8 @@ def phantom_dataset(split: str = "train", seed: int = 0, size: int | None = None
         questions = [q for q in _phantom_questions(scene, image_size, rng, wording) if rng.random() < question_rate]
         if questions:
             image, seen = render_phantom(scene, image_size, rng), phantom_caption(scene, image_size)
+            if split == "ood":
+                image = other_scanner(image, rng)
             for slot, (kind, question, answer, answer_type, conclusion) in enumerate(questions):
                 if answer_type == "open" and split != "train" and wording == "random":
                     pair = _phrasings(answer)

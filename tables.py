@@ -14,7 +14,8 @@ COLUMNS = (("open n", ("open", "n")), ("BLEU-1", ("open", "bleu1")), ("ROUGE-1",
            ("BERTScore", ("open", "bertscore")),
            ("recall", ("open", "recall")), ("semantic", ("open", "semantic")), ("concept", ("open", "concept")),
            ("closed n", ("closed", "n")),
-           ("accuracy", ("closed", "accuracy")), ("format", ("format",)))
+           ("accuracy", ("closed", "accuracy")), ("format", ("format",)),
+           ("fact acc", ("reasoning", "fact_accuracy")), ("consist", ("reasoning", "consistency")))
 # ARMed's main table: per dataset, the open metrics and the closed accuracy.
 PAPER_COLUMNS = (("BLEU-1", ("open", "bleu1")), ("ROUGE-1", ("open", "rouge1")), ("BERTScore", ("open", "bertscore")),
                  ("semantic", ("open", "semantic")), ("recall", ("open", "recall")),

@@ -3,6 +3,7 @@ answers, wordings, rationales, laterality. Run: python -m pytest test_phantom.py
 
 import argparse
 import collections
+import hashlib
 import time
 
 import numpy as np
@@ -228,3 +229,41 @@ def test_phantom_corpus_covers_every_text(train):
     assert {r.question for r in records} <= corpus and {r.answer for r in records} <= corpus
     words = {word for text in corpus for word in text.split()}
     assert all(set(r.cot.split()) <= words for r in records)
+
+
+# sha256 (first 16 hex digits) of images' pixels, computed with phantom.py as it was before the
+# "ood" split (and the implied_answer refactor) came: adding a split must not move any other image.
+IMAGE_HASHES = {("train", 0): "96d2020daa308878", ("train", 2): "788cda7e5497b443",
+                ("val", 0): "03caa4b21ec2d9c7", ("test", 0): "ac66657a284269e2", ("test", 2): "1d371db9ce84797a"}
+
+
+def pixel_hash(image):
+    return hashlib.sha256(np.asarray(image).tobytes()).hexdigest()[:16]
+
+
+def test_the_ood_split_moves_no_other_image():
+    for (split, index), digest in IMAGE_HASHES.items():
+        assert pixel_hash(phantom.phantom_dataset(split, size=3)[index].image) == digest, (split, index)
+    assert pixel_hash(phantom.phantom_captions(1, start=5)[0][0]) == "6ee413828ac937ab"  # the base stream
+
+
+def test_ood_split_is_another_scanner_on_images_of_its_own():
+    ood = load_dataset("phantom", "ood")
+    assert len(ood) == 500 and all(r.id.startswith("phantom-ood-") for r in ood)
+    assert texts(ood[:40]) == texts(phantom.phantom_dataset("ood", size=40))  # deterministic, a prefix
+    splits = {split: set(image_bytes(phantom.phantom_dataset(split, size=150))) for split in phantom.PHANTOM_SPLITS}
+    assert all(not splits["ood"] & splits[split] for split in phantom.SPLITS)
+    # the shift alone, on test images: mid-greys brighter (gamma 0.9: 128 -> 137), noisier, bright
+    # lesions still far brighter than soft tissue
+    for record in phantom.phantom_dataset("test", size=20)[::4]:
+        plain = np.asarray(record.image, np.float32)[..., 0]
+        shifted = np.asarray(phantom.other_scanner(record.image, np.random.default_rng(0)), np.float32)[..., 0]
+        mid = (plain > 90) & (plain < 170)
+        assert 5 < (shifted[mid] - plain[mid]).mean() < 15, record.id
+        lesion = plain > 220
+        if lesion.sum() > 30:
+            assert shifted[lesion].mean() > shifted[mid].mean() + 50, record.id
+    with pytest.raises(DataError, match="unknown split 'oodd'.*ood"):
+        phantom.phantom_dataset("oodd")
+    with pytest.raises(DataError, match="unknown split 'ood'"):
+        load_dataset("json", "ood", root=".")

@@ -113,18 +113,21 @@ def browser(tmp_path):
     opened.close()
 
 
-def completion(answer):
-    return f"<think>I look at the scan.</think><answer>{answer}</answer>"
+def completion(answer, think="I look at the scan."):
+    return f"<think>{think}</think><answer>{answer}</answer>"
 
 
 @pytest.fixture
 def report(tmp_path, fixed_scorers):
-    """A report of 30 phantom questions: model A is right on every third, B on every other one."""
+    """A report of 30 phantom questions: model A is right on every third, with the reference
+    rationale there, B on every other one."""
     records = load_dataset("phantom", "test", limit=30, phantom_wording="random")  # evaluate.py's default
     for name, right in (("a", lambda i: i % 3 == 0), ("b", lambda i: i % 2 == 0)):
         with open(tmp_path / f"{name}.jsonl", "w") as file:
-            file.writelines(json.dumps(evaluate.prediction_row(r, completion(r.answer if right(i) else "zzz"))) + "\n"
-                            for i, r in enumerate(records))
+            for i, r in enumerate(records):
+                think = r.cot if name == "a" and right(i) else "I look at the scan."
+                row = evaluate.prediction_row(r, completion(r.answer if right(i) else "zzz", think))
+                file.write(json.dumps(row) + "\n")
     path = tmp_path / "report.html"
     evaluate.main(["--predictions", str(tmp_path / "a.jsonl"), "--compare", str(tmp_path / "b.jsonl"),
                    "--report", str(path), "--limit", "30", "--report-page-size", "20"])
@@ -141,6 +144,10 @@ def test_report_is_one_self_contained_file(report):
     assert len(data["images"]) == len({id(r.image) for r in records})  # each image once
     assert [row["right"] for row in data["rows"]] == [int(i % 3 == 0) for i in range(30)]
     assert data["compare"]["matched"] == 30
+    # the reasoning metric in the metric tables: A states true facts and answers by them on 10 of 30
+    assert "<th>fact acc</th><th>consist</th></tr>" in page
+    phantom_rows = [row.split("</tr>")[0] for row in page.split("<tr>") if row.startswith("<td>phantom</td>")]
+    assert [row.split("<td>")[-2:] for row in phantom_rows] == [["100.0</td>", "100.0</td>"], ["-</td>", "-</td>"]]
 
 
 def test_report_filters_in_a_browser(report, browser, tmp_path):
