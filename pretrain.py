@@ -79,8 +79,11 @@ INSTRUCT_QUESTIONS = {
 # [reconstructed] Brief generic thoughts, one drawn per example: the format, not a rationale.
 GENERIC_THOUGHTS = ("I look at the image and answer the question.", "I look at the image, then answer.",
                     "First I look at the image. Then I answer the question.")
-# [reconstructed] The instruct tuning's size: a few hundred steps from runs/base (EXPERIMENTS.md).
-INSTRUCT_STEPS, INSTRUCT_BATCH_SIZE, INSTRUCT_LR = 300, 16, 5e-4
+# [reconstructed] The instruct tuning's size: from runs/base, 300 steps of 16 at lr 1e-3 (114 s alone
+# on one thread of a 2-core CPU, 337 s with it shared) gave format compliance 100% on held-out
+# generic questions and on the phantom's val questions, greedy and sampled at 0.7; at lr 5e-4 the
+# val questions' greedy format was 63% (the first token not <think> on questions unlike its own).
+INSTRUCT_STEPS, INSTRUCT_BATCH_SIZE, INSTRUCT_LR = 300, 16, 1e-3
 
 
 def parse_args(argv=None):
@@ -99,7 +102,7 @@ def parse_args(argv=None):
     p.add_argument("--probe-size", type=at_least(1), default=400,
                    help="held-out images the probe captions (--instruct: generic questions it answers)")
     p.add_argument("--probe-every", type=at_least(0), default=0,
-                   help="also probe every N steps, to watch perception grow (0: only at the end)")
+                   help="also probe every N steps, to watch perception grow (0: only at the end; not with --instruct)")
     p.add_argument("--probe", metavar="CKPT", default=None,
                    help="only probe CKPT (a base model; with --instruct an instruct one) and print it")
     args = p.parse_args(argv)
