@@ -41,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 from model import load_model, save_checkpoint
-from phantom import CAPTION_PROMPT, MODALITIES, MODALITY_WORDS, REGIONS, parse_caption, phantom_captions, phantom_dataset
+from phantom import (CAPTION_PROMPT, MODALITIES, MODALITY_WORDS, PHANTOM_SIZES, REGIONS, parse_caption, phantom_captions,
+                     phantom_dataset)
 from policy import sample_completions, to_device
 from records import VQARecord, run_script
 from rewards import extract_answer, format_reward
@@ -66,23 +67,20 @@ INSTRUCT_START, INSTRUCT_PROBE_START = 1_000_000, 2_000_000
 # a lesion. Several phrasings, so that the format is not tied to a few questions. The closed ones
 # ask the true modality or region with probability 1/2 (yes/no balanced). Words from the phantom's
 # vocabulary where there is one (its tokenizer is trained on phantom_corpus).
-INSTRUCT_QUESTIONS = {
-    "modality": ("What imaging modality is this?", "What kind of image is this?",    # -> "CT" (as captions
-                 "Which modality was used?"),                                           #    write it)
-    "region": ("What region does the image show?", "Which part of the body is this?",  # -> "chest"
-               "What body region is seen?"),
-    "is_modality": ("Is the modality {modality}?", "Is this image made with {modality}?",  # -> "yes" / "no"
-                    "Was {modality} used here?"),
-    "shows_region": ("Does the image show the {region}?", "Is the {region} shown?",        # -> "yes" / "no"
-                     "Is the {region} seen here?"),
+INSTRUCT_QUESTIONS = {   # answers: the modality as captions write it ("CT"), the region ("chest"), yes / no
+    "modality": ("What imaging modality is this?", "What kind of image is this?", "Which modality was used?"),
+    "region": ("What region does the image show?", "Which part of the body is this?", "What body region is seen?"),
+    "is_modality": ("Is the modality {modality}?", "Is this image made with {modality}?", "Was {modality} used here?"),
+    "shows_region": ("Does the image show the {region}?", "Is the {region} shown?", "Is the {region} seen here?"),
 }
 # [reconstructed] Brief generic thoughts, one drawn per example: the format, not a rationale.
 GENERIC_THOUGHTS = ("I look at the image and answer the question.", "I look at the image, then answer.",
                     "First I look at the image. Then I answer the question.")
 # [reconstructed] The instruct tuning's size: from runs/base, 300 steps of 16 at lr 1e-3 (114 s alone
 # on one thread of a 2-core CPU, 337 s with it shared) gave format compliance 100% on held-out
-# generic questions and on the phantom's val questions, greedy and sampled at 0.7; at lr 5e-4 the
-# val questions' greedy format was 63% (the first token not <think> on questions unlike its own).
+# generic questions and on the phantom's val questions, greedy and sampled at 0.7. (With one
+# phrasing per kind, at lr 5e-4, the val questions' greedy format was 63%: the first token was
+# not <think> on questions unlike its own.)
 INSTRUCT_STEPS, INSTRUCT_BATCH_SIZE, INSTRUCT_LR = 300, 16, 1e-3
 
 
@@ -255,13 +253,14 @@ def instruct_batch(processor, records):
         [f"<think>{r.cot}</think><answer>{r.answer}</answer>" for r in records]))
 
 
-def instruct_probe(model, processor, size=400, seed=0, temperature=0.7):
+def instruct_probe(model, processor, size=400, seed=0, temperature=0.7, val_size=None):
     """What the instruct start does, as fractions: on `size` held-out generic questions (greedy), its
     format compliance (rewards.format_reward == 1) and answer accuracy (the <answer> text exactly
     right, case aside); on the phantom's val questions (VQA kinds it never saw), format compliance
     greedy and sampled at `temperature` (grpo.py's default: what stage I's first steps see), and
-    its greedy closed and open answers' exact accuracy (uninformed: near chance for closed)."""
-    generic, val = instruct_records(size, seed, INSTRUCT_PROBE_START), phantom_dataset("val", seed=seed)
+    its greedy closed and open answers' exact accuracy (uninformed: near chance for closed).
+    val_size: the first N val questions (None: all 100)."""
+    generic, val = instruct_records(size, seed, INSTRUCT_PROBE_START), phantom_dataset("val", seed=seed)[:val_size]
 
     def right(records, texts):
         return [extract_answer(t, strict=True).lower() == r.answer.lower() for r, t in zip(records, texts)]
@@ -282,17 +281,18 @@ def instruct_probe(model, processor, size=400, seed=0, temperature=0.7):
 
 
 def instruct(out=DEFAULT_INSTRUCT, base=DEFAULT_BASE, steps=INSTRUCT_STEPS, batch_size=INSTRUCT_BATCH_SIZE,
-             lr=INSTRUCT_LR, seed=0, probe_size=400, log=print):
+             lr=INSTRUCT_LR, seed=0, probe_size=400, val_size=None, log=print):
     """Tune the base model at `base` to the system prompt's format on generic questions
     (instruct_records, from INSTRUCT_START, each image once); write it to `out` (atomically, with
-    its probe in meta.json) and return the probe."""
+    its probe in meta.json) and return the probe (val_size: instruct_probe's)."""
     model, processor = load_model(base, device="cpu")
     seconds = fit(model, lambda step: instruct_batch(processor, instruct_records(
         batch_size, seed=seed, start=INSTRUCT_START + step * batch_size)), steps, lr, "instruct")
-    following = instruct_probe(model, processor, probe_size, seed=seed)
+    following = instruct_probe(model, processor, probe_size, seed=seed, val_size=val_size)
     save_checkpoint(model, processor, out, meta=dict(script="pretrain.py --instruct", base=base, steps=steps,
                                                      batch_size=batch_size, lr=lr, seed=seed, seconds=round(seconds),
-                                                     probe=following, probe_size=probe_size))
+                                                     probe=following, probe_size=probe_size,
+                                                     probe_val_size=val_size or PHANTOM_SIZES["val"]))
     log(f"pretrain.py: wrote {out} in {seconds:.0f} s; " + format_instruct_probe(following))
     return following
 

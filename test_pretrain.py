@@ -142,11 +142,11 @@ def test_a_short_instruct_build_writes_a_model_with_its_probe(tmp_path):
     base, out = str(tmp_path / "base"), str(tmp_path / "instruct")
     pretrain.pretrain(base, steps=1, batch_size=2, probe_size=2)
     logged = []
-    following = pretrain.instruct(out, base, steps=2, batch_size=2, probe_size=4, log=logged.append)
+    following = pretrain.instruct(out, base, steps=2, batch_size=2, probe_size=4, val_size=4, log=logged.append)
     assert len(logged) == 1 and logged[0].startswith(f"pretrain.py: wrote {out} in ")
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["script"] == "pretrain.py --instruct" and meta["base"] == base and meta["steps"] == 2
-    assert meta["probe"] == following and meta["probe_size"] == 4
+    assert meta["probe"] == following and meta["probe_size"] == meta["probe_val_size"] == 4
     assert set(following) == {"generic_format", "generic_accuracy", "vqa_format", "vqa_sampled_format",
                               "vqa_closed_accuracy", "vqa_open_accuracy"}
     assert all(0.0 <= value <= 1.0 for value in following.values())
@@ -173,7 +173,7 @@ def test_sft_and_grpo_build_the_instruct_model_once_when_it_is_missing(tmp_path,
 
     def short_instruct(out, base, log=print, **_):
         builds.append(out)
-        return real_instruct(out, base, steps=1, batch_size=2, probe_size=2, log=log)
+        return real_instruct(out, base, steps=1, batch_size=2, probe_size=2, val_size=2, log=log)
     monkeypatch.setattr(pretrain, "pretrain", short_base)
     monkeypatch.setattr(pretrain, "instruct", short_instruct)
     sft.main(["--model", "runs/instruct", "--limit", "8", "--batch-size", "2", "--steps", "1", "--eval-size", "2",
