@@ -23,10 +23,12 @@ The instruct start (--instruct), the analogue of Qwen2.5-VL-*Instruct*, which AR
 "<think>…</think><answer>…</answer>", before any medical chain-of-thought. Its examples are
 GENERIC questions about base-stream images (their modality, their body region; INSTRUCT_QUESTIONS),
 none of a VQA split's kinds or images, each answered after one brief generic thought ("I look at
-the image and answer the question."), never a caption or a phantom rationale. So it knows the
-format and can say what modality and region it sees, but has never been asked about lesions:
-what stage I then learns. Its probe: format compliance and answers on held-out generic questions,
-and format compliance on the phantom's val questions (greedy, and sampled as GRPO samples).
+the image and answer the question."), never a caption or a phantom rationale. It has never been
+asked about lesions: what stage I then learns. Its probe: format compliance and answers on
+held-out generic questions, and format compliance on the phantom's val questions (greedy, and
+sampled as GRPO samples). As built by default (seed 0): format 100% on both, greedy and sampled;
+generic answers 51.7% right (modality 53%, region 72%, and "no" to every closed question: it
+follows the format far better than it answers); val answers uninformed (closed 47.9%, open 0%).
 [reconstructed] Not in the papers: their instruct model is Qwen's own.
 """
 
