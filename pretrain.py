@@ -27,7 +27,7 @@ the image and answer the question."), never a caption or a phantom rationale. It
 asked about lesions: what stage I then learns. Its probe: format compliance and answers on
 held-out generic questions, and format compliance on the phantom's val questions (greedy, and
 sampled as GRPO samples). As built by default (seed 0): format 100% on both, greedy and sampled;
-generic answers 51.7% right (modality 53%, region 72%, and "no" to every closed question: it
+generic answers 51.7% right (of 200: modality 53%, region 72%, "no" to every closed question: it
 follows the format far better than it answers); val answers uninformed (closed 47.9%, open 0%).
 [reconstructed] Not in the papers: their instruct model is Qwen's own.
 """
