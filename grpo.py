@@ -524,6 +524,9 @@ class Policy:
 
 def load_run(args, config, rt):
     """The training prompts, the validation records and the Policy, as the options ask."""
+    from pretrain import DEFAULT_INSTRUCT, ensure_instruct   # only this start needs pretrain.py
+    if os.path.normpath(config.policy) == DEFAULT_INSTRUCT:   # ARMed-I's start: built once, on first use
+        ensure_instruct(DEFAULT_INSTRUCT, "grpo.py")
     if config.policy != "tiny" and not os.path.exists(config.policy) and config.policy.startswith("runs/"):
         sys.exit(f"grpo.py: {config.policy} not found: run `python sft.py` first (or pass --model)")
     # an incomplete or damaged folder is named before any work

@@ -4,6 +4,8 @@ images when SFT and GRPO start.
 
     python pretrain.py                    # writes runs/base once (sft.py also builds it if missing)
     python pretrain.py --probe runs/base  # its caption accuracy per attribute on held-out images
+    python pretrain.py --instruct         # writes runs/instruct from runs/base (grpo.py/sft.py build it if missing)
+    python pretrain.py --instruct --probe runs/instruct   # its format compliance and answers
 
 Pretraining is captioning: the prompt is "Describe the image." and the target the image's full
 caption, "CT of the chest. Two nodules: left upper, right lower." (phantom.phantom_caption), on
@@ -15,6 +17,19 @@ to an answer, as the papers' SFT does on a pretrained VLM.
 What it is not: a pretrained VLM's breadth. It knows one synthetic world (4 modalities, 3 regions,
 0-3 lesions of 2 kinds in 4 quadrants), and its language is the phantom's few hundred words.
 [reconstructed] None of this is in the papers; it reproduces their starting point in miniature.
+
+The instruct start (--instruct), the analogue of Qwen2.5-VL-*Instruct*, which ARMed's stage I
+(GRPO) starts from: runs/base tuned to follow the system prompt's format,
+"<think>…</think><answer>…</answer>", before any medical chain-of-thought. Its examples are
+GENERIC questions about base-stream images (their modality, their body region; INSTRUCT_QUESTIONS),
+none of a VQA split's kinds or images, each answered after one brief generic thought ("I look at
+the image and answer the question."), never a caption or a phantom rationale. It has never been
+asked about lesions: what stage I then learns. Its probe: format compliance and answers on
+held-out generic questions, and format compliance on the phantom's val questions (greedy, and
+sampled as GRPO samples). As built by default (seed 0): format 100% on both, greedy and sampled;
+generic answers 51.7% right (of 200: modality 53%, region 72%, "no" to every closed question: it
+follows the format far better than it answers); val answers uninformed (closed 47.9%, open 0%).
+[reconstructed] Not in the papers: their instruct model is Qwen's own.
 """
 
 import argparse
@@ -28,9 +43,11 @@ import torch
 from tqdm import tqdm
 
 from model import load_model, save_checkpoint
-from phantom import CAPTION_PROMPT, parse_caption, phantom_captions
+from phantom import (CAPTION_PROMPT, MODALITIES, MODALITY_WORDS, PHANTOM_SIZES, REGIONS, parse_caption, phantom_captions,
+                     phantom_dataset)
 from policy import sample_completions, to_device
-from records import run_script
+from records import VQARecord, run_script
+from rewards import extract_answer, format_reward
 from training import HelpFormatter, at_least, learning_rate, target_token_loss
 
 DEFAULT_BASE = "runs/base"
@@ -42,22 +59,59 @@ ATTRIBUTES = ("modality", "region", "count", "kind", "quadrants")
 # steps of 32 (lr 2e-3) needed 48,000 images for 97.8% (EXPERIMENTS.md §1, "The base, built faster").
 STEPS, BATCH_SIZE, LR = 3600, 8, 1e-3
 
+DEFAULT_INSTRUCT = "runs/instruct"
+# [reconstructed] The instruct tuning's base-stream images start far past pretraining's (0 ..
+# steps x batch: 28,800 by default) and its held-out probe's far past those, both before the
+# caption probe's (PROBE_START): no image is shared.
+INSTRUCT_START, INSTRUCT_PROBE_START = 1_000_000, 2_000_000
+# [reconstructed] Generic questions, one per image, kind and phrasing drawn uniformly; none is a
+# VQA kind (phantom.OPEN_QUESTIONS, CLOSED_QUESTIONS): the modality alone or the region alone, never
+# a lesion. Several phrasings, so that the format is not tied to a few questions. The closed ones
+# ask the true modality or region with probability 1/2 (yes/no balanced). Words from the phantom's
+# vocabulary where there is one (its tokenizer is trained on phantom_corpus).
+INSTRUCT_QUESTIONS = {   # answers: the modality as captions write it ("CT"), the region ("chest"), yes / no
+    "modality": ("What imaging modality is this?", "What kind of image is this?", "Which modality was used?"),
+    "region": ("What region does the image show?", "Which part of the body is this?", "What body region is seen?"),
+    "is_modality": ("Is the modality {modality}?", "Is this image made with {modality}?", "Was {modality} used here?"),
+    "shows_region": ("Does the image show the {region}?", "Is the {region} shown?", "Is the {region} seen here?"),
+}
+# [reconstructed] Brief generic thoughts, one drawn per example: the format, not a rationale.
+GENERIC_THOUGHTS = ("I look at the image and answer the question.", "I look at the image, then answer.",
+                    "First I look at the image. Then I answer the question.")
+# [reconstructed] The instruct tuning's size: from runs/base, 300 steps of 16 at lr 1e-3 (114 s alone
+# on one thread of a 2-core CPU, 337 s with it shared) gave format compliance 100% on held-out
+# generic questions and on the phantom's val questions, greedy and sampled at 0.7. (With one
+# phrasing per kind, at lr 5e-4, the val questions' greedy format was 63%: the first token was
+# not <think> on questions unlike its own.)
+INSTRUCT_STEPS, INSTRUCT_BATCH_SIZE, INSTRUCT_LR = 300, 16, 1e-3
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--out", default=DEFAULT_BASE, help="where the base model is written")
-    p.add_argument("--steps", type=at_least(1), default=STEPS,
-                   help="optimizer steps, each on new images [reconstructed]")
-    p.add_argument("--batch-size", type=at_least(1), default=BATCH_SIZE,
-                   help="captioned images per step [reconstructed]")
-    p.add_argument("--lr", type=float, default=LR, help="peak learning rate (warmup, cosine decay) [reconstructed]")
+    p.add_argument("--instruct", action="store_true",
+                   help="build (or with --probe, probe) the instruct start from --base instead of the base model")
+    p.add_argument("--base", default=DEFAULT_BASE, help="with --instruct: the base model it starts from")
+    p.add_argument("--out", default=None, help=f"where the model is written ({DEFAULT_BASE}; --instruct: {DEFAULT_INSTRUCT})")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help=f"optimizer steps, each on new images ({STEPS}; --instruct: {INSTRUCT_STEPS}) [reconstructed]")
+    p.add_argument("--batch-size", type=at_least(1), default=None,
+                   help=f"images per step ({BATCH_SIZE}; --instruct: {INSTRUCT_BATCH_SIZE}) [reconstructed]")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate, warmup then cosine decay ({LR}; --instruct: {INSTRUCT_LR}) [reconstructed]")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the images")
-    p.add_argument("--probe-size", type=at_least(1), default=400, help="held-out images the probe captions")
+    p.add_argument("--probe-size", type=at_least(1), default=400,
+                   help="held-out images the probe captions (--instruct: generic questions it answers)")
     p.add_argument("--probe-every", type=at_least(0), default=0,
-                   help="also probe every N steps, to watch perception grow (0: only at the end)")
+                   help="also probe every N steps, to watch perception grow (0: only at the end; not with --instruct)")
     p.add_argument("--probe", metavar="CKPT", default=None,
-                   help="only probe the perception of CKPT (a base model) and print it")
-    return p.parse_args(argv)
+                   help="only probe CKPT (a base model; with --instruct an instruct one) and print it")
+    args = p.parse_args(argv)
+    sizes = (DEFAULT_INSTRUCT, INSTRUCT_STEPS, INSTRUCT_BATCH_SIZE, INSTRUCT_LR) if args.instruct else \
+        (DEFAULT_BASE, STEPS, BATCH_SIZE, LR)
+    for name, default in zip(("out", "steps", "batch_size", "lr"), sizes):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return args
 
 
 def caption_accuracy(predicted, truth):
@@ -79,19 +133,22 @@ def caption_accuracy(predicted, truth):
     return {name: float(np.mean(values)) for name, values in right.items()}
 
 
-def probe(model, processor, size=400, seed=0, batch_size=64):
+def probe(model, processor, size=400, seed=0):
     """Caption accuracy (caption_accuracy) of `model` on `size` held-out base-stream images, greedy."""
     samples = phantom_captions(size, seed=seed, start=PROBE_START)
-    model.eval()
+    texts = complete(model, processor, [CAPTION_PROMPT] * size, [image for image, _ in samples], 32, greedy=True)
+    return caption_accuracy([t.split("<|im_end|>")[0] for t in texts], [caption for _, caption in samples])
+
+
+def complete(model, processor, questions, images, max_new_tokens, batch_size=64, **sampling):
+    """One completion per question, in batches (sampling: sample_completions' greedy=True, or a temperature)."""
     texts = []
     with torch.no_grad():
-        for i in range(0, size, batch_size):
-            chunk = samples[i:i + batch_size]
-            batch = to_device(processor.prompts([CAPTION_PROMPT] * len(chunk), [im for im, _ in chunk]),
-                              model.device)
-            texts += [t.split("<|im_end|>")[0] for t in
-                      sample_completions(model, processor, batch, greedy=True, max_new_tokens=32).texts]
-    return caption_accuracy(texts, [caption for _, caption in samples])
+        for i in range(0, len(questions), batch_size):
+            batch = processor.prompts(questions[i:i + batch_size], images[i:i + batch_size])
+            texts += sample_completions(model, processor, to_device(batch, model.device),
+                                        max_new_tokens=max_new_tokens, **sampling).texts
+    return texts
 
 
 def caption_batch(processor, samples):
@@ -105,10 +162,36 @@ def caption_batch(processor, samples):
         labels (2, 6) [[-100, -100, -100, -100, 7, EOS], [-100, -100, -100, 5, 8, EOS]]
         -> K = 4: labels [[-100, -100, 7, EOS], [-100, 5, 8, EOS]], logits (2, 4, V)
     """
-    batch = processor.training_batch([CAPTION_PROMPT] * len(samples), [image for image, _ in samples],
-                                     [caption for _, caption in samples])
+    return cut_to_targets(processor.training_batch([CAPTION_PROMPT] * len(samples), [image for image, _ in samples],
+                                                   [caption for _, caption in samples]))
+
+
+def cut_to_targets(batch):
+    """A left-padded training batch with its labels cut to the last K positions and
+    logits_to_keep=K, K = the longest target + 1 (caption_batch)."""
     keep = int((batch["labels"] != -100).sum(1).max()) + 1
     return dict(batch, labels=batch["labels"][:, -keep:], logits_to_keep=keep)
+
+
+def fit(model, batch_at, steps, lr, desc, after_step=None):
+    """AdamW on target_token_loss: step s trains on batch_at(s) at learning_rate(s) (warmup 5%,
+    cosine to 10%). after_step(s) runs after each step. Returns the seconds it took."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)  # one kernel for all weights
+    start = time.time()
+    bar = tqdm(range(steps), desc=desc, file=sys.stderr)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, 0.05, 0.1)
+        loss_sum, n = target_token_loss(model, batch_at(step))
+        (loss_sum / n).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}")
+        if after_step:
+            after_step(step)
+    return time.time() - start
 
 
 def pretrain(out=DEFAULT_BASE, steps=STEPS, batch_size=BATCH_SIZE, lr=LR, seed=0, probe_size=400, probe_every=0,
@@ -117,31 +200,107 @@ def pretrain(out=DEFAULT_BASE, steps=STEPS, batch_size=BATCH_SIZE, lr=LR, seed=0
     (atomically, with its probe in meta.json) and return the probe. probe_every: log the probe
     every N steps too (its time counts in the build's seconds)."""
     model, processor = load_model("tiny", device="cpu", seed=seed)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)  # one kernel for all weights
-    start = time.time()
-    bar = tqdm(range(steps), desc="pretrain", file=sys.stderr)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, lr, 0.05, 0.1)
-        batch = caption_batch(processor, phantom_captions(batch_size, seed=seed, start=step * batch_size))
-        loss_sum, n = target_token_loss(model, batch)
-        (loss_sum / n).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}")
+
+    def probe_now(step):
         if probe_every and (step + 1) % probe_every == 0 and step + 1 < steps:
             seen = format_probe(probe(model, processor, probe_size, seed=seed))
             log(f"pretrain.py: step {step + 1}, {(step + 1) * batch_size} images: {seen}")
             model.train()
-    seconds = time.time() - start
+    seconds = fit(model, lambda step: caption_batch(processor, phantom_captions(batch_size, seed=seed,
+                                                                                start=step * batch_size)),
+                  steps, lr, "pretrain", probe_now)
     perception = probe(model, processor, probe_size, seed=seed)
     save_checkpoint(model, processor, out, meta=dict(script="pretrain.py", steps=steps, batch_size=batch_size,
                                                      lr=lr, seed=seed, seconds=round(seconds),
                                                      probe=perception, probe_size=probe_size))
     log(f"pretrain.py: wrote {out} in {seconds:.0f} s; " + format_probe(perception))
     return perception
+
+
+def instruct_records(count, seed=0, start=INSTRUCT_START):
+    """`count` generic questions, one per base-stream image start .. start + count, each with its
+    answer and a generic thought in `cot`: VQARecords of dataset "instruct", category the
+    question's kind (INSTRUCT_QUESTIONS).
+
+        instruct_records(2) -> [VQARecord(id='instruct-1000000', question='What region does the image show?',
+            answer='abdomen', answer_type='open', dataset='instruct', category='region',
+            cot='I look at the image and answer the question.', ...),
+            VQARecord(id='instruct-1000001', question='Is the modality MRI?', answer='no', ...)]
+    """
+    records = []
+    for offset, (image, caption) in enumerate(phantom_captions(count, seed=seed, start=start)):
+        index = start + offset
+        rng = np.random.default_rng([seed, 4, index])   # 4: not a phantom stream (phantom.STREAMS)
+        facts = parse_caption(caption)
+        kind = list(INSTRUCT_QUESTIONS)[rng.integers(len(INSTRUCT_QUESTIONS))]
+        truth = rng.random() < 0.5
+        modality = facts["modality"] if truth else rng.choice([m for m in MODALITIES if m != facts["modality"]])
+        region = facts["region"] if truth else rng.choice([r for r in REGIONS if r != facts["region"]])
+        phrasings = INSTRUCT_QUESTIONS[kind]
+        question = phrasings[rng.integers(len(phrasings))].format(modality=MODALITY_WORDS[modality], region=region)
+        answer = dict(modality=MODALITY_WORDS[facts["modality"]], region=facts["region"]).get(
+            kind, "yes" if truth else "no")
+        records.append(VQARecord(f"instruct-{index}", image, question, answer,
+                                 "open" if kind in ("modality", "region") else "closed", "instruct",
+                                 GENERIC_THOUGHTS[rng.integers(len(GENERIC_THOUGHTS))],
+                                 f"base-stream image {index}", category=kind))
+    return records
+
+
+def instruct_batch(processor, records):
+    """The training batch of generic questions: "<think>{thought}</think><answer>{answer}</answer>",
+    the target sft.py teaches (sft.sft_target), with logits kept only on the targets (caption_batch)."""
+    return cut_to_targets(processor.training_batch(
+        [r.question for r in records], [r.image for r in records],
+        [f"<think>{r.cot}</think><answer>{r.answer}</answer>" for r in records]))
+
+
+def instruct_probe(model, processor, size=400, seed=0, temperature=0.7, val_size=None):
+    """What the instruct start does, as fractions: on `size` held-out generic questions (greedy), its
+    format compliance (rewards.format_reward == 1) and answer accuracy (the <answer> text exactly
+    right, case aside); on the phantom's val questions (VQA kinds it never saw), format compliance
+    greedy and sampled at `temperature` (grpo.py's default: what stage I's first steps see), and
+    its greedy closed and open answers' exact accuracy (uninformed: near chance for closed).
+    val_size: the first N val questions (None: all 100)."""
+    generic, val = instruct_records(size, seed, INSTRUCT_PROBE_START), phantom_dataset("val", seed=seed)[:val_size]
+
+    def right(records, texts):
+        return [extract_answer(t, strict=True).lower() == r.answer.lower() for r, t in zip(records, texts)]
+
+    def share(values):
+        return float(np.mean(values)) if len(values) else float("nan")
+    def answers(records, **sampling):
+        return complete(model, processor, [r.question for r in records], [r.image for r in records], 48, **sampling)
+    texts, val_texts = answers(generic, greedy=True), answers(val, greedy=True)
+    torch.manual_seed(seed)
+    sampled = answers(val, temperature=temperature)
+    val_right = right(val, val_texts)
+    return dict(generic_format=share([format_reward(t) for t in texts]), generic_accuracy=share(right(generic, texts)),
+                vqa_format=share([format_reward(t) for t in val_texts]),
+                vqa_sampled_format=share([format_reward(t) for t in sampled]),
+                vqa_closed_accuracy=share([ok for r, ok in zip(val, val_right) if r.answer_type == "closed"]),
+                vqa_open_accuracy=share([ok for r, ok in zip(val, val_right) if r.answer_type == "open"]))
+
+
+def instruct(out=DEFAULT_INSTRUCT, base=DEFAULT_BASE, steps=INSTRUCT_STEPS, batch_size=INSTRUCT_BATCH_SIZE,
+             lr=INSTRUCT_LR, seed=0, probe_size=400, val_size=None, log=print):
+    """Tune the base model at `base` to the system prompt's format on generic questions
+    (instruct_records, from INSTRUCT_START, each image once); write it to `out` (atomically, with
+    its probe in meta.json) and return the probe (val_size: instruct_probe's)."""
+    model, processor = load_model(base, device="cpu")
+    seconds = fit(model, lambda step: instruct_batch(processor, instruct_records(
+        batch_size, seed=seed, start=INSTRUCT_START + step * batch_size)), steps, lr, "instruct")
+    following = instruct_probe(model, processor, probe_size, seed=seed, val_size=val_size)
+    save_checkpoint(model, processor, out, meta=dict(script="pretrain.py --instruct", base=base, steps=steps,
+                                                     batch_size=batch_size, lr=lr, seed=seed, seconds=round(seconds),
+                                                     probe=following, probe_size=probe_size,
+                                                     probe_val_size=val_size or PHANTOM_SIZES["val"]))
+    log(f"pretrain.py: wrote {out} in {seconds:.0f} s; " + format_instruct_probe(following))
+    return following
+
+
+def format_instruct_probe(following):
+    return "instruct probe: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in following.items())
 
 
 def format_probe(perception):
@@ -157,16 +316,37 @@ def ensure_base(path, script):
     return path
 
 
+def ensure_instruct(path, script):
+    """The instruct start at `path`, built first (pretrain.py --instruct with its defaults, from
+    runs/base, itself built first if missing) if it is not there yet. Under torchrun it is not
+    built: every process would build it."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            sys.exit(f"{script}: no instruct model at {path}: run `python pretrain.py --instruct` once before torchrun")
+        print(f"{script}: no instruct model at {path}: building it once (python pretrain.py --instruct)",
+              file=sys.stderr)
+        instruct(path, ensure_base(DEFAULT_BASE, script), log=lambda text: print(text, file=sys.stderr))
+    return path
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.probe:
         model, processor = load_model(args.probe, device="cpu")
-        print(format_probe(probe(model, processor, args.probe_size, seed=args.seed)))
+        if args.instruct:
+            print(format_instruct_probe(instruct_probe(model, processor, args.probe_size, seed=args.seed)))
+        else:
+            print(format_probe(probe(model, processor, args.probe_size, seed=args.seed)))
         return
     if os.path.exists(args.out) and os.listdir(args.out):
         sys.exit(f"pretrain.py: {args.out} exists; remove it or choose another --out")
-    perception = pretrain(args.out, args.steps, args.batch_size, args.lr, args.seed, args.probe_size, args.probe_every)
-    print(json.dumps(perception))
+    if args.instruct:
+        if not os.path.isfile(os.path.join(args.base, "config.json")):
+            sys.exit(f"pretrain.py: no base model at {args.base}: run `python pretrain.py` first (or pass --base)")
+        result = instruct(args.out, args.base, args.steps, args.batch_size, args.lr, args.seed, args.probe_size)
+    else:
+        result = pretrain(args.out, args.steps, args.batch_size, args.lr, args.seed, args.probe_size, args.probe_every)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

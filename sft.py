@@ -5,10 +5,14 @@
         --batch-size 4 --grad-accum 8 --lr 1e-5 --gradient-checkpointing --max-pixels 401408
     python sft.py --resume runs/sft                 # continue an interrupted run
 
-ARMed stage 2 (knowledge-enhanced fine-tuning, ARMed-A): with --cot-from CKPT the training
-questions are first answered by that checkpoint (e.g. the stage-1 GRPO model); the generated
-rationales whose answers score as correct are kept, --cot-select K representative ones are chosen
-by k-means over their sentence embeddings, and the model in --model is fine-tuned on them.
+ARMed stage 2 (knowledge-enhanced fine-tuning, ARMed-A): with --cot-from CKPT the questions of the
+first --cot-records training records are first answered by that checkpoint (the stage-I GRPO
+model), --cot-samples times each at --cot-temperature; the first well-formatted rationale with a
+correct answer is kept, --cot-select K representative ones are chosen by k-means over their
+sentence embeddings, and the model in --model is fine-tuned on them: instead of the dataset's
+rationales, or, with --cot-augment, added to them (the data-augmentation arm of ARMed's Figure 5).
+
+    python sft.py --model runs/grpo-I --cot-from runs/grpo-I --cot-select 300 --out runs/armed-A
 
 By default SFT starts from runs/base, the tiny model pretrained to describe phantom images
 (pretrain.py builds it the first time, about 1.6x the time of SFT): the papers' regime, where SFT on scarce
@@ -37,11 +41,11 @@ from evaluate import validate
 from checkpoints import check_checkpoint_folder
 from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import sample_completions, to_device
-from pretrain import DEFAULT_BASE, ensure_base
+from pretrain import DEFAULT_BASE, DEFAULT_INSTRUCT, ensure_base, ensure_instruct
 from records import run_script
 from rewards import SemanticScorer, extract_answer, format_reward, think_text, textual_reward
 from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args, at_least, claim_output, due,
-                      open_log, parse_run_args, set_learning_rate, target_token_loss)
+                      open_log, parse_run_args, positive_float, set_learning_rate, target_token_loss)
 
 
 def parse_args(argv=None):
@@ -71,13 +75,24 @@ def parse_args(argv=None):
     # phantom rationales, 500 steps, is where SFT from runs/base levels off on the validation split
     # (EXPERIMENTS.md §1, lab notes: more steps or more rationales, and what that leaves GRPO).
     g.add_argument("--cot-records", type=at_least(0), default=500,
-                   help="[reconstructed] train on the first N records that have a rationale (0: all)")
+                   help="[reconstructed] train on the first N records that have a rationale (0: all); "
+                        "with --cot-from, the checkpoint answers the questions of the first N records")
 
-    g = p.add_argument_group("ARMed-A: rationales written by a checkpoint")
-    g.add_argument("--cot-from", default=None, help="ARMed-A: checkpoint that writes the rationales")
+    g = p.add_argument_group("ARMed-A: rationales written by a checkpoint",
+                             "ARMed-A fine-tunes --model on them. [reconstructed] ARMed does not say which "
+                             "checkpoint: here the stage-I model itself (--model as --cot-from), so that the "
+                             "stages run I -> A -> R.")
+    g.add_argument("--cot-from", default=None,
+                   help="ARMed-A: checkpoint that writes rationales for the questions of the first --cot-records "
+                        "training records (0: all); only well-formatted correct ones are kept")
     g.add_argument("--cot-select", type=at_least(0), default=0,
                    help="ARMed-A: keep K representative rationales by k-means (0: keep all correct)")
     g.add_argument("--cot-samples", type=at_least(1), default=4, help="ARMed-A: rationales sampled per question")
+    g.add_argument("--cot-temperature", type=positive_float, default=0.7,
+                   help="ARMed-A: sampling temperature of the rationales [reconstructed]")
+    g.add_argument("--cot-augment", action="store_true",
+                   help="ARMed-A: add the written rationales to the dataset's (its first --cot-records) instead "
+                        "of replacing them: the data-augmentation arm of ARMed's Figure 5 [reconstructed]")
     g.add_argument("--cot-min-score", type=float, default=1.0,
                    help="ARMed-A: textual reward an answer needs to count as correct [reconstructed]")
 
@@ -128,7 +143,7 @@ def generate_cot(records, ckpt, args, rt):
         """Each record with its first sampled rationale whose format and answer are right, or None."""
         batch = processor.prompts([r.question for r in chunk], [load_image(r) for r in chunk])
         out = sample_completions(model, processor, batch, num_samples=args.cot_samples,
-                                 temperature=0.7, max_new_tokens=args.max_new_tokens, all_done=all_done)
+                                 temperature=args.cot_temperature, max_new_tokens=args.max_new_tokens, all_done=all_done)
         kept = []
         for i, r in enumerate(chunk):
             texts = out.texts[i * args.cot_samples:(i + 1) * args.cot_samples]
@@ -148,18 +163,25 @@ def generate_cot(records, ckpt, args, rt):
 
 
 def training_examples(args, rt):
-    """(examples, val): the (record, target) pairs SFT trains on (--cot-from: rationales written by
-    that checkpoint; the first --cot-records with a rationale) and the validation records."""
+    """(examples, val): the (record, target) pairs SFT trains on and the validation records. The
+    dataset's rationales: those of its first --cot-records records that have one. --cot-from: the
+    rationales that checkpoint writes for the questions of the first --cot-records records
+    (generate_cot) replace them, or with --cot-augment are added after them."""
     train = dataset_from_args(args, "train")
-    if args.cot_from:
-        train = generate_cot(train, args.cot_from, args, rt)
-    examples = [(r, t) for r in train if (t := sft_target(r, args.missing_cot)) is not None]
-    without_cot = len(train) - len(examples)
+    given = [(r, t) for r in train if (t := sft_target(r, args.missing_cot)) is not None]
+    without_cot = len(train) - len(given)
     if args.cot_records:
-        examples = examples[:args.cot_records]
+        given = given[:args.cot_records]
+    examples = given
+    if args.cot_from:
+        asked = train[:args.cot_records] if args.cot_records else train
+        written = [(r, sft_target(r)) for r in generate_cot(asked, args.cot_from, args, rt)]
+        examples = given + written if args.cot_augment else written
+        rt.print(f"sft.py: {len(written)} rationales written by {args.cot_from}"
+                 + (f", added to the dataset's {len(given)}" if args.cot_augment else ""))
     if not examples:
         sys.exit("sft.py: no training record has a rationale (cot); use --missing-cot answer "
-                 "or a dataset with a cot field")
+                 "or a dataset with a cot field" + (", or check --cot-from's answers" if args.cot_from else ""))
     val = dataset_from_args(args, "val")[:args.eval_size]
     rt.print(f"sft.py: {len(examples)} training examples ({without_cot} without CoT skipped, "
              f"--cot-records {args.cot_records or 'all'}), {len(val)} validation records")
@@ -199,6 +221,8 @@ def main(argv=None):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not os.path.isdir(DEFAULT_BASE):
             sys.exit(f"sft.py: no base model at {DEFAULT_BASE}: run `python pretrain.py` once before torchrun")
         ensure_base(DEFAULT_BASE, "sft.py")
+    if os.path.normpath(args.model) == DEFAULT_INSTRUCT and not args.resume:
+        ensure_instruct(DEFAULT_INSTRUCT, "sft.py")
     rt = setup(args.precision, args.device, args.gather_for_generation)
     rt.require_divisible(args.batch_size, "--batch-size", "sft.py")
     random.seed(args.seed)

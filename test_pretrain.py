@@ -1,17 +1,23 @@
 """Tests of pretrain.py, the phantom base model: the probe's arithmetic, the batch cut to the caption
 positions, a short build, the same base from the same seed, sft.py building the base on first use,
-and bench_pretrain.py. Run: python -m pytest test_pretrain.py -q"""
+and bench_pretrain.py; the instruct start: its data (no VQA kind, no VQA image), its probe's
+arithmetic, a short build, sft.py and grpo.py building it on first use.
+Run: python -m pytest test_pretrain.py -q"""
 
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
+import grpo
 import pretrain
 import sft
 from model import load_model
-from phantom import CAPTION_PROMPT, phantom_captions
+from phantom import (CAPTION_PROMPT, CLOSED_QUESTIONS, MODALITY_WORDS, OPEN_QUESTIONS, parse_caption, phantom_captions,
+                     phantom_corpus, phantom_dataset)
+from rewards import format_reward
 from training import target_token_loss
 
 
@@ -89,3 +95,91 @@ def test_bench_pretrain_times_every_part_of_a_step(capsys):
     lines = capsys.readouterr().out.splitlines()
     shares = {line.split()[0]: float(line.split()[-1].rstrip("%")) for line in lines[1:6]}
     assert list(shares) == list(bench_pretrain.PARTS) and abs(sum(shares.values()) - 100) < 0.5
+
+
+def test_instruct_examples_ask_no_vqa_kind_about_no_vqa_image():
+    records = pretrain.instruct_records(200)
+    kinds = {r.category for r in records}
+    assert kinds == set(pretrain.INSTRUCT_QUESTIONS) and not kinds & {*OPEN_QUESTIONS, *CLOSED_QUESTIONS}
+    assert not {r.question for r in records} & set(phantom_corpus(samples=0))   # no VQA phrasing either
+    assert all(r.cot in pretrain.GENERIC_THOUGHTS and parse_caption(r.cot) is None for r in records)
+    # each image is base-stream image INSTRUCT_START + i, drawn again here; pretraining draws
+    # images 0 .. STEPS x BATCH_SIZE, the caption probe from PROBE_START
+    assert pretrain.STEPS * pretrain.BATCH_SIZE < pretrain.INSTRUCT_START < pretrain.INSTRUCT_PROBE_START
+    assert pretrain.INSTRUCT_PROBE_START + 10_000 < pretrain.PROBE_START
+    base = phantom_captions(200, start=pretrain.INSTRUCT_START)
+    assert all(np.array_equal(np.asarray(r.image), np.asarray(image)) for r, (image, _) in zip(records, base))
+    vqa = phantom_dataset("val")
+    assert not any(np.array_equal(np.asarray(r.image), np.asarray(v.image)) for r in records[:20] for v in vqa)
+    # the answers, read from each image's caption
+    for r, (_, caption) in zip(records, base):
+        modality, region = caption.split(". ")[0].split(" of the ")
+        if r.category == "modality":
+            assert r.answer == modality and r.answer_type == "open"
+        elif r.category == "region":
+            assert r.answer == region and r.answer_type == "open"
+        else:
+            asked = next(w for w in (*MODALITY_WORDS.values(), "head", "chest", "abdomen") if f" {w}" in r.question)
+            assert r.answer == ("yes" if asked in (modality, region) else "no") and r.answer_type == "closed"
+    closed = [r.answer for r in records if r.answer_type == "closed"]
+    assert 0.4 < closed.count("yes") / len(closed) < 0.6
+
+
+def test_instruct_probe_counts_format_and_answers(monkeypatch):
+    """A model that answers "yes" in the format to everything: format 1, and right where "yes" is."""
+    monkeypatch.setattr(pretrain, "complete", lambda model, processor, questions, images, *a, **k:
+                        ["<think>I look.</think><answer>Yes</answer>"] * len(questions))
+    following = pretrain.instruct_probe(None, None, size=40)
+    generic, val = pretrain.instruct_records(40, start=pretrain.INSTRUCT_PROBE_START), phantom_dataset("val")
+    closed = [r.answer for r in val if r.answer_type == "closed"]
+    assert following == dict(generic_format=1.0, generic_accuracy=sum(r.answer == "yes" for r in generic) / 40,
+                             vqa_format=1.0, vqa_sampled_format=1.0,
+                             vqa_closed_accuracy=closed.count("yes") / len(closed), vqa_open_accuracy=0.0)
+    assert format_reward("<think>I look.</think><answer>Yes</answer>") == 1.0
+
+
+def test_a_short_instruct_build_writes_a_model_with_its_probe(tmp_path):
+    base, out = str(tmp_path / "base"), str(tmp_path / "instruct")
+    pretrain.pretrain(base, steps=1, batch_size=2, probe_size=2)
+    logged = []
+    following = pretrain.instruct(out, base, steps=2, batch_size=2, probe_size=4, val_size=4, log=logged.append)
+    assert len(logged) == 1 and logged[0].startswith(f"pretrain.py: wrote {out} in ")
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["script"] == "pretrain.py --instruct" and meta["base"] == base and meta["steps"] == 2
+    assert meta["probe"] == following and meta["probe_size"] == meta["probe_val_size"] == 4
+    assert set(following) == {"generic_format", "generic_accuracy", "vqa_format", "vqa_sampled_format",
+                              "vqa_closed_accuracy", "vqa_open_accuracy"}
+    assert all(0.0 <= value <= 1.0 for value in following.values())
+    a, b = load_model(base, device="cpu")[0].state_dict(), load_model(out, device="cpu")[0].state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)      # tuned from the base
+    with pytest.raises(SystemExit, match="exists"):
+        pretrain.main(["--instruct", "--out", out])
+    with pytest.raises(SystemExit, match="no base model"):
+        pretrain.main(["--instruct", "--base", str(tmp_path / "none"), "--out", str(tmp_path / "other")])
+    args = pretrain.parse_args(["--instruct"])
+    assert (args.out, args.steps, args.lr) == (pretrain.DEFAULT_INSTRUCT, pretrain.INSTRUCT_STEPS, pretrain.INSTRUCT_LR)
+    assert pretrain.parse_args(["--instruct", "--steps", "7"]).steps == 7
+    assert pretrain.parse_args([]).steps == pretrain.STEPS
+
+
+def test_sft_and_grpo_build_the_instruct_model_once_when_it_is_missing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    builds = []
+    real_pretrain, real_instruct = pretrain.pretrain, pretrain.instruct
+
+    def short_base(out, log=print, **_):
+        builds.append(out)
+        return real_pretrain(out, steps=1, batch_size=2, probe_size=2, log=log)
+
+    def short_instruct(out, base, log=print, **_):
+        builds.append(out)
+        return real_instruct(out, base, steps=1, batch_size=2, probe_size=2, val_size=2, log=log)
+    monkeypatch.setattr(pretrain, "pretrain", short_base)
+    monkeypatch.setattr(pretrain, "instruct", short_instruct)
+    sft.main(["--model", "runs/instruct", "--limit", "8", "--batch-size", "2", "--steps", "1", "--eval-size", "2",
+              "--max-new-tokens", "4", "--eval-every", "0", "--save-every", "0", "--out", "runs/a"])
+    grpo.main(["--model", "runs/instruct", "--out", "runs/b", "--steps", "1", "--limit", "4", "--prompts-per-step", "2",
+               "--num-generations", "2", "--max-new-tokens", "4", "--eval-every", "0", "--save-every", "0",
+               "--train-offset", "0"])
+    assert builds == [pretrain.DEFAULT_BASE, pretrain.DEFAULT_INSTRUCT]   # built by the first run, reused after
+    assert os.path.isfile("runs/instruct/config.json") and os.path.isfile("runs/b/config.json")

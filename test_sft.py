@@ -1,5 +1,6 @@
 """Smoke and resume tests of sft.py on the tiny model (a few optimizer steps, seconds each)."""
 
+import itertools
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 import sft
+from data import dataset_from_args
 from phantom import phantom_dataset
 from distributed import setup
 from training import load_trainer_state
@@ -88,3 +90,41 @@ def test_armed_a_keeps_correct_rationales_then_k_representatives(tmp_path, monke
     calls = iter(range(100))
     args.cot_select = 2
     assert len(sft.generate_cot(records, str(start), args, setup())) == 2
+
+
+def _fake_writer(asked, seen):
+    """A stand-in for sample_completions that is asked `asked`, in order, again and again: a right
+    rationale for each ("written for Q"), recording the sampling temperature it was asked for."""
+    from policy import Completions
+    order = itertools.cycle(asked)
+
+    def sampler(model, processor, batch, num_samples, temperature, **kwargs):
+        seen.append(temperature)
+        rows = [next(order) for _ in range(batch["input_ids"].shape[0])]
+        return Completions(None, None, [f"<think>written for {r.question}</think><answer>{r.answer}</answer>"
+                                        for r in rows for _ in range(num_samples)])
+    return sampler
+
+
+def test_armed_a_cot_temperature_and_cot_augment(monkeypatch):
+    """--cot-temperature reaches the sampler (default 0.7); --cot-from answers the questions of the
+    first --cot-records records: its rationales replace the dataset's, or with --cot-augment are
+    added after them."""
+    common = ["--model", "tiny", "--limit", "6", "--cot-records", "4", "--cot-from", "tiny", "--batch-size", "2",
+              "--cot-samples", "1", "--eval-size", "2"]
+    records = dataset_from_args(sft.parse_args(common), "train")
+    temperatures = []
+    monkeypatch.setattr(sft, "sample_completions", _fake_writer(records[:4], temperatures))
+    replaced, _ = sft.training_examples(sft.parse_args(common), setup())
+    assert temperatures and set(temperatures) == {0.7}
+    assert [r.id for r, _ in replaced] == [r.id for r in records[:4]]
+    assert all(t == f"<think>written for {r.question}</think><answer>{r.answer}</answer>" for r, t in replaced)
+    temperatures.clear()
+    augmented, _ = sft.training_examples(sft.parse_args(common + ["--cot-augment", "--cot-temperature", "1.3"]),
+                                         setup())
+    assert set(temperatures) == {1.3}
+    given = [(r.id, sft.sft_target(r)) for r in records[:4]]                # the dataset's own rationales
+    assert [(r.id, t) for r, t in augmented[:4]] == given
+    assert [(r.id, t) for r, t in augmented[4:]] == [(r.id, t) for r, t in replaced]
+    with pytest.raises(SystemExit):
+        sft.parse_args(["--cot-temperature", "0"])
