@@ -82,7 +82,7 @@ GENERIC_THOUGHTS = ("I look at the image and answer the question.", "I look at t
 # [reconstructed] The instruct tuning's size, from runs/base (seed 0; one thread of a 2-core CPU
 # shared with other jobs). Format compliance on held-out generic questions and on the phantom's
 # val questions, greedy and sampled at 0.7, and generic answers right:
-#   600 steps of 16, lr 1e-3: 100%, 100%, 100%; answers 72.8% (311 s)   <- the default
+#   600 steps of 16, lr 1e-3: 100%, 100%, 100%; answers 72.8% (128 s; 311 s loaded)   <- the default
 #   300 steps of 16, lr 1e-3: 100%, 100%, 100%; answers 51.7% (modality 53%, region 72%; 114 s
 #                             with the other core busy, 327 s on a loaded machine)
 #   300 steps of 16, lr 3e-3: 100%,  98%,  96%; answers 42.5%
