@@ -104,6 +104,8 @@ def parse_args(argv=None):
     g.add_argument("--encoder", default=None, help="sentence-transformers model for the semantic metric")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     args = parse_run_args(p, argv)
+    if args.cot_augment and not args.cot_from:
+        p.error("argument --cot-augment: adds the rationales --cot-from writes; give --cot-from too")
     return args
 
 

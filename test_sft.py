@@ -126,5 +126,6 @@ def test_armed_a_cot_temperature_and_cot_augment(monkeypatch):
     given = [(r.id, sft.sft_target(r)) for r in records[:4]]                # the dataset's own rationales
     assert [(r.id, t) for r, t in augmented[:4]] == given
     assert [(r.id, t) for r, t in augmented[4:]] == [(r.id, t) for r, t in replaced]
-    with pytest.raises(SystemExit):
-        sft.parse_args(["--cot-temperature", "0"])
+    for wrong in (["--cot-temperature", "0"], ["--cot-augment"]):        # augment needs --cot-from
+        with pytest.raises(SystemExit):
+            sft.parse_args(wrong)
