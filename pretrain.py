@@ -27,9 +27,8 @@ the image and answer the question."), never a caption or a phantom rationale. It
 asked about lesions: what stage I then learns. Its probe: format compliance and answers on
 held-out generic questions, and format compliance on the phantom's val questions (greedy, and
 sampled as GRPO samples). As built by default (seed 0): format 100% on both, greedy and sampled;
-generic answers 72.8% right: it names the modality and the region (99-100%), but its yes/no on
-them is at chance (47-48%: the comparison of the asked with the seen is not learnt); val answers
-uninformed (closed 50.0%, open 0%).
+generic answers 51.7% right (of 200: modality 53%, region 72%, "no" to every closed question: it
+follows the format far better than it answers); val answers uninformed (closed 47.9%, open 0%).
 [reconstructed] Not in the papers: their instruct model is Qwen's own.
 """
 
@@ -82,13 +81,14 @@ GENERIC_THOUGHTS = ("I look at the image and answer the question.", "I look at t
 # [reconstructed] The instruct tuning's size, from runs/base (seed 0; one thread of a 2-core CPU
 # shared with other jobs). Format compliance on held-out generic questions and on the phantom's
 # val questions, greedy and sampled at 0.7, and generic answers right:
-#   600 steps of 16, lr 1e-3: 100%, 100%, 100%; answers 72.8% (128 s; 311 s loaded)   <- the default
 #   300 steps of 16, lr 1e-3: 100%, 100%, 100%; answers 51.7% (modality 53%, region 72%; 114 s
-#                             with the other core busy, 327 s on a loaded machine)
+#                             with the other core busy, 327 s on a loaded machine)   <- the default
+#   600 steps of 16, lr 1e-3: 100%, 100%, 100%; answers 72.8% (128 s; 311 s loaded)
+# The default is the fewer steps: what stage I needs is the format (EXPERIMENTS.md §7 ran from it).
 #   300 steps of 16, lr 3e-3: 100%,  98%,  96%; answers 42.5%
 # With one phrasing per kind, 300 steps at lr 5e-4 left the val questions' greedy format at 63%
 # (the first token not <think> on questions unlike its own).
-INSTRUCT_STEPS, INSTRUCT_BATCH_SIZE, INSTRUCT_LR = 600, 16, 1e-3
+INSTRUCT_STEPS, INSTRUCT_BATCH_SIZE, INSTRUCT_LR = 300, 16, 1e-3
 
 
 def parse_args(argv=None):

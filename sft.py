@@ -80,8 +80,8 @@ def parse_args(argv=None):
 
     g = p.add_argument_group("ARMed-A: rationales written by a checkpoint",
                              "ARMed-A fine-tunes --model on them. [reconstructed] ARMed does not say which "
-                             "checkpoint: here the stage-I model itself (--model as --cot-from), so that the "
-                             "stages run I -> A -> R.")
+                             "checkpoint: `experiments.py stages` gives the model stage I started from (runs/instruct; "
+                             "its --a-start I gives the stage-I model itself, --model as --cot-from).")
     g.add_argument("--cot-from", default=None,
                    help="ARMed-A: checkpoint that writes rationales for the questions of the first --cot-records "
                         "training records (0: all); only well-formatted correct ones are kept")
