@@ -399,17 +399,19 @@ class OracleJudge:
     """NOT a language model: a stand-in for RL-MedVQA's LLM judge on the phantom data, an oracle that
     knows each image's true facts. It reads the facts stated in the completion's <think>
     (phantom.parse_caption: modality, region, lesion count and, when lesions are stated, their kind
-    and quadrants) and rewards the share that are true of the image, whose caption opens the
-    record's reference rationale (record.cot). 0 when <think> states no readable caption. It
-    isolates the effect of rewarding sound reasoning from a real judge's own errors.
+    and each quadrant) and rewards the share that are true of the image, whose caption opens the
+    record's reference rationale (record.cot): phantom.fact_truths, the facts of evaluate.py's
+    reasoning fact_accuracy, which with this judge on is a trained-for metric. 0 when <think>
+    states no readable caption. It isolates the effect of rewarding sound reasoning from a real
+    judge's own errors.
     Example, truth "Ultrasound of the chest. Two masses: left upper, right upper.":
-        <think>Ultrasound of the chest. Two masses: left upper, right lower. ...  -> 4/5
+        <think>Ultrasound of the chest. Two masses: left upper, right lower. ...  -> 5/6
         <think>CT of the chest. No lesion. ...                                   -> 1/3
         <think>I see a lung.                                                      -> 0
     """
 
     def rewards(self, records, completions):
-        from phantom import parse_caption   # the judge's only use of the dataset
+        from phantom import fact_truths, parse_caption   # the judge's only use of the dataset
 
         scores = np.zeros(len(completions))
         for i, (record, completion) in enumerate(zip(records, completions)):
@@ -420,8 +422,7 @@ class OracleJudge:
                                  "the oracle judge knows only the phantom data's facts")
             stated = parse_caption(think_text(completion))
             if stated is not None:
-                facts = ("modality", "region", "count") + (("kind", "quadrants") if stated["count"] else ())
-                scores[i] = np.mean([stated[f] == truth[f] for f in facts])
+                scores[i] = np.mean(fact_truths(stated, truth))   # the facts evaluate.py's fact_accuracy counts
         return scores
 
 

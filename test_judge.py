@@ -116,10 +116,10 @@ def record(cot=TRUTH):
 
 @pytest.mark.parametrize("think, expected", [
     ("Ultrasound of the chest. Two masses: left upper, right upper. So two.", 1.0),
-    ("Ultrasound of the chest. Two masses: left upper, right lower. So two.", 4 / 5),   # one quadrant wrong
-    ("Ultrasound of the chest. Two nodules: right upper, left upper.", 4 / 5),         # the kind wrong
+    ("Ultrasound of the chest. Two masses: left upper, right lower. So two.", 5 / 6),   # one quadrant wrong
+    ("Ultrasound of the chest. Two nodules: right upper, left upper.", 5 / 6),         # the kind wrong
     ("CT of the chest. No lesion. So none.", 1 / 3),      # modality and count wrong; states no kind
-    ("MRI of the head. Three masses: left lower.", 1 / 5),   # only the kind right
+    ("MRI of the head. Three masses: left lower.", 1 / 5),   # only the kind right (of 5 facts)
     ("I see a lung.", 0.0),                                # no readable facts
     ("", 0.0),
 ])
