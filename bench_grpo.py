@@ -32,6 +32,7 @@ import torch
 import grpo
 from data import load_image
 from distributed import PRECISIONS, setup
+from judges import judge_from_args
 from lora import lora_config
 from model import QWEN25_VL_SHAPES, load_model
 from phantom import PHANTOM_SIZES, phantom_dataset
@@ -187,7 +188,8 @@ class Ours:
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.0)
-        self.reward_fn = rewards_from_args(self.args, gather=rt.gather_scores if rt.sharded else None)
+        self.reward_fn = rewards_from_args(self.args, gather=rt.gather_scores if rt.sharded else None,
+                                           judge=judge_from_args(self.args))
 
     def rollout(self, records, reward_fn):
         """grpo.main's sample G, reward, advantages, reference log-probs."""

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from data import add_data_args, batch_order, dataset_from_args, load_image, train_offset
 from distributed import setup
 from evaluate import validate
+from judges import add_judge_args, judge_from_args
 from lora import has_lora, reference_policy
 from checkpoints import check_checkpoint_folder
 from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
@@ -53,11 +54,11 @@ def parse_args(argv=None):
     """grpo.py's options. Its own come in three groups below; the shared ones from the file of
     their concept: --model and LoRA (model.py, lora.py), --precision (distributed.py), the data
     (data.py: grpo.py's --train-offset default is data.train_offset's), the rewards (rewards.py),
-    --out/--resume and the optimizer (training.py)."""
+    the judge (judges.py), --out/--resume and the optimizer (training.py)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, default_model="runs/sft")
     add_data_args(p, train_offset=None)
-    add_reward_args(p)
+    add_judge_args(add_reward_args(p))
     add_run_args(p, "grpo.py", default_out="runs/grpo")
     # [reconstructed] 3e-4 for the tiny model, chosen on the validation split (1e-4 and 2e-4 gained
     # less in 200 steps: EXPERIMENTS.md); use ~1e-6 for a 3B model.
@@ -578,7 +579,7 @@ def main(argv=None):
     rt.require_divisible(args.prompts_per_step, "--prompts-per-step", "grpo.py")
     config = Config.from_args(args, state)
     train, val, policy = load_run(args, config, rt)
-    rewards = rewards_from_args(args, gather=rt.gather_scores if rt.sharded else None)
+    rewards = rewards_from_args(args, gather=rt.gather_scores if rt.sharded else None, judge=judge_from_args(args))
     torch.manual_seed(args.seed + rt.rank)   # each process samples its own completions
     start = resume(state, policy, rewards, rt) if state else 0
     log = open_log(args.out, keep_step=state and state["step"], enabled=rt.is_main,

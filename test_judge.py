@@ -1,4 +1,4 @@
-"""Tests of rewards.py's judges: RL-MedVQA's LLM judge (JudgeReward) with a tiny randomly initialised
+"""Tests of judges.py: RL-MedVQA's LLM judge (JudgeReward) with a tiny randomly initialised
 causal LM built here (nothing downloaded: the plumbing, not what a judge says), and the oracle
 fact-checking judge that stands in for it on the phantom data (OracleJudge), on hand-made completions.
 
@@ -11,9 +11,10 @@ import pytest
 
 import rewards
 from data import load_dataset
+from judges import (JUDGE_PROMPT, JUDGE_PROMPT_BLIND, JudgeReward, OracleJudge, add_judge_args,
+                    judge_from_args)
 from records import VQARecord
-from rewards import (JUDGE_PROMPT, JUDGE_PROMPT_BLIND, JudgeReward, OracleJudge, compute_rewards, extract_answer,
-                     think_text)
+from rewards import compute_rewards, extract_answer, think_text
 
 
 def completion(answer, think="The image shows it."):
@@ -136,9 +137,9 @@ def test_oracle_judge_on_real_phantom_records_and_as_a_reward_component():
     assert oracle.rewards(records, right).tolist() == [1.0] * 4
     assert oracle.rewards(records, wrong).mean() < 1       # another image's facts
     parser = argparse.ArgumentParser()
-    rewards.add_reward_args(parser)
+    add_judge_args(rewards.add_reward_args(parser))
     args = parser.parse_args(["--reward", "text", "--judge", "oracle", "--judge-weight", "0.5"])
-    built = rewards.rewards_from_args(args)
+    built = rewards.rewards_from_args(args, judge=judge_from_args(args))
     total, parts = compute_rewards(built.functions, records, right)
     assert parts["judge"].tolist() == [1.0] * 4
     assert total.tolist() == pytest.approx((parts["format"] + parts["textual"] + 0.5).tolist())
@@ -153,8 +154,10 @@ def test_oracle_judge_refuses_records_without_a_phantom_caption():
 
 def test_lm_judge_needs_a_model_the_oracle_none():
     parser = argparse.ArgumentParser()
-    rewards.add_reward_args(parser)
+    add_judge_args(rewards.add_reward_args(parser))
     with pytest.raises(ValueError, match="--judge-model .*--judge oracle"):
-        rewards.rewards_from_args(parser.parse_args(["--reward", "text", "--judge-weight", "1"]))
-    unweighted = rewards.rewards_from_args(parser.parse_args(["--reward", "text", "--judge", "oracle"]))
+        judge_from_args(parser.parse_args(["--reward", "text", "--judge-weight", "1"]))
+    args = parser.parse_args(["--reward", "text", "--judge", "oracle"])
+    assert judge_from_args(args) is None
+    unweighted = rewards.rewards_from_args(args)
     assert [f.name for f in unweighted.functions] == ["format", "textual"]   # --judge-weight 0: no judge
