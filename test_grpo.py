@@ -438,7 +438,7 @@ def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_
     from PIL import Image
     paths = plot.main([out, "--out", str(tmp_path / "figs"), "--early", "1", "--late", "1"])
     assert "reward_closed_questions" in rows[-1] or "reward_open_questions" in rows[-1]
-    assert sorted(os.path.basename(p) for p in paths) == ["collapse.png", "heldout.png", "rewards.png", "semantic.png"]
+    assert sorted(os.path.basename(p) for p in paths) == ["collapse.png", "heldout.png", "rewards.png", "sampling.png", "semantic.png"]
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] >= 400
