@@ -6,6 +6,7 @@ images when SFT and GRPO start.
     python pretrain.py --probe runs/base  # its caption accuracy per attribute on held-out images
     python pretrain.py --instruct         # writes runs/instruct from runs/base (grpo.py/sft.py build it if missing)
     python pretrain.py --instruct --probe runs/instruct   # its format compliance and answers
+    python pretrain.py --instruct --instruct-describe 0.25 --out runs/instruct-describe   # also describes images
 
 Pretraining is captioning: the prompt is "Describe the image." and the target the image's full
 caption, "CT of the chest. Two nodules: left upper, right lower." (phantom.phantom_caption), on
@@ -29,6 +30,9 @@ held-out generic questions, and format compliance on the phantom's val questions
 sampled as GRPO samples). As built by default (seed 0): format 100% on both, greedy and sampled;
 generic answers 51.7% right (of 200: modality 53%, region 72%, "no" to every closed question: it
 follows the format far better than it answers); val answers uninformed (closed 47.9%, open 0%).
+With --instruct-describe P, a share P of its examples ask instead to describe the image, answered
+with its caption (DESCRIBE_QUESTIONS): an instruct model that can name findings in an answer. At
+0.25 (seed 0, 83 s): format 100% greedy and sampled, generic answers 60.0%, val closed 47.9%, open 0%.
 [reconstructed] Not in the papers: their instruct model is Qwen's own.
 """
 
@@ -75,6 +79,11 @@ INSTRUCT_QUESTIONS = {   # answers: the modality as captions write it ("CT"), th
     "is_modality": ("Is the modality {modality}?", "Is this image made with {modality}?", "Was {modality} used here?"),
     "shows_region": ("Does the image show the {region}?", "Is the {region} shown?", "Is the {region} seen here?"),
 }
+# [reconstructed] With --instruct-describe P, a share P of the examples instead asks to describe the
+# image, answered in the format with its caption, the text the base was pretrained on: a model
+# that has put findings into an answer, as a real instruct VLM describes what it sees. The first
+# phrasing is the pretraining prompt (phantom.CAPTION_PROMPT). Default 0: generic questions only.
+DESCRIBE_QUESTIONS = (CAPTION_PROMPT, "What do you see in the image?", "Describe the findings.")
 # [reconstructed] Brief generic thoughts, one drawn per example: the format, not a rationale.
 GENERIC_THOUGHTS = ("I look at the image and answer the question.", "I look at the image, then answer.",
                     "First I look at the image. Then I answer the question.")
@@ -96,6 +105,9 @@ def parse_args(argv=None):
     p.add_argument("--instruct", action="store_true",
                    help="build (or with --probe, probe) the instruct start from --base instead of the base model")
     p.add_argument("--base", default=DEFAULT_BASE, help="with --instruct: the base model it starts from")
+    p.add_argument("--instruct-describe", type=float, default=0.0, metavar="P",
+                   help="with --instruct: share of examples that ask to describe the image, answered with its caption "
+                        "(DESCRIBE_QUESTIONS) [reconstructed]")
     p.add_argument("--out", default=None, help=f"where the model is written ({DEFAULT_BASE}; --instruct: {DEFAULT_INSTRUCT})")
     p.add_argument("--steps", type=at_least(1), default=None,
                    help=f"optimizer steps, each on new images ({STEPS}; --instruct: {INSTRUCT_STEPS}) [reconstructed]")
@@ -111,6 +123,8 @@ def parse_args(argv=None):
     p.add_argument("--probe", metavar="CKPT", default=None,
                    help="only probe CKPT (a base model; with --instruct an instruct one) and print it")
     args = p.parse_args(argv)
+    if not 0 <= args.instruct_describe <= 1:
+        p.error(f"argument --instruct-describe: a share in [0, 1], got {args.instruct_describe}")
     sizes = (DEFAULT_INSTRUCT, INSTRUCT_STEPS, INSTRUCT_BATCH_SIZE, INSTRUCT_LR) if args.instruct else \
         (DEFAULT_BASE, STEPS, BATCH_SIZE, LR)
     for name, default in zip(("out", "steps", "batch_size", "lr"), sizes):
@@ -222,15 +236,19 @@ def pretrain(out=DEFAULT_BASE, steps=STEPS, batch_size=BATCH_SIZE, lr=LR, seed=0
     return perception
 
 
-def instruct_records(count, seed=0, start=INSTRUCT_START):
+def instruct_records(count, seed=0, start=INSTRUCT_START, describe=0.0):
     """`count` generic questions, one per base-stream image start .. start + count, each with its
     answer and a generic thought in `cot`: VQARecords of dataset "instruct", category the
-    question's kind (INSTRUCT_QUESTIONS).
+    question's kind (INSTRUCT_QUESTIONS). describe: the chance that an image's question is instead
+    one of DESCRIBE_QUESTIONS (category "describe"), answered with its caption; drawn last, so the
+    other records are those of describe=0.
 
         instruct_records(2) -> [VQARecord(id='instruct-1000000', question='What region does the image show?',
             answer='abdomen', answer_type='open', dataset='instruct', category='region',
             cot='I look at the image and answer the question.', ...),
             VQARecord(id='instruct-1000001', question='Is the modality MRI?', answer='no', ...)]
+        instruct_records(2, describe=1.0)[0] -> VQARecord(id='instruct-1000000',
+            question=<one of DESCRIBE_QUESTIONS>, answer=<its caption>, answer_type='open', category='describe', ...)
     """
     records = []
     for offset, (image, caption) in enumerate(phantom_captions(count, seed=seed, start=start)):
@@ -245,10 +263,12 @@ def instruct_records(count, seed=0, start=INSTRUCT_START):
         question = phrasings[rng.integers(len(phrasings))].format(modality=MODALITY_WORDS[modality], region=region)
         answer = dict(modality=MODALITY_WORDS[facts["modality"]], region=facts["region"]).get(
             kind, "yes" if truth else "no")
+        thought = GENERIC_THOUGHTS[rng.integers(len(GENERIC_THOUGHTS))]
+        if rng.random() < describe:
+            kind, question, answer = "describe", DESCRIBE_QUESTIONS[rng.integers(len(DESCRIBE_QUESTIONS))], caption
         records.append(VQARecord(f"instruct-{index}", image, question, answer,
-                                 "open" if kind in ("modality", "region") else "closed", "instruct",
-                                 GENERIC_THOUGHTS[rng.integers(len(GENERIC_THOUGHTS))],
-                                 f"base-stream image {index}", category=kind))
+                                 "open" if kind in ("modality", "region", "describe") else "closed", "instruct",
+                                 thought, f"base-stream image {index}", category=kind))
     return records
 
 
@@ -288,17 +308,18 @@ def instruct_probe(model, processor, size=400, seed=0, temperature=0.7, val_size
 
 
 def instruct(out=DEFAULT_INSTRUCT, base=DEFAULT_BASE, steps=INSTRUCT_STEPS, batch_size=INSTRUCT_BATCH_SIZE,
-             lr=INSTRUCT_LR, seed=0, probe_size=400, val_size=None, log=print):
+             lr=INSTRUCT_LR, seed=0, probe_size=400, val_size=None, describe=0.0, log=print):
     """Tune the base model at `base` to the system prompt's format on generic questions
-    (instruct_records, from INSTRUCT_START, each image once); write it to `out` (atomically, with
-    its probe in meta.json) and return the probe (val_size: instruct_probe's)."""
+    (instruct_records, from INSTRUCT_START, each image once; a share `describe` asks to describe
+    the image); write it to `out` (atomically, with its probe in meta.json) and return the probe
+    (val_size: instruct_probe's; its generic questions are never "describe")."""
     model, processor = load_model(base, device="cpu")
     seconds = fit(model, lambda step: instruct_batch(processor, instruct_records(
-        batch_size, seed=seed, start=INSTRUCT_START + step * batch_size)), steps, lr, "instruct")
+        batch_size, seed=seed, start=INSTRUCT_START + step * batch_size, describe=describe)), steps, lr, "instruct")
     following = instruct_probe(model, processor, probe_size, seed=seed, val_size=val_size)
     save_checkpoint(model, processor, out, meta=dict(script="pretrain.py --instruct", base=base, steps=steps,
-                                                     batch_size=batch_size, lr=lr, seed=seed, seconds=round(seconds),
-                                                     probe=following, probe_size=probe_size,
+                                                     batch_size=batch_size, lr=lr, seed=seed, describe=describe,
+                                                     seconds=round(seconds), probe=following, probe_size=probe_size,
                                                      probe_val_size=val_size or PHANTOM_SIZES["val"]))
     log(f"pretrain.py: wrote {out} in {seconds:.0f} s; " + format_instruct_probe(following))
     return following
@@ -348,7 +369,8 @@ def main(argv=None):
     if args.instruct:
         if not os.path.isfile(os.path.join(args.base, "config.json")):
             sys.exit(f"pretrain.py: no base model at {args.base}: run `python pretrain.py` first (or pass --base)")
-        result = instruct(args.out, args.base, args.steps, args.batch_size, args.lr, args.seed, args.probe_size)
+        result = instruct(args.out, args.base, args.steps, args.batch_size, args.lr, args.seed, args.probe_size,
+                          describe=args.instruct_describe)
     else:
         result = pretrain(args.out, args.steps, args.batch_size, args.lr, args.seed, args.probe_size, args.probe_every)
     print(json.dumps(result))

@@ -1,9 +1,11 @@
 """Tests of pretrain.py, the phantom base model: the probe's arithmetic, the batch cut to the caption
 positions, a short build, the same base from the same seed, sft.py building the base on first use,
 and bench_pretrain.py; the instruct start: its data (no VQA kind, no VQA image), its probe's
-arithmetic, a short build, sft.py and grpo.py building it on first use.
+arithmetic, a short build, sft.py and grpo.py building it on first use; with --instruct-describe, examples
+that ask to describe the image, answered with its caption.
 Run: python -m pytest test_pretrain.py -q"""
 
+import hashlib
 import json
 import os
 
@@ -125,6 +127,31 @@ def test_instruct_examples_ask_no_vqa_kind_about_no_vqa_image():
     assert 0.4 < closed.count("yes") / len(closed) < 0.6
 
 
+def test_instruct_describe_replaces_a_share_of_questions_with_captions():
+    plain, records = pretrain.instruct_records(400), pretrain.instruct_records(400, describe=0.25)
+    # describe=0 (the default) draws the examples runs/instruct was built on: a fingerprint of the
+    # first 300, taken from pretrain.py before --instruct-describe existed
+    first = [(r.id, r.question, r.answer, r.answer_type, r.category, r.cot) for r in plain[:300]]
+    assert hashlib.sha256(repr(first).encode()).hexdigest()[:16] == "6cfa3003b0b2484c"
+    base = phantom_captions(400, start=pretrain.INSTRUCT_START)
+    described = [i for i, r in enumerate(records) if r.category == "describe"]
+    assert 0.19 < len(described) / 400 < 0.31                       # about P; binomial sd 0.022
+    for i, (r, p, (image, caption)) in enumerate(zip(records, plain, base)):
+        if i in described:   # the image's caption, the base's pretraining text, after a generic thought
+            assert (r.question in pretrain.DESCRIBE_QUESTIONS and r.answer == caption and r.answer_type == "open"
+                    and r.cot in pretrain.GENERIC_THOUGHTS and np.array_equal(np.asarray(r.image), np.asarray(image)))
+        else:                # every other example is the default's
+            assert (r.id, r.question, r.answer, r.category, r.cot) == (p.id, p.question, p.answer, p.category, p.cot)
+    assert {records[i].question for i in described} == set(pretrain.DESCRIBE_QUESTIONS)
+    vqa_phrasings = {p for kind in (*OPEN_QUESTIONS.values(), *CLOSED_QUESTIONS.values()) for p in kind}
+    assert not set(pretrain.DESCRIBE_QUESTIONS) & vqa_phrasings
+    assert set(pretrain.DESCRIBE_QUESTIONS) & set(phantom_corpus(samples=0)) == {CAPTION_PROMPT}   # the pretraining prompt
+    assert all(r.category == "describe" for r in pretrain.instruct_records(20, describe=1.0))
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(["--instruct", "--instruct-describe", "1.5"])
+    assert pretrain.parse_args(["--instruct"]).instruct_describe == 0.0
+
+
 def test_instruct_probe_counts_format_and_answers(monkeypatch):
     """A model that answers "yes" in the format to everything: format 1, and right where "yes" is."""
     monkeypatch.setattr(pretrain, "complete", lambda model, processor, questions, images, *a, **k:
@@ -142,10 +169,12 @@ def test_a_short_instruct_build_writes_a_model_with_its_probe(tmp_path):
     base, out = str(tmp_path / "base"), str(tmp_path / "instruct")
     pretrain.pretrain(base, steps=1, batch_size=2, probe_size=2)
     logged = []
-    following = pretrain.instruct(out, base, steps=2, batch_size=2, probe_size=4, val_size=4, log=logged.append)
+    following = pretrain.instruct(out, base, steps=2, batch_size=2, probe_size=4, val_size=4, describe=0.5,
+                                  log=logged.append)
     assert len(logged) == 1 and logged[0].startswith(f"pretrain.py: wrote {out} in ")
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["script"] == "pretrain.py --instruct" and meta["base"] == base and meta["steps"] == 2
+    assert meta["describe"] == 0.5
     assert meta["probe"] == following and meta["probe_size"] == meta["probe_val_size"] == 4
     assert set(following) == {"generic_format", "generic_accuracy", "vqa_format", "vqa_sampled_format",
                               "vqa_closed_accuracy", "vqa_open_accuracy"}
