@@ -145,7 +145,8 @@ def test_instruct_describe_replaces_a_share_of_questions_with_captions():
     assert {records[i].question for i in described} == set(pretrain.DESCRIBE_QUESTIONS)
     vqa_phrasings = {p for kind in (*OPEN_QUESTIONS.values(), *CLOSED_QUESTIONS.values()) for p in kind}
     assert not set(pretrain.DESCRIBE_QUESTIONS) & vqa_phrasings
-    assert set(pretrain.DESCRIBE_QUESTIONS) & set(phantom_corpus(samples=0)) == {CAPTION_PROMPT}   # the pretraining prompt
+    # of the phantom's texts, only the pretraining prompt
+    assert set(pretrain.DESCRIBE_QUESTIONS) & set(phantom_corpus(samples=0)) == {CAPTION_PROMPT}
     assert all(r.category == "describe" for r in pretrain.instruct_records(20, describe=1.0))
     with pytest.raises(SystemExit):
         pretrain.parse_args(["--instruct", "--instruct-describe", "1.5"])
