@@ -237,7 +237,7 @@ def stages_markdown(results, seeds, seconds=None):
     names = {split: f"{split} split" for split in splits} | {"test": "in-domain (test split)",
                                                               "ood": "out-of-domain (ood split)"}
     lines = [f"Phantom, seeds {', '.join(map(str, seeds))}: mean ± sample std (ddof=1) over seeds, in %; "
-             f"{MISSING}: not measured."]
+             f"{MISSING}: not measured, or (fact acc, consistency) no <think> states a readable caption."]
     for split in splits:
         lines += ["", f"**{names[split]}**", ""] + markdown_table(
             ["model", *titles], [[row, *(mean_std_cell(results[row][split][t]) for t in titles)] for row, _ in ROWS])
