@@ -36,7 +36,7 @@ phrasing picks the wording (phantom.WORDINGS). Score a checkpoint with the wordi
 cosine, and ROUGE-1, half of the textual reward): the <think> is read as a caption (the reference
 rationale `cot` starts with the image's, which gives the true facts) and `fact_accuracy` is the share
 of its stated facts that are true, `consistency` the share of answers that its OWN stated facts imply
-(reasoning_scores). `--pass-at K`: K answers per question sampled at temperature 0.7 (GRPO's),
+(reasoning.py). `--pass-at K`: K answers per question sampled at temperature 0.7 (GRPO's),
 the share of questions with at least one right (closed: accuracy; open: concept) against greedy.
 
 Categories (category_parts): the dataset's own field (VQA-RAD question_type, SLAKE content_type,
@@ -66,10 +66,10 @@ from PIL import Image
 
 from data import add_data_args
 from distributed import Runtime, add_runtime_args
-from phantom import SYNONYMS, fact_truths, implied_answer, parse_caption, parse_question
+from reasoning import masked_mean, reasoning_scores, reasoning_summary, same_concept
 from records import run_script
 from rewards import (ANSWER_TYPES, SemanticScorer, as_text, bleu1, exact_match, extract_answer, format_reward,
-                     normalize, rouge1_f1, think_text, token_recall)
+                     rouge1_f1, token_recall)
 from tables import format_paper_table, format_table, metric_tables, write_paper_table
 
 REQUIRED_FIELDS = ("question", "answer", "prediction", "answer_type")
@@ -238,46 +238,9 @@ def answer_scores(rows, answers=None):
         per_row[name] = np.array([metric(a, row["answer"]) if o else 0.0
                                   for a, row, o in zip(answers, rows, is_open)])
     is_phantom = np.array([row["dataset"] == "phantom" for row in rows], dtype=bool)
-    per_row["concept"] = np.array([_same_concept(a, row["answer"]) if o and p else 0.0
+    per_row["concept"] = np.array([same_concept(a, row["answer"]) if o and p else 0.0
                                    for a, row, o, p in zip(answers, rows, is_open, is_phantom)])
     per_row["right"] = np.where(is_open & is_phantom, per_row["concept"], per_row["accuracy"])
-    return per_row
-
-
-def reasoning_scores(rows, answers):
-    """The reasoning metric's per-row counts, independent of every reward: on phantom rows with a
-    reference rationale (`cot`, which starts with the image's caption) and a question of a known
-    kind (`category`), `reasoned` is 1. `stated` is 1 where the <think> starts with a readable
-    caption (phantom.parse_caption); its facts (phantom.fact_truths: modality, region, count, kind
-    where lesions are stated, each stated quadrant) are counted in `facts`, the true ones in
-    `true_facts`. `consistent` is 1 where the answer is the one the rationale's OWN stated facts
-    imply for the question (phantom.implied_answer), true or not: closed, the same yes/no; open,
-    the same concept (phantom_concept). A <think> with no readable caption states no facts: 0 in
-    all but `reasoned`.
-
-        think "CT of the chest. Two nodules: left upper, right lower. ..." of an image that is a CT
-        of the chest with one nodule, left upper; question "How many lesions are there?", answer
-        "a pair of lesions" -> facts 6 (modality, region, count, kind, 2 quadrants), true_facts 4
-        (the count and "right lower" are false), consistent 1 (two stated, two answered).
-    """
-    names = ("reasoned", "stated", "facts", "true_facts", "consistent")
-    per_row = {name: np.zeros(len(rows)) for name in names}
-    for i, (row, answer) in enumerate(zip(rows, answers)):
-        truth = parse_caption(row.get("cot") or "") if row["dataset"] == "phantom" else None
-        kind = (row.get("category") or "").lower()
-        asked = parse_question(kind, row["question"])
-        if truth is None or asked is None:
-            continue
-        per_row["reasoned"][i] = 1
-        stated = parse_caption(think_text(row["prediction"]))
-        if stated is None:
-            continue
-        truths = fact_truths(stated, truth)
-        implied = implied_answer(kind, *asked, stated)
-        per_row["stated"][i], per_row["facts"][i], per_row["true_facts"][i] = 1, len(truths), sum(truths)
-        if implied is not None:
-            per_row["consistent"][i] = (exact_match(answer, implied) if row["answer_type"] == "closed"
-                                        else float(phantom_concept(answer) == implied))
     return per_row
 
 
@@ -306,10 +269,10 @@ def summarize(rows, per_row, combined="split"):
         return {
             "n": int(selected.sum()),
             "open": {"n": int(open_rows.sum()),
-                     **{name: _mean(per_row[name], open_rows) for name in (*OPEN_METRICS, "bertscore", "semantic")},
-                     "concept": _mean(per_row["concept"], open_rows & is_phantom)},
-            "closed": {"n": int(closed_rows.sum()), "accuracy": _mean(per_row["accuracy"], closed_rows)},
-            "format": _mean(per_row["format"], selected),
+                     **{name: masked_mean(per_row[name], open_rows) for name in (*OPEN_METRICS, "bertscore", "semantic")},
+                     "concept": masked_mean(per_row["concept"], open_rows & is_phantom)},
+            "closed": {"n": int(closed_rows.sum()), "accuracy": masked_mean(per_row["accuracy"], closed_rows)},
+            "format": masked_mean(per_row["format"], selected),
         } | reasoning_summary(per_row, selected)
 
     datasets = np.array([row["dataset"] for row in rows])
@@ -329,44 +292,9 @@ def summarize(rows, per_row, combined="split"):
     return metrics
 
 
-def reasoning_summary(per_row, selected):
-    """{"reasoning": {n, stated, facts, fact_accuracy, consistency}} over the selected rows that
-    reasoning_scores scores, or {} where there are none (a dataset other than the phantom):
-    fact_accuracy = true facts / stated facts, pooled over rows; consistency = consistent answers /
-    rows that state facts; stated = rows that state facts / n."""
-    reasoned = selected & (per_row["reasoned"] > 0)
-    if not reasoned.any():
-        return {}
-    stated, facts = reasoned & (per_row["stated"] > 0), per_row["facts"][reasoned].sum()
-    return {"reasoning": {"n": int(reasoned.sum()), "stated": _mean(per_row["stated"], reasoned),
-                          "facts": int(facts),
-                          "fact_accuracy": float(per_row["true_facts"][reasoned].sum() / facts) if facts else None,
-                          "consistency": _mean(per_row["consistent"], stated)}}
-
-
 def score_predictions(rows, scorer=None, bertscorer=None, combined="split"):
     """Metrics of METHOD.md §7 for rows as read_predictions returns them (see the module docstring)."""
     return summarize(rows, score_rows(rows, scorer, bertscorer), combined)
-
-
-# Each phrasing of a phantom answer, normalised -> the concept it names (phantom.SYNONYMS).
-PHANTOM_CONCEPTS = {" ".join(normalize(name)): concept for concept, names in SYNONYMS.items() for name in names}
-
-
-def phantom_concept(answer):
-    """What a phantom answer names, with synonyms folded: "two lesions" and "a pair of lesions" ->
-    "2"; an answer that is no phantom wording -> its words, sorted."""
-    words = normalize(answer)
-    return PHANTOM_CONCEPTS.get(" ".join(words), " ".join(sorted(words)))
-
-
-def _same_concept(prediction, reference):
-    concept = phantom_concept(prediction)   # "" for an empty answer, which never matches
-    return float(bool(concept) and concept == phantom_concept(reference))
-
-
-def _mean(values, mask):
-    return float(values[mask].mean()) if mask.any() else None
 
 
 def prediction_row(record, prediction):
@@ -431,10 +359,10 @@ def pass_at_k_summary(is_open, greedy_right, sampled_right):
     """
     hit = sampled_right.max(1)
     return {"k": int(sampled_right.shape[1]),
-            "closed": _mean(hit, ~is_open), "open_concept": _mean(hit, is_open),
-            "sampled_closed": _mean(sampled_right.mean(1), ~is_open),
-            "sampled_open_concept": _mean(sampled_right.mean(1), is_open),
-            "greedy_closed": _mean(greedy_right, ~is_open), "greedy_open_concept": _mean(greedy_right, is_open),
+            "closed": masked_mean(hit, ~is_open), "open_concept": masked_mean(hit, is_open),
+            "sampled_closed": masked_mean(sampled_right.mean(1), ~is_open),
+            "sampled_open_concept": masked_mean(sampled_right.mean(1), is_open),
+            "greedy_closed": masked_mean(greedy_right, ~is_open), "greedy_open_concept": masked_mean(greedy_right, is_open),
             "n": len(is_open), "closed_n": int((~is_open).sum()), "open_n": int(is_open.sum())}
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import evaluate
+import reasoning
 import phantom
 from model import load_model, save_checkpoint
 
@@ -87,8 +88,8 @@ def test_facts_and_implied_answers_by_hand():
 def test_every_reference_rationale_is_true_and_consistent(split, size, wording):
     records = phantom.phantom_dataset(split, size=size, wording=wording)
     rows = [evaluate.prediction_row(r, f"<think>{r.cot}</think><answer>{r.answer}</answer>") for r in records]
-    scores = evaluate.reasoning_scores(rows, [r.answer for r in records])
-    summary = evaluate.reasoning_summary(scores, np.ones(len(rows), dtype=bool))["reasoning"]
+    scores = reasoning.reasoning_scores(rows, [r.answer for r in records])
+    summary = reasoning.reasoning_summary(scores, np.ones(len(rows), dtype=bool))["reasoning"]
     assert summary["n"] == size and summary["stated"] == summary["fact_accuracy"] == summary["consistency"] == 1.0
     assert {r.category for r in records} == set(phantom.CLOSED_QUESTIONS) | set(phantom.OPEN_QUESTIONS)
 
@@ -133,7 +134,7 @@ def test_pass_at_k_on_the_tiny_model(tmp_path, fixed_scorers, capsys):
     assert len(rows) == 5 and all(r["id"].startswith("phantom-ood-") and r["cot"] for r in rows)
     greedy = evaluate.answer_scores(rows[:3])["right"]
     is_open = np.array([r["answer_type"] == "open" for r in rows[:3]])
-    assert passed["greedy_closed"] == evaluate._mean(greedy, ~is_open)  # the saved greedy answers, the same records
+    assert passed["greedy_closed"] == reasoning.masked_mean(greedy, ~is_open)  # the saved greedy answers, the same records
     for key in ("closed", "open_concept"):
         if passed[key] is not None:
             assert passed[key] >= passed[f"sampled_{key}"] and 0 <= passed[key] <= 1
