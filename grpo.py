@@ -41,7 +41,8 @@ from checkpoints import check_checkpoint_folder
 from model import add_model_args, check_prompt_lengths, model_from_args, save_checkpoint
 from policy import Completions, ImageFeatures, completion_logprobs, sample_completions, select_prompts
 from records import run_script
-from rewards import add_reward_args, collapse_diagnostics, length_target_unreachable, rewards_from_args
+from rewards import (add_reward_args, collapse_diagnostics, exact_match, extract_answer, length_target_unreachable,
+                     rewards_from_args, think_text)
 from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args, at_least, claim_output, due,
                       open_log, parse_run_args, positive_float, saved_config, set_learning_rate)
 
@@ -309,6 +310,8 @@ class Scores:
     components: dict      # reward name -> (n,)
     answer_types: list    # n: "open" or "closed"
     texts: list           # n: the completions' texts (identical ones in a group: the policy collapsing)
+    correct: np.ndarray   # (n,) 1.0 where the <answer> matches the reference exactly (rewards.exact_match)
+    tokens: np.ndarray    # (n,) completion tokens, up to and with the end of sequence
 
     @classmethod
     def gather(cls, groups, rt):
@@ -316,12 +319,15 @@ class Scores:
         own = (np.concatenate([g.rewards for g in groups]),
                {k: np.concatenate([g.components[k] for g in groups]) for k in groups[0].components},
                [g.record.answer_type for g in groups for _ in g.rewards],
-               [text for g in groups for text in g.completions.texts])
+               [text for g in groups for text in g.completions.texts],
+               np.array([exact_match(extract_answer(text, strict=True), g.record.answer)
+                         for g in groups for text in g.completions.texts]),
+               np.concatenate([g.completions.mask.sum(dim=1).cpu().numpy() for g in groups]))
         every = rt.gather(own)
-        return cls(np.concatenate([t for t, _, _, _ in every]),
-                   {k: np.concatenate([c[k] for _, c, _, _ in every]) for k in every[0][1]},
-                   [t for _, _, types, _ in every for t in types],
-                   [t for _, _, _, texts in every for t in texts])
+        return cls(np.concatenate([e[0] for e in every]),
+                   {k: np.concatenate([e[1][k] for e in every]) for k in every[0][1]},
+                   [t for e in every for t in e[2]], [t for e in every for t in e[3]],
+                   np.concatenate([e[4] for e in every]), np.concatenate([e[5] for e in every]))
 
 
 def draw_records(train, step, draw, args, rt):
@@ -506,6 +512,14 @@ def reward_log(first, trained, draws, G):
         is_kind = np.asarray(first.answer_types) == kind
         if is_kind.any():
             row[f"reward_{kind}_questions"] = float(first.totals[is_kind].mean())
+    # RL-MedVQA's length question and GRPO's length bias: how long right and wrong answers run
+    think_words = np.array([len(think_text(t).split()) for t in first.texts])
+    right = first.correct == 1.0
+    row.update(correct_fraction=float(right.mean()), think_words=float(think_words.mean()))
+    for name, rows in (("right", right), ("wrong", ~right)):
+        if rows.any():
+            row.update({f"think_words_{name}": float(think_words[rows].mean()),
+                        f"completion_tokens_{name}": float(first.tokens[rows].mean())})
     if "semantic_raw" in first.components:
         is_open = np.asarray(first.answer_types) == "open"
         row.update(open_semantic_raw=np.round(first.components["semantic_raw"][is_open], 3).tolist(),
