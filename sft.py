@@ -69,6 +69,10 @@ def parse_args(argv=None):
     g.add_argument("--missing-cot", choices=["skip", "answer"], default="skip",
                    help="records without a rationale: skip them, or train with <think> restating "
                         "the answer [reconstructed]")
+    g.add_argument("--answer-only", action="store_true",
+                   help="drop the dataset's rationales: every record trains with <think> restating the answer "
+                        "(--missing-cot answer's target). RL-MedVQA's SFT control: `--train-offset 6000` gives "
+                        "it GRPO's answer-only questions (experiments.py factors, sft-answers)")
     # [reconstructed] ARMed's regime: chain-of-thought annotations are scarce, so SFT sees a limited
     # CoT subset and GRPO then trains on answer-only questions SFT never saw (grpo.py's default
     # prompts on phantom start past every record sft.py could use). The size is not published; 500
@@ -104,6 +108,8 @@ def parse_args(argv=None):
     g.add_argument("--encoder", default=None, help="sentence-transformers model for the semantic metric")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     args = parse_run_args(p, argv)
+    if args.answer_only and args.cot_from:
+        p.error("argument --answer-only: drops rationales, --cot-from writes them; give one of the two")
     if args.cot_augment and not args.cot_from:
         p.error("argument --cot-augment: adds the rationales --cot-from writes; give --cot-from too")
     return args
@@ -170,7 +176,10 @@ def training_examples(args, rt):
     rationales that checkpoint writes for the questions of the first --cot-records records
     (generate_cot) replace them, or with --cot-augment are added after them."""
     train = dataset_from_args(args, "train")
-    given = [(r, t) for r in train if (t := sft_target(r, args.missing_cot)) is not None]
+    if args.answer_only:
+        train = [type(r)(**{**vars(r), "cot": ""}) for r in train]
+    given = [(r, t) for r in train if (t := sft_target(r, "answer" if args.answer_only else args.missing_cot))
+             is not None]
     without_cot = len(train) - len(given)
     if args.cot_records:
         given = given[:args.cot_records]

@@ -129,3 +129,19 @@ def test_armed_a_cot_temperature_and_cot_augment(monkeypatch):
     for wrong in (["--cot-temperature", "0"], ["--cot-augment"]):        # augment needs --cot-from
         with pytest.raises(SystemExit):
             sft.parse_args(wrong)
+
+
+def test_answer_only_drops_rationales_on_grpos_questions():
+    """--answer-only (RL-MedVQA's SFT control): every record trains with <think> restating its answer,
+    also records that have a rationale; with --train-offset the records are GRPO's answer-only ones."""
+    common = ["--model", "tiny", "--limit", "5", "--cot-records", "3", "--eval-size", "2"]
+    grpo_records = dataset_from_args(sft.parse_args(common + ["--train-offset", "6000"]), "train")
+    assert all(r.cot for r in grpo_records)   # the phantom's records have rationales; the option drops them
+    examples, _ = sft.training_examples(sft.parse_args(common + ["--train-offset", "6000", "--answer-only"]), setup())
+    assert [r.id for r, _ in examples] == [r.id for r in grpo_records[:3]]
+    assert [t for _, t in examples] == [f"<think>The answer is {r.answer}.</think><answer>{r.answer}</answer>"
+                                        for r in grpo_records[:3]]
+    default, _ = sft.training_examples(sft.parse_args(common), setup())
+    assert [t for _, t in default] == [sft.sft_target(r) for r in dataset_from_args(sft.parse_args(common), "train")[:3]]
+    with pytest.raises(SystemExit):
+        sft.parse_args(["--answer-only", "--cot-from", "tiny"])
