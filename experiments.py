@@ -115,6 +115,15 @@ def score_steps(name, checkpoint, base, eval_args, splits):
             for split in splits]
 
 
+def scored_run(out, name, seed, script, extra, grpo_args, sft_args, eval_args, splits):
+    """[the training step OUT/NAME-SEED (script with extra, --seed SEED and the experiment's added
+    options), then its scoring on each split]."""
+    step = training_step(f"{name}-{seed}", script, [*extra, "--seed", str(seed),
+                                                    *(grpo_args if script == "grpo.py" else sft_args)],
+                         os.path.join(out, f"{name}-{seed}"))
+    return [step, *score_steps(step.name, step.output, step.output, eval_args, splits)]
+
+
 def stage_chains(args):
     """The steps of `stages`: [first chain (the instruct model), then per seed two chains (SFT → GRPO
     and I → A → R) that run side by side with --jobs]."""
@@ -122,12 +131,8 @@ def stage_chains(args):
     instruct = [Step("instruct", ["pretrain.py", "--instruct"], args.instruct)] if args.instruct == INSTRUCT else []
     chains = [instruct + score_steps("instruct", args.instruct, os.path.join(out, "instruct"), eval_args, args.splits)]
     for seed in args.seeds:
-        s = ["--seed", str(seed)]
-
         def run(name, script, extra):
-            step = training_step(f"{name}-{seed}", script, [*extra, *s, *(grpo_args if script == "grpo.py" else sft_args)],
-                                 os.path.join(out, f"{name}-{seed}"))
-            return [step, *score_steps(step.name, step.output, step.output, eval_args, args.splits)]
+            return scored_run(out, name, seed, script, extra, grpo_args, sft_args, eval_args, args.splits)
 
         a_start = args.instruct if args.a_start == "instruct" else os.path.join(out, f"I-{seed}")
         chains.append(run("sft", "sft.py", []) + run("grpo", "grpo.py", ["--model", os.path.join(out, f"sft-{seed}")]))
@@ -390,6 +395,153 @@ def format_ablation(results, args):
     return "\n".join(lines)
 
 
+# RL-MedVQA's four factors and GRPO against SFT on equal data (`factors`). Every arm is a run per
+# seed S from the SFT checkpoint of seed S (STAGES/sft-S, the stages experiment's), scored like the
+# stages. [reconstructed] Every GRPO arm but the initialisation's sets --closed-semantic zero: the
+# semantic slot rewards open answers alone, so that Dr. GRPO's unscaled advantages do not weigh closed
+# questions double, and the loss types, the judge and the length rewards compare alike.
+ALIKE = ("--closed-semantic", "zero")
+# [reconstructed] the SFT control: GRPO's pool of answer-only questions (phantom train records 6000 on,
+# data.train_offset), as many question visits as GRPO's 200 steps of 16 prompts, at GRPO's learning rate.
+CONTROL = ("--train-offset", "6000", "--cot-records", "3200", "--steps", "200", "--batch-size", "16", "--lr", "3e-4")
+ARMS = {  # arm: (script, its options; {sft} is STAGES/sft-S), started from --model, by default STAGES/sft-S
+    "grpo": ("grpo.py", ALIKE),
+    "dr_grpo": ("grpo.py", ("--loss-type", "dr_grpo", *ALIKE)),   # implies --advantage-scale none
+    "token": ("grpo.py", ("--loss-type", "token", *ALIKE)),
+    "judge": ("grpo.py", ("--judge", "oracle", "--judge-weight", "1", *ALIKE)),
+    "ecr": ("grpo.py", ("--ecr-weight", "1", *ALIKE)),
+    "cwr": ("grpo.py", ("--cwr-weight", "1", *ALIKE)),
+    "base": ("grpo.py", ("--model", "runs/base")),   # pretrain.DEFAULT_BASE: captions, no format
+    "sft-answers": ("sft.py", (*CONTROL, "--answer-only")),
+    "sft-own": ("sft.py", (*CONTROL, "--cot-from", "{sft}")),
+}
+# Each factor's rows: (label, an arm, or "stages:NAME", the stages experiment's run STAGES/NAME-S); the
+# first row is the one every other is compared with, per seed.
+FACTORS = {
+    "init": [("GRPO from SFT", "stages:grpo"), ("GRPO from instruct (stage I)", "stages:I"),
+             ("GRPO from base", "base")],
+    "judge": [("GRPO", "grpo"), ("GRPO + oracle judge", "judge")],
+    "length": [("no length reward", "grpo"), ("ECR", "ecr"), ("CWR", "cwr")],
+    "bias": [("GRPO", "grpo"), ("Dr. GRPO", "dr_grpo"), ("token-mean", "token")],
+    "sft": [("GRPO (from SFT)", "stages:grpo"), ("SFT start", "stages:sft"),
+            ("SFT + answers", "sft-answers"), ("SFT + own rationales", "sft-own")],
+}
+# What the training logs say, mean over the last LATE steps of each run (grpo.py's log keys).
+LATE = 50
+LOG_COLUMNS = (("format reward", "reward_format"), ("correct", "correct_fraction"),
+               ("think words, right", "think_words_right"), ("think words, wrong", "think_words_wrong"))
+
+
+def factor_runs(args):
+    """{row arm: its run folder per seed} of the chosen factors (a "stages:NAME" row: STAGES/NAME-S)."""
+    arms = dict.fromkeys(arm for factor in args.factors for _, arm in FACTORS[factor])   # in the factors' order
+    return {arm: [os.path.join(args.stages, f"{arm[len('stages:'):]}-{s}") if arm.startswith("stages:")
+                  else os.path.join(args.out, f"{arm}-{s}") for s in args.seeds] for arm in arms}
+
+
+def factor_chains(args):
+    """[first chain: the stages' runs the factors start from or compare with, where missing (the
+    instruct model, each seed's SFT), then a chain per stages run and per arm and seed]."""
+    grpo_args, sft_args, eval_args = map(shlex.split, (args.grpo_args, args.sft_args, args.eval_args))
+    arms = factor_runs(args)
+    stages = lambda name, seed, script, extra: scored_run(args.stages, name, seed, script, extra, [], [], eval_args,
+                                                          args.splits)
+    first = []
+    if "stages:I" in arms:
+        first += [Step("instruct", ["pretrain.py", "--instruct"], INSTRUCT)]
+    first += [step for seed in args.seeds for step in stages("sft", seed, "sft.py", [])]
+    chains = [first]
+    for seed in args.seeds:
+        sft = os.path.join(args.stages, f"sft-{seed}")
+        if "stages:grpo" in arms:
+            chains.append(stages("grpo", seed, "grpo.py", ["--model", sft]))
+        if "stages:I" in arms:
+            chains.append(stages("I", seed, "grpo.py", ["--model", INSTRUCT]))
+        for arm in (a for a in arms if not a.startswith("stages:")):
+            script, options = ARMS[arm]
+            extra = [o.format(sft=sft) for o in options]
+            chains.append(scored_run(args.out, arm, seed, script, extra if "--model" in extra else ["--model", sft, *extra],
+                                     grpo_args, sft_args, eval_args, args.splits))
+    return chains
+
+
+def log_summary(run, late=LATE):
+    """{LOG_COLUMNS key: mean over the run's last `late` logged steps}, None where it is not logged
+    (sft.py's log, a log from before a key existed)."""
+    path = run + ".log.jsonl"
+    rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+    rows = [r for r in rows if "reward" in r][-late:]
+    return {key: float(np.mean([r[key] for r in rows if key in r])) if any(key in r for r in rows) else None
+            for _, key in LOG_COLUMNS}
+
+
+def factor_results(args):
+    """{factor: {"rows": [{label, arm, runs, scores: {split: {metric: [per seed, %]}}, log: {key: [per
+    seed]}}], "differences": {label: {split: {metric: [row − first row, per seed]}}}}}."""
+    runs, results = factor_runs(args), {}
+    for factor in args.factors:
+        rows = []
+        for label, arm in FACTORS[factor]:
+            logs = [log_summary(run) for run in runs[arm]]
+            rows.append(dict(label=label, arm=arm, runs=runs[arm],
+                             scores={split: {title: [value(summary_of(f"{run}.{split}.json"), keys) for run in runs[arm]]
+                                             for title, keys in METRICS} for split in args.splits},
+                             log={key: [log[key] for log in logs] for _, key in LOG_COLUMNS}))
+        results[factor] = dict(rows=rows, differences={
+            row["label"]: {split: {title: differences(row["scores"][split][title], rows[0]["scores"][split][title])
+                                   for title, _ in METRICS} for split in args.splits} for row in rows[1:]})
+    return results
+
+
+def factors_markdown(results, seeds):
+    """Per factor: the scores (mean ± std over seeds) and the training log's late means, then the
+    paired differences from the factor's first row, per split."""
+    titles = [title for title, _ in METRICS]
+    lines = [f"Phantom, seeds {', '.join(map(str, seeds))}: mean ± sample std (ddof=1) over seeds, in %; the "
+             f"training columns: mean over each run's last {LATE} steps ({MISSING}: not logged)."]
+    for factor, result in results.items():
+        rows = result["rows"]
+        for split in rows[0]["scores"]:
+            lines += ["", f"**{factor}, {split} split**", ""] + markdown_table(
+                ["run", *titles] + ([f"{t} (train)" for t, _ in LOG_COLUMNS] if split == "test" else []),
+                [[row["label"], *(mean_std_cell(row["scores"][split][t]) for t in titles)]
+                 + ([log_cell(row["log"][key], key) for _, key in LOG_COLUMNS] if split == "test" else [])
+                 for row in rows])
+            lines += ["", f"paired differences from {rows[0]['label']} per seed, {split} split", ""] + markdown_table(
+                ["run − " + rows[0]["label"], *titles],
+                [[label, *(paired_difference_cell(d[split][t]) for t in titles)]
+                 for label, d in result["differences"].items()])
+    return "\n".join(lines)
+
+
+def log_cell(values, key):
+    """A training-log column over seeds: fractions in %, words as they are."""
+    scale = 1 if key.startswith("think_words") else 100
+    return mean_std_cell([None if v is None else scale * v for v in values])
+
+
+def factors(args):
+    start, failed = time.time(), None
+    try:
+        run_chains(factor_chains(args), args.out, args.jobs, args.dry_run)
+    except SystemExit as error:   # the tables of what did finish, then the failure
+        failed = error
+    if args.dry_run:
+        return None
+    results = factor_results(args)
+    table = factors_markdown(results, args.seeds) + (f"\n\nIncomplete: {failed}" if failed else "")
+    with open(os.path.join(args.out, "factors.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "factors.json"), "w") as f:
+        json.dump(dict(command=sys.argv, seeds=args.seeds, std="sample std, ddof=1", late_steps=LATE,
+                       seconds=round(time.time() - start, 1), factors=results), f, indent=2, ensure_ascii=False)
+    print(table)
+    print(f"wrote {args.out}/factors.md, {args.out}/factors.json (`python plot.py --factors {args.out}/factors.json`)")
+    if failed:
+        raise failed
+    return results
+
+
 def parse_args(argv=None):
     from phantom import WORDINGS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -429,12 +581,21 @@ def parse_args(argv=None):
     a.add_argument("--max-new-tokens", type=int, default=96, help="generation length at evaluation")
     a.add_argument("--rescore", action="store_true",
                    help="do not train: score again the checkpoints a previous run left under --out")
+    f = commands.add_parser("factors", parents=[both], formatter_class=HelpFormatter,
+                            help="RL-MedVQA's factors (init, judge, length, bias) and GRPO against SFT on equal data")
+    f.add_argument("--out", default="runs/factors", help="folder of the arms' checkpoints, scores, logs and tables")
+    f.add_argument("--stages", default="runs/stages",
+                   help="the stages experiment's folder: its SFT checkpoints are every arm's start, its GRPO and "
+                   "stage-I runs rows of init and sft (trained there with the stages' defaults where missing)")
+    f.add_argument("--factors", nargs="+", choices=list(FACTORS), default=list(FACTORS), help="the factors to run")
+    f.add_argument("--eval-args", default="", help="options added to every evaluate.py step")
+    f.add_argument("--splits", nargs="+", default=list(SPLITS), help="phantom splits each checkpoint is scored on")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    return stages(args) if args.experiment == "stages" else ablation(args)
+    return {"stages": stages, "ablation": ablation, "factors": factors}[args.experiment](args)
 
 
 if __name__ == "__main__":

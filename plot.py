@@ -23,6 +23,13 @@
   figure5.png    ARMed's Figure 5: the ablation's arms (experiments.py ablation), mean ± sample std
                  (ddof=1) over seeds, a panel per metric
 
+    python plot.py --factors runs/factors/factors.json --out figs
+
+  factors-init.png, factors-judge.png, factors-length.png, factors-bias.png
+                 RL-MedVQA's factors (experiments.py factors): per arm, each seed's curve and their
+                 mean: format reward from base, instruct and SFT; <think> words and completion
+                 tokens of right and wrong answers under the length rewards and the loss types
+
 Each figure is a grid of panels sized to be read at 100% zoom (PANEL_INCHES at DPI); with several
 runs every panel draws each run in its own colour, named in the legend above the panels (each
 run's name is its path without the folder the runs share).
@@ -268,6 +275,54 @@ def plot_figure5(plt, results):
     return fig
 
 
+# The factors' curves (experiments.py factors): (panel title, grpo.py log key) per factor; the sft
+# factor compares checkpoints, not curves.
+LENGTH_PANELS = (("<think> words, right answers", "think_words_right"),
+                 ("<think> words, wrong answers", "think_words_wrong"),
+                 ("completion tokens, wrong answers", "completion_tokens_wrong"),
+                 ("share of right answers", "correct_fraction"))
+FACTOR_PANELS = {"init": (("format reward", "reward_format"), ("total reward", "reward"),
+                          ("share of right answers", "correct_fraction")),
+                 "judge": (("share of right answers", "correct_fraction"), ("<think> words", "think_words"),
+                           ("oracle judge reward (true facts stated)", "reward_judge")),
+                 "length": LENGTH_PANELS, "bias": LENGTH_PANELS}
+
+
+def plot_factor(plt, rows, panels_of, window):
+    """One factor's curves: a colour per row (arm), thin per seed, thick the mean over seeds of the
+    moving means, over the steps every seed reached; a panel per log key. rows: [(label, [log rows
+    per seed])]."""
+    fig, axes = panels(plt, len(panels_of), columns=len(panels_of) if len(panels_of) <= 4 else COLUMNS)
+    for ax, (title, key) in zip(axes, panels_of):
+        for i, (_, logs) in enumerate(rows):
+            curves = [series(log, key) for log in logs]
+            curves = [(steps, moving_mean(values, window)) for steps, values in curves if len(steps)]
+            for steps, values in curves:
+                ax.plot(steps, values, lw=0.6, alpha=0.35, color=f"C{i}")
+            if curves:
+                n = min(len(steps) for steps, _ in curves)
+                ax.plot(curves[0][0][:n], np.mean([values[:n] for _, values in curves], axis=0), lw=1.8, color=f"C{i}")
+        ax.set_title(title, fontsize=FONT_SIZE)
+        ax.set_xlabel("step")
+    return fig
+
+
+def factor_figures(plt, factors, window):
+    """{"factors-NAME": figure} of experiments.py factors' factors.json (its "factors"), runs whose
+    log is missing left out."""
+    figures = {}
+    for factor, result in factors.items():
+        if factor not in FACTOR_PANELS:
+            continue
+        rows = [(row["label"], [read_log(run) for run in row["runs"] if os.path.exists(run + ".log.jsonl")])
+                for row in result["rows"]]
+        fig = plot_factor(plt, rows, FACTOR_PANELS[factor], window)
+        name_runs(fig, {f"{label} ({len(logs)} seeds)": logs for label, logs in rows},
+                  f"RL-MedVQA's {factor} factor: each seed thin, their mean thick (moving mean of {window} steps)")
+        figures[f"factors-{factor}"] = fig
+    return figures
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="*", help="grpo.py output folders (runs/grpo); each log is <run>.log.jsonl; "
@@ -275,13 +330,15 @@ def main(argv=None):
     p.add_argument("--figure4", nargs=2, metavar=("PLAIN", "ADAPTIVE"),
                    help="figure4.png from a plain-semantic and an adaptive grpo.py run")
     p.add_argument("--figure5", metavar="ABLATION_JSON", help="figure5.png from experiments.py ablation's ablation.json")
+    p.add_argument("--factors", metavar="FACTORS_JSON",
+                   help="factors-*.png from experiments.py factors' factors.json: each factor's curves")
     p.add_argument("--out", default="figs", help="folder for the PNGs (created; existing PNGs of these names are replaced)")
     p.add_argument("--window", type=at_least(1), default=10, help="steps in the moving mean")
     p.add_argument("--early", type=at_least(1), default=20, help="first steps pooled in semantic.png")
     p.add_argument("--late", type=at_least(1), default=20, help="last steps pooled in semantic.png")
     args = p.parse_args(argv)
-    if not (args.runs or args.figure4 or args.figure5):
-        p.error("give grpo.py runs, --figure4 PLAIN ADAPTIVE or --figure5 ABLATION_JSON")
+    if not (args.runs or args.figure4 or args.figure5 or args.factors):
+        p.error("give grpo.py runs, --figure4 PLAIN ADAPTIVE, --figure5 ABLATION_JSON or --factors FACTORS_JSON")
     logs = dict(zip(run_names(args.runs), map(read_log, args.runs)))
     try:
         import matplotlib
@@ -305,6 +362,9 @@ def main(argv=None):
         if args.figure5:
             with open(args.figure5) as f:
                 figures["figure5"] = plot_figure5(plt, json.load(f)["results"])
+        if args.factors:
+            with open(args.factors) as f:
+                figures.update(factor_figures(plt, json.load(f)["factors"], args.window))
     paths = []
     for name, fig in figures.items():
         paths.append(os.path.join(args.out, f"{name}.png"))

@@ -168,3 +168,57 @@ def test_the_ablation_table_gives_each_arm_mean_and_sample_std():
     assert lines[4].split() == ["text+adaptive+augment", "55.0", "±", "7.1", "90.0", "±", "0.0", "40.0", "±", "0.0", "—",
                                 "70.0", "±", "0.0", "100.0", "±", "0.0"]
     assert lines[-1].split() == ["text+adaptive+augment", "-", "-", "-", "-", "1.5000"]   # only draws logged
+
+
+def test_factors_runs_each_arm_from_its_seeds_sft_with_the_stages_runs_first(tmp_path):
+    out, stages = str(tmp_path / "f"), str(tmp_path / "st")
+    args = experiments.parse_args(["factors", "--seeds", "4", "--out", out, "--stages", stages,
+                                   "--grpo-args", "--steps 9", "--sft-args", "--steps 8", "--splits", "test"])
+    first, *chains = commands(experiments.factor_chains(args))
+    assert first == [["pretrain.py", "--instruct"], ["sft.py", "--seed", "4", "--out", f"{stages}/sft-4"],
+                     ["evaluate.py", "--model", f"{stages}/sft-4", "--split", "test", "--out", f"{stages}/sft-4.test.json"]]
+    trained = {os.path.relpath(chain[0][-1], tmp_path): chain[0] for chain in chains}
+    sft, alike = f"{stages}/sft-4", ["--closed-semantic", "zero"]
+    # the stages' own runs keep the stages' commands (no --grpo-args: they are the stages experiment's)
+    assert trained["st/grpo-4"] == ["grpo.py", "--model", sft, "--seed", "4", "--out", f"{stages}/grpo-4"]
+    assert trained["st/I-4"] == ["grpo.py", "--model", "runs/instruct", "--seed", "4", "--out", f"{stages}/I-4"]
+    tail = ["--seed", "4", "--steps", "9"]
+    assert trained["f/base-4"] == ["grpo.py", "--model", "runs/base", *tail, "--out", f"{out}/base-4"]
+    assert trained["f/grpo-4"] == ["grpo.py", "--model", sft, *alike, *tail, "--out", f"{out}/grpo-4"]
+    assert trained["f/dr_grpo-4"] == ["grpo.py", "--model", sft, "--loss-type", "dr_grpo", *alike, *tail,
+                                    "--out", f"{out}/dr_grpo-4"]
+    assert trained["f/judge-4"] == ["grpo.py", "--model", sft, "--judge", "oracle", "--judge-weight", "1", *alike, *tail,
+                                  "--out", f"{out}/judge-4"]
+    assert trained["f/cwr-4"][:5] == ["grpo.py", "--model", sft, "--cwr-weight", "1"]
+    control = ["--train-offset", "6000", "--cot-records", "3200", "--steps", "200", "--batch-size", "16", "--lr", "3e-4"]
+    assert trained["f/sft-own-4"] == ["sft.py", "--model", sft, *control, "--cot-from", sft, "--seed", "4", "--steps", "8",
+                                    "--out", f"{out}/sft-own-4"]
+    assert trained["f/sft-answers-4"][-7:] == ["--answer-only", "--seed", "4", "--steps", "8", "--out", f"{out}/sft-answers-4"]
+    assert len(chains) == 11 and all(len(chain) == 2 for chain in chains)   # trained, then scored on test
+    args = experiments.parse_args(["factors", "--factors", "bias", "--seeds", "0", "1", "--out", out, "--stages", stages])
+    first, *chains = commands(experiments.factor_chains(args))
+    assert [c[0][-1] for c in chains] == [f"{out}/{arm}-{s}" for s in (0, 1) for arm in ("grpo", "dr_grpo", "token")]
+    assert first[0] == ["sft.py", "--seed", "0", "--out", f"{stages}/sft-0"]   # no instruct model needed
+
+
+def test_the_factors_table_compares_each_arm_with_the_first_row_per_seed(tmp_path):
+    out, stages = tmp_path / "f", tmp_path / "st"
+    out.mkdir(), stages.mkdir()
+    for seed, (grpo, dr) in enumerate([(0.60, 0.66), (0.62, 0.63), (0.70, 0.73)]):   # Dr. GRPO − GRPO: +6, +1, +3
+        write_scores(out / f"grpo-{seed}.test.json", grpo, 0.8, reasoning=(0.5, 0.9))
+        write_scores(out / f"dr_grpo-{seed}.test.json", dr, 0.8)
+        rows = [{"step": s, "reward": 1.0, "reward_format": 1.0, "think_words_right": 10.0 + seed,
+                 **({"think_words_wrong": 20.0} if s > 1 else {})} for s in range(1, 61)]
+        (out / f"dr_grpo-{seed}.log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = experiments.parse_args(["factors", "--factors", "bias", "--out", str(out), "--stages", str(stages),
+                                   "--splits", "test"])
+    results = experiments.factor_results(args)
+    bias = results["bias"]
+    assert bias["differences"]["Dr. GRPO"]["test"]["closed acc"] == pytest.approx([6, 1, 3])
+    assert bias["rows"][1]["log"]["think_words_right"] == [10.0, 11.0, 12.0]
+    table = experiments.factors_markdown(results, [0, 1, 2]).splitlines()
+    # closed: GRPO 60, 62, 70: mean 64.0, sample std sqrt((16 + 4 + 36) / 2) = 5.29; the log's last 50 steps
+    assert "| GRPO | 64.0 ± 5.3 | 80.0 ± 0.0 | 50.0 ± 0.0 | — | 50.0 ± 0.0 | 90.0 ± 0.0 | — | — | — | — |" in table
+    assert "| Dr. GRPO | 67.3 ± 5.1 | 80.0 ± 0.0 | 50.0 ± 0.0 | — | — | — | 100.0 ± 0.0 | — | 11.0 ± 1.0 | 20.0 ± 0.0 |" in table
+    assert "| token-mean | — | — | — | — | — | — | — | — | — | — |" in table
+    assert "| Dr. GRPO | +3.3 ± 2.5 (+6.0, +1.0, +3.0) | +0.0 ± 0.0 (+0.0, +0.0, +0.0) |" in "\n".join(table)

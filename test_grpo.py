@@ -406,6 +406,23 @@ def test_config_is_derived_once_and_resumes_checkpoints_of_either_form():
         assert (config.schedule_steps, config.ref_model, config.policy) == (4, "runs/sft", "runs/g")
 
 
+def test_reward_log_gives_think_words_and_tokens_of_right_and_wrong_completions():
+    """The length question's log keys: right = the <answer> matches the reference exactly."""
+    texts = ["<think>a b c</think><answer>yes</answer>", "<think>a</think><answer>no</answer>",
+             "<answer>x</answer>", "<think>one two three four five</think><answer>two</answer>"]
+    scores = grpo.Scores(np.array([2.0, 1.0, 0.0, 1.0]), {"format": np.array([1.0, 1.0, 0.0, 1.0])},
+                         ["closed", "closed", "open", "open"], texts, np.array([1.0, 0.0, 0.0, 1.0]),
+                         np.array([10, 6, 4, 12]))
+    row = grpo.reward_log(scores, scores, 1, 2)
+    # right: completions 0 and 3 (3 and 5 words, 10 and 12 tokens); wrong: 1 and 2 (1 and 0 words, 6 and 4)
+    assert row["correct_fraction"] == 0.5 and row["think_words"] == 2.25
+    assert (row["think_words_right"], row["think_words_wrong"]) == (4.0, 0.5)
+    assert (row["completion_tokens_right"], row["completion_tokens_wrong"]) == (11.0, 5.0)
+    none_right = grpo.Scores(scores.totals, scores.components, scores.answer_types, texts, np.zeros(4), scores.tokens)
+    row = grpo.reward_log(none_right, none_right, 1, 2)
+    assert "think_words_right" not in row and row["think_words_wrong"] == 2.25
+
+
 def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_path):
     out = str(tmp_path / "grpo")
     grpo.main(_grpo_args(start_checkpoint, out, 2, "--mu", "2", "--prompts-per-step", "4"))
@@ -416,7 +433,7 @@ def test_grpo_two_step_smoke_run_logs_what_a_user_watches(start_checkpoint, tmp_
     for key in ("reward", "reward_format", "reward_textual", "reward_semantic", "kl", "clip_fraction",
                 "total_std_within_group", "equal_total_group_fraction", "completion_length",
                 "tokens_per_s", "step_time", "grad_norm", "policy_collapse_fraction",
-                "reward_collapse_fraction", "distinct_fraction", "sampled_nll"):
+                "reward_collapse_fraction", "distinct_fraction", "sampled_nll", "correct_fraction", "think_words"):
         assert key in rows[-1] and np.isfinite(rows[-1][key])
     for row in rows:   # the two kinds of all-equal group make up the whole
         assert row["policy_collapse_fraction"] + row["reward_collapse_fraction"] == \

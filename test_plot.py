@@ -129,3 +129,32 @@ def test_figure5_draws_each_arm_as_mean_and_sample_std(tmp_path):
     assert [label.get_text() for label in closed.get_xticklabels()] == ["sft", "text+adaptive+augment"]
     assert fig.axes[3].get_title() == "open concept (%): not measured"
     plt.close(fig)
+
+
+def test_factors_draw_each_arm_per_seed_and_their_mean(tmp_path):
+    """--factors: a figure per factor with curves; an arm's thick line is the mean over seeds of the
+    moving means, over the steps every seed reached; a missing log is left out."""
+    def write(name, values):
+        with open(tmp_path / f"{name}.log.jsonl", "w") as f:
+            for step, v in enumerate(values, start=1):
+                f.write(json.dumps({"step": step, "reward": 1.0, "think_words_right": v, "think_words_wrong": 2 * v,
+                                    "completion_tokens_wrong": 30.0, "correct_fraction": 0.5}) + "\n")
+    write("grpo-0", [10.0] * 6)
+    write("grpo-1", [20.0] * 4)          # stopped at step 4: the mean runs to step 4
+    write("ecr-0", [1.0, 3.0, 5.0])
+    rows = [{"label": "none", "runs": [str(tmp_path / "grpo-0"), str(tmp_path / "grpo-1")]},
+            {"label": "ECR", "runs": [str(tmp_path / "ecr-0"), str(tmp_path / "ecr-1")]},   # ecr-1 not run
+            {"label": "CWR", "runs": [str(tmp_path / "cwr-0")]}]
+    with open(tmp_path / "factors.json", "w") as f:
+        json.dump({"factors": {"length": {"rows": rows}, "sft": {"rows": rows}}}, f)
+    paths = plot.main(["--factors", str(tmp_path / "factors.json"), "--out", str(tmp_path), "--window", "2"])
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["factors-length.png"]   # the sft factor has no curves
+    with open(tmp_path / "factors.json") as f:
+        fig = plot.factor_figures(plt, json.load(f)["factors"], window=2)["factors-length"]
+    right = fig.axes[0]
+    assert right.get_title() == "<think> words, right answers"
+    thick = [line for line in right.get_lines() if line.get_linewidth() > 1]
+    assert list(thick[0].get_ydata()) == pytest.approx([15.0] * 4)        # mean of 10 and 20, steps 1-4
+    assert list(thick[1].get_ydata()) == pytest.approx([1.0, 2.0, 4.0])   # moving mean of 2 steps
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["none (2 seeds)", "ECR (1 seeds)", "CWR (0 seeds)"]
+    plt.close(fig)
