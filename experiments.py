@@ -7,6 +7,8 @@ evaluate.py, written under --out, and a rerun skips what is there (it continues 
     python experiments.py stages --dry-run           # print the commands and what is done, run nothing
     python experiments.py ablation                   # the reward ablation and Figure 5's augmentation arm
     python experiments.py ablation --seeds 0 --grpo-args "--steps 20"   # a quicker look
+    python experiments.py factors --jobs 2           # RL-MedVQA's four factors and GRPO against SFT
+    python experiments.py factors --factors bias --report   # the bias table of what is there, run nothing
 
 stages: per seed S, SFT (sft.py) and GRPO from it (the default path); ARMed's three stages: I =
 GRPO from the instruct model (runs/instruct, `python pretrain.py --instruct`, built once), A = SFT
@@ -23,6 +25,14 @@ variants and their grpo.py commands are those of ablation.py before it moved her
 augmentation arm (text+adaptive+augment): GRPO from an SFT on the dataset's rationales with
 ARMed-A's generated ones added (sft.py --cot-from --cot-augment). <run>.heldout.json keeps each
 run's scores; the table goes to OUT/ablation.json (`python plot.py --figure5 OUT/ablation.json`).
+
+factors: RL-MedVQA's four factors, each arm a GRPO (or SFT) run per seed S from the stages' SFT
+checkpoint of seed S, scored like the stages: init (GRPO from the base model, the instruct model, SFT),
+judge (with the oracle judge's reward, a stand-in for an LLM judge, against without), length (no
+length reward, ECR, CWR), bias (GRPO, Dr. GRPO, token-mean), and sft, GRPO against SFT on GRPO's own
+answer-only questions (the answers alone, or the start's own correct rationales). Tables of mean ±
+std and paired differences from each factor's first row go to OUT/factors.md and OUT/factors.json
+(`python plot.py --factors OUT/factors.json` draws the curves).
 """
 
 import argparse
@@ -523,7 +533,8 @@ def log_cell(values, key):
 def factors(args):
     start, failed = time.time(), None
     try:
-        run_chains(factor_chains(args), args.out, args.jobs, args.dry_run)
+        if not args.report:
+            run_chains(factor_chains(args), args.out, args.jobs, args.dry_run)
     except SystemExit as error:   # the tables of what did finish, then the failure
         failed = error
     if args.dry_run:
@@ -588,6 +599,8 @@ def parse_args(argv=None):
                    help="the stages experiment's folder: its SFT checkpoints are every arm's start, its GRPO and "
                    "stage-I runs rows of init and sft (trained there with the stages' defaults where missing)")
     f.add_argument("--factors", nargs="+", choices=list(FACTORS), default=list(FACTORS), help="the factors to run")
+    f.add_argument("--report", action="store_true",
+                   help="run nothing: write the tables of what is there (a run still going is read as it stands)")
     f.add_argument("--eval-args", default="", help="options added to every evaluate.py step")
     f.add_argument("--splits", nargs="+", default=list(SPLITS), help="phantom splits each checkpoint is scored on")
     return p.parse_args(argv)
