@@ -454,8 +454,10 @@ def factor_chains(args):
     instruct model, each seed's SFT), then a chain per stages run and per arm and seed]."""
     grpo_args, sft_args, eval_args = map(shlex.split, (args.grpo_args, args.sft_args, args.eval_args))
     arms = factor_runs(args)
-    stages = lambda name, seed, script, extra: scored_run(args.stages, name, seed, script, extra, [], [], eval_args,
-                                                          args.splits)
+
+    def stages(name, seed, script, extra):   # a run of the stages experiment, with its own (default) options
+        return scored_run(args.stages, name, seed, script, extra, [], [], eval_args, args.splits)
+
     first = []
     if "stages:I" in arms:
         first += [Step("instruct", ["pretrain.py", "--instruct"], INSTRUCT)]
@@ -478,9 +480,10 @@ def factor_chains(args):
 def log_summary(run, late=LATE):
     """{LOG_COLUMNS key: mean over the run's last `late` logged steps}, None where it is not logged
     (sft.py's log, a log from before a key existed)."""
-    path = run + ".log.jsonl"
-    rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-    rows = [r for r in rows if "reward" in r][-late:]
+    rows = []
+    if os.path.exists(run + ".log.jsonl"):
+        with open(run + ".log.jsonl") as f:
+            rows = [row for line in f if "reward" in (row := json.loads(line))][-late:]
     return {key: float(np.mean([r[key] for r in rows if key in r])) if any(key in r for r in rows) else None
             for _, key in LOG_COLUMNS}
 
