@@ -412,8 +412,10 @@ def format_ablation(results, args):
 # questions double, and the loss types, the judge and the length rewards compare alike.
 ALIKE = ("--closed-semantic", "zero")
 # [reconstructed] the SFT control: GRPO's pool of answer-only questions (phantom train records 6000 on,
-# data.train_offset), as many question visits as GRPO's 200 steps of 16 prompts, at GRPO's learning rate.
-CONTROL = ("--train-offset", "6000", "--cot-records", "3200", "--steps", "200", "--batch-size", "16", "--lr", "3e-4")
+# data.train_offset), the 3200 question visits of GRPO's 200 steps of 16 prompts, at GRPO's learning
+# rate; sft-own-long matches GRPO's compute instead (8 samples a question as GRPO's G, 4x the steps:
+# about GRPO's wall time on a 2-core CPU).
+CONTROL = ("--train-offset", "6000", "--cot-records", "3200", "--batch-size", "16", "--lr", "3e-4")
 ARMS = {  # arm: (script, its options; {sft} is STAGES/sft-S), started from --model, by default STAGES/sft-S
     "grpo": ("grpo.py", ALIKE),
     "dr_grpo": ("grpo.py", ("--loss-type", "dr_grpo", *ALIKE)),   # implies --advantage-scale none
@@ -422,8 +424,9 @@ ARMS = {  # arm: (script, its options; {sft} is STAGES/sft-S), started from --mo
     "ecr": ("grpo.py", ("--ecr-weight", "1", *ALIKE)),
     "cwr": ("grpo.py", ("--cwr-weight", "1", *ALIKE)),
     "base": ("grpo.py", ("--model", "runs/base")),   # pretrain.DEFAULT_BASE: captions, no format
-    "sft-answers": ("sft.py", (*CONTROL, "--answer-only")),
-    "sft-own": ("sft.py", (*CONTROL, "--cot-from", "{sft}")),
+    "sft-answers": ("sft.py", (*CONTROL, "--steps", "200", "--answer-only")),
+    "sft-own": ("sft.py", (*CONTROL, "--steps", "200", "--cot-from", "{sft}")),
+    "sft-own-long": ("sft.py", (*CONTROL, "--steps", "800", "--cot-from", "{sft}", "--cot-samples", "8")),
 }
 # Each factor's rows: (label, an arm, or "stages:NAME", the stages experiment's run STAGES/NAME-S); the
 # first row is the one every other is compared with, per seed.
@@ -434,7 +437,8 @@ FACTORS = {
     "length": [("no length reward", "grpo"), ("ECR", "ecr"), ("CWR", "cwr")],
     "bias": [("GRPO", "grpo"), ("Dr. GRPO", "dr_grpo"), ("token-mean", "token")],
     "sft": [("GRPO (from SFT)", "stages:grpo"), ("SFT start", "stages:sft"),
-            ("SFT + answers", "sft-answers"), ("SFT + own rationales", "sft-own")],
+            ("SFT + answers", "sft-answers"), ("SFT + own rationales", "sft-own"),
+            ("SFT + own rationales, GRPO's compute", "sft-own-long")],
 }
 # What the training logs say, mean over the last LATE steps of each run (grpo.py's log keys).
 LATE = 50

@@ -190,11 +190,12 @@ def test_factors_runs_each_arm_from_its_seeds_sft_with_the_stages_runs_first(tmp
     assert trained["f/judge-4"] == ["grpo.py", "--model", sft, "--judge", "oracle", "--judge-weight", "1", *alike, *tail,
                                   "--out", f"{out}/judge-4"]
     assert trained["f/cwr-4"][:5] == ["grpo.py", "--model", sft, "--cwr-weight", "1"]
-    control = ["--train-offset", "6000", "--cot-records", "3200", "--steps", "200", "--batch-size", "16", "--lr", "3e-4"]
-    assert trained["f/sft-own-4"] == ["sft.py", "--model", sft, *control, "--cot-from", sft, "--seed", "4", "--steps", "8",
-                                    "--out", f"{out}/sft-own-4"]
+    control = ["--train-offset", "6000", "--cot-records", "3200", "--batch-size", "16", "--lr", "3e-4"]
+    assert trained["f/sft-own-4"] == ["sft.py", "--model", sft, *control, "--steps", "200", "--cot-from", sft,
+                                      "--seed", "4", "--steps", "8", "--out", f"{out}/sft-own-4"]
+    assert trained["f/sft-own-long-4"][11:17] == ["--steps", "800", "--cot-from", sft, "--cot-samples", "8"]
     assert trained["f/sft-answers-4"][-7:] == ["--answer-only", "--seed", "4", "--steps", "8", "--out", f"{out}/sft-answers-4"]
-    assert len(chains) == 11 and all(len(chain) == 2 for chain in chains)   # trained, then scored on test
+    assert len(chains) == 12 and all(len(chain) == 2 for chain in chains)   # trained, then scored on test
     args = experiments.parse_args(["factors", "--factors", "bias", "--seeds", "0", "1", "--out", out, "--stages", stages])
     first, *chains = commands(experiments.factor_chains(args))
     assert [c[0][-1] for c in chains] == [f"{out}/{arm}-{s}" for s in (0, 1) for arm in ("grpo", "dr_grpo", "token")]
