@@ -95,7 +95,7 @@ FIXED_ON_RESUME = frozenset({
     "dataset", "data_root", "field_map", "skip_bad", "limit", "train_offset", "data_seed", "phantom_wording",
     "val_every", "pmc_choices", "hf_split", "window", "eval_size", "max_new_tokens", "seed",
     "batch_size", "grad_accum", "lr", "weight_decay", "warmup", "min_lr_ratio", "clip",
-    "missing_cot", "cot_records", "cot_from", "cot_select", "cot_samples", "cot_min_score",
+    "missing_cot", "answer_only", "cot_records", "cot_from", "cot_select", "cot_samples", "cot_min_score",
     "cot_temperature", "cot_augment",
     "prompts_per_step", "num_generations", "temperature", "top_p", "mu", "beta", "clip_eps", "loss_type",
     "advantage_scale", "dynamic_sampling", "max_draws",
