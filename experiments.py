@@ -33,6 +33,10 @@ length reward, ECR, CWR), bias (GRPO, Dr. GRPO, token-mean), and sft, GRPO again
 answer-only questions (the answers alone, or the start's own correct rationales). Tables of mean ±
 std and paired differences from each factor's first row go to OUT/factors.md and OUT/factors.json
 (`python plot.py --factors OUT/factors.json` draws the curves).
+
+Reading order: how a step runs and is skipped (Step, training_step, score_steps, run_chains), what a
+table reads (summary_of, value, differences), then each experiment in turn: its rows, its chains of
+steps, its table (stages, ablation, factors); parse_args and main at the end.
 """
 
 import argparse
@@ -267,30 +271,41 @@ def stages_markdown(results, seeds, seconds=None):
     return "\n".join(lines)
 
 
-def stages(args):
-    start, failed = time.time(), None
+def run_then_tabulate(chains, args):
+    """run_chains, returning None, or the SystemExit of a step that failed: the caller still writes
+    the tables of what did finish, then raises it."""
     try:
-        times = run_chains(stage_chains(args), args.out, args.jobs, args.dry_run)
-    except SystemExit as error:   # the table of what did finish, then the failure
-        failed = error
+        run_chains(chains, args.out, args.jobs, args.dry_run)
+    except SystemExit as error:
+        return error
+    return None
+
+
+def write_tables(out, name, table, record, failed):
+    """OUT/NAME.md (the Markdown tables, marked Incomplete after a failure) and OUT/NAME.json (the
+    command, then `record`); prints the tables."""
+    table += f"\n\nIncomplete: {failed}" if failed else ""
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(dict(command=sys.argv, **record), f, indent=2, ensure_ascii=False)
+    print(table)
+
+
+def stages(args):
+    start = time.time()
+    failed = run_then_tabulate(stage_chains(args), args)
     if args.dry_run:
         return None
     seconds = time.time() - start
     times_path = os.path.join(args.out, "times.json")
-    if failed:
-        with open(times_path) as f:
-            times = json.load(f)
+    with open(times_path) as f:
+        times = json.load(f)
     results = stage_results(args.out, args.seeds, args.splits)
-    table = stages_markdown(results, args.seeds, seconds) + (f"\n\nIncomplete: {failed}" if failed else "")
-    with open(os.path.join(args.out, "stages.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.out, "stages.json"), "w") as f:
-        json.dump(dict(command=sys.argv, seeds=args.seeds, std="sample std, ddof=1", seconds=round(seconds, 1),
-                       step_seconds=times, results=results,
-                       differences={label: {split: {t: differences(results[a][split][t], results[b][split][t])
-                                                    for t, _ in METRICS} for split in args.splits}
-                                    for label, a, b in PAIRS}), f, indent=2, ensure_ascii=False)
-    print(table)
+    write_tables(args.out, "stages", stages_markdown(results, args.seeds, seconds), dict(
+        seeds=args.seeds, std="sample std, ddof=1", seconds=round(seconds, 1), step_seconds=times, results=results,
+        differences={label: {split: {t: differences(results[a][split][t], results[b][split][t]) for t, _ in METRICS}
+                             for split in args.splits} for label, a, b in PAIRS}), failed)
     print(f"wrote {args.out}/stages.md, {args.out}/stages.json; total wall time {seconds / 60:.1f} min "
           f"(--jobs {args.jobs}); the time of each step: {times_path}")
     if failed:
@@ -538,22 +553,14 @@ def log_cell(values, key):
 
 
 def factors(args):
-    start, failed = time.time(), None
-    try:
-        if not args.report:
-            run_chains(factor_chains(args), args.out, args.jobs, args.dry_run)
-    except SystemExit as error:   # the tables of what did finish, then the failure
-        failed = error
+    start = time.time()
+    failed = None if args.report else run_then_tabulate(factor_chains(args), args)
     if args.dry_run:
         return None
     results = factor_results(args)
-    table = factors_markdown(results, args.seeds) + (f"\n\nIncomplete: {failed}" if failed else "")
-    with open(os.path.join(args.out, "factors.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.out, "factors.json"), "w") as f:
-        json.dump(dict(command=sys.argv, seeds=args.seeds, std="sample std, ddof=1", late_steps=LATE,
-                       seconds=round(time.time() - start, 1), factors=results), f, indent=2, ensure_ascii=False)
-    print(table)
+    write_tables(args.out, "factors", factors_markdown(results, args.seeds), dict(
+        seeds=args.seeds, std="sample std, ddof=1", late_steps=LATE, seconds=round(time.time() - start, 1),
+        factors=results), failed)
     print(f"wrote {args.out}/factors.md, {args.out}/factors.json (`python plot.py --factors {args.out}/factors.json`)")
     if failed:
         raise failed

@@ -323,11 +323,10 @@ class Scores:
                np.array([exact_match(extract_answer(text, strict=True), g.record.answer)
                          for g in groups for text in g.completions.texts]),
                np.concatenate([g.completions.mask.sum(dim=1).cpu().numpy() for g in groups]))
-        every = rt.gather(own)
-        return cls(np.concatenate([e[0] for e in every]),
-                   {k: np.concatenate([e[1][k] for e in every]) for k in every[0][1]},
-                   [t for e in every for t in e[2]], [t for e in every for t in e[3]],
-                   np.concatenate([e[4] for e in every]), np.concatenate([e[5] for e in every]))
+        totals, components, types, texts, correct, tokens = zip(*rt.gather(own))   # each: one per process
+        return cls(np.concatenate(totals), {k: np.concatenate([c[k] for c in components]) for k in components[0]},
+                   [t for part in types for t in part], [t for part in texts for t in part],
+                   np.concatenate(correct), np.concatenate(tokens))
 
 
 def draw_records(train, step, draw, args, rt):
