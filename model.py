@@ -178,8 +178,8 @@ class VLProcessor:
         self.pad_token_id = tokenizer.pad_token_id
 
     def prompt_text(self, question):
-        messages = [{"role": "system", "content": self.system_prompt},
-                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        system = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+        messages = system + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if text.count(self.image_token) != 1:
             raise ValueError("model.py: the tokenizer's chat template did not place exactly one "

@@ -37,6 +37,7 @@ with its caption (DESCRIBE_QUESTIONS): an instruct model that can name findings 
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -62,6 +63,11 @@ ATTRIBUTES = ("modality", "region", "count", "kind", "quadrants")
 # batches learn more per image here: the same 24,000 images in steps of 16 (lr 1e-3) gave 94.5%;
 # steps of 32 (lr 2e-3) needed 48,000 images for 97.8% (EXPERIMENTS.md §1, "The base, built faster").
 STEPS, BATCH_SIZE, LR = 3600, 8, 1e-3
+# [reconstructed] The system turn while captioning: "none" (the default) captions with the user turn
+# alone, as a pretrained VLM never saw the reasoning system prompt that SFT then teaches; "reasoning"
+# keeps model.SYSTEM_PROMPT, which all later stages use (45 of a row's ~97 tokens: the build before
+# --caption-system, 0.74x its step time without them on this 2-core CPU).
+CAPTION_SYSTEMS = ("none", "reasoning")
 
 DEFAULT_INSTRUCT = "runs/instruct"
 # [reconstructed] The instruct tuning's base-stream images start far past pretraining's (0 ..
@@ -115,6 +121,8 @@ def parse_args(argv=None):
                    help=f"images per step ({BATCH_SIZE}; --instruct: {INSTRUCT_BATCH_SIZE}) [reconstructed]")
     p.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate, warmup then cosine decay ({LR}; --instruct: {INSTRUCT_LR}) [reconstructed]")
+    p.add_argument("--caption-system", choices=CAPTION_SYSTEMS, default="none",
+                   help="the system turn while captioning and probing: none, or model.SYSTEM_PROMPT [reconstructed]")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the images")
     p.add_argument("--probe-size", type=at_least(1), default=400,
                    help="held-out images the probe captions (--instruct: generic questions it answers)")
@@ -150,6 +158,21 @@ def caption_accuracy(predicted, truth):
                 right[name].append(seen.get(name) == facts[name])
         right["caption"].append(text.strip() == reference)
     return {name: float(np.mean(values)) for name, values in right.items()}
+
+
+def captioning(processor, system="none"):
+    """The processor as pretraining prompts it (CAPTION_SYSTEMS): without a system turn ("none"),
+    or with model.SYSTEM_PROMPT ("reasoning"). The one it is given is left as it is.
+
+        captioning(processor).prompt_text("Describe the image.")
+        -> "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n<|im_start|>assistant\n"
+    """
+    if system not in CAPTION_SYSTEMS:
+        raise ValueError(f"pretrain.py: caption system {system!r} is not one of {CAPTION_SYSTEMS}")
+    captioner = copy.copy(processor)
+    if system == "none":
+        captioner.system_prompt = None
+    return captioner
 
 
 def probe(model, processor, size=400, seed=0):
@@ -214,23 +237,26 @@ def fit(model, batch_at, steps, lr, desc, after_step=None):
 
 
 def pretrain(out=DEFAULT_BASE, steps=STEPS, batch_size=BATCH_SIZE, lr=LR, seed=0, probe_size=400, probe_every=0,
-             log=print):
-    """Train the tiny model from random weights to caption base-stream images; write it to `out`
-    (atomically, with its probe in meta.json) and return the probe. probe_every: log the probe
-    every N steps too (its time counts in the build's seconds)."""
+             caption_system="none", log=print):
+    """Train the tiny model from random weights to caption base-stream images, prompted as
+    captioning(processor, caption_system); write it to `out` (atomically, with its probe in
+    meta.json) and return the probe. probe_every: log the probe every N steps too (its time counts
+    in the build's seconds)."""
     model, processor = load_model("tiny", device="cpu", seed=seed)
+    captioner = captioning(processor, caption_system)
 
     def probe_now(step):
         if probe_every and (step + 1) % probe_every == 0 and step + 1 < steps:
-            seen = format_probe(probe(model, processor, probe_size, seed=seed))
+            seen = format_probe(probe(model, captioner, probe_size, seed=seed))
             log(f"pretrain.py: step {step + 1}, {(step + 1) * batch_size} images: {seen}")
             model.train()
-    seconds = fit(model, lambda step: caption_batch(processor, phantom_captions(batch_size, seed=seed,
+    seconds = fit(model, lambda step: caption_batch(captioner, phantom_captions(batch_size, seed=seed,
                                                                                 start=step * batch_size)),
                   steps, lr, "pretrain", probe_now)
-    perception = probe(model, processor, probe_size, seed=seed)
+    perception = probe(model, captioner, probe_size, seed=seed)
     save_checkpoint(model, processor, out, meta=dict(script="pretrain.py", steps=steps, batch_size=batch_size,
-                                                     lr=lr, seed=seed, seconds=round(seconds),
+                                                     lr=lr, seed=seed, caption_system=caption_system,
+                                                     seconds=round(seconds),
                                                      probe=perception, probe_size=probe_size))
     log(f"pretrain.py: wrote {out} in {seconds:.0f} s; " + format_probe(perception))
     return perception
@@ -362,7 +388,12 @@ def main(argv=None):
         if args.instruct:
             print(format_instruct_probe(instruct_probe(model, processor, args.probe_size, seed=args.seed)))
         else:
-            print(format_probe(probe(model, processor, args.probe_size, seed=args.seed)))
+            meta = {}   # a base built before --caption-system captioned with the system prompt
+            if os.path.isfile(os.path.join(args.probe, "meta.json")):
+                with open(os.path.join(args.probe, "meta.json")) as f:
+                    meta = json.load(f)
+            system = meta.get("caption_system", "reasoning")
+            print(format_probe(probe(model, captioning(processor, system), args.probe_size, seed=args.seed)))
         return
     if os.path.exists(args.out) and os.listdir(args.out):
         sys.exit(f"pretrain.py: {args.out} exists; remove it or choose another --out")
@@ -372,7 +403,8 @@ def main(argv=None):
         result = instruct(args.out, args.base, args.steps, args.batch_size, args.lr, args.seed, args.probe_size,
                           describe=args.instruct_describe)
     else:
-        result = pretrain(args.out, args.steps, args.batch_size, args.lr, args.seed, args.probe_size, args.probe_every)
+        result = pretrain(args.out, args.steps, args.batch_size, args.lr, args.seed, args.probe_size, args.probe_every,
+                          args.caption_system)
     print(json.dumps(result))
 
 

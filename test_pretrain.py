@@ -16,7 +16,7 @@ import torch
 import grpo
 import pretrain
 import sft
-from model import load_model
+from model import SYSTEM_PROMPT, load_model
 from phantom import (CAPTION_PROMPT, CLOSED_QUESTIONS, MODALITY_WORDS, OPEN_QUESTIONS, parse_caption, phantom_captions,
                      phantom_corpus, phantom_dataset)
 from rewards import format_reward
@@ -48,6 +48,21 @@ def test_caption_batch_keeps_only_the_logits_the_loss_needs():
     assert torch.allclose(loss_cut, loss, rtol=1e-6)
 
 
+def test_captioning_prompts_without_the_system_turn_unless_asked():
+    _, processor = load_model("tiny", device="cpu")
+    image = phantom_captions(1)[0][0]
+    plain, reasoning = pretrain.captioning(processor), pretrain.captioning(processor, "reasoning")
+    assert plain.prompt_text(CAPTION_PROMPT) == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+                                                 f"{CAPTION_PROMPT}<|im_end|>\n<|im_start|>assistant\n")
+    assert reasoning.prompt_text(CAPTION_PROMPT) == processor.prompt_text(CAPTION_PROMPT)
+    assert processor.prompt_text(CAPTION_PROMPT).startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>")
+    lengths = [p.prompts([CAPTION_PROMPT], [image])["input_ids"].shape[1] for p in (plain, processor)]
+    system = len(processor.tokenizer(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n")["input_ids"])
+    assert lengths[1] - lengths[0] == system > 40     # the system turn is about half a caption row
+    with pytest.raises(ValueError, match="'chatty' is not one of"):
+        pretrain.captioning(processor, "chatty")
+
+
 def test_a_short_build_writes_a_base_model_with_its_probe(tmp_path):
     out = str(tmp_path / "base")
     logged = []
@@ -56,6 +71,7 @@ def test_a_short_build_writes_a_base_model_with_its_probe(tmp_path):
     assert logged[1].startswith(f"pretrain.py: wrote {out} in ")   # the last step: only the final probe
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["script"] == "pretrain.py" and meta["probe"] == perception and meta["steps"] == 2
+    assert meta["caption_system"] == "none"
     assert set(perception) == {*pretrain.ATTRIBUTES, "caption"}
     assert all(0.0 <= value <= 1.0 for value in perception.values())
     model, processor = load_model(out, device="cpu")     # a plain checkpoint that reloads
