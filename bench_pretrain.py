@@ -1,9 +1,10 @@
 """Where a pretraining step's time goes (a benchmark that reports, not a test):
 
     python bench_pretrain.py                        # 30 steps of 16 images, torch's threads
-    OMP_NUM_THREADS=1 python bench_pretrain.py --batch-size 32
+    OMP_NUM_THREADS=1 python bench_pretrain.py --batch-size 8 --caption-system reasoning
 
-Times each part of pretrain.py's step from random weights: drawing the images (phantom.py), the
+Times each part of pretrain.py's step from random weights, prompted as pretrain.py prompts
+(--caption-system: without a system turn by default, as pretrain.py): drawing the images (phantom.py), the
 image processor and tokenizer (model.VLProcessor.training_batch), the forward pass with the vision
 tower's share of it, the backward pass, the optimizer. Each step then runs forward and backward once
 more with logits at every position (what target_token_loss computes on an uncut batch), so that the
@@ -18,7 +19,7 @@ import torch
 
 from model import load_model
 from phantom import CAPTION_PROMPT, phantom_captions
-from pretrain import caption_batch
+from pretrain import CAPTION_SYSTEMS, caption_batch, captioning
 from training import HelpFormatter, at_least, target_token_loss
 
 PARTS = ("render", "processor", "forward", "backward", "optimizer")
@@ -29,10 +30,12 @@ def main(argv=None):
     p.add_argument("--batch-size", type=at_least(1), default=16, help="captioned images per step")
     p.add_argument("--steps", type=at_least(1), default=30, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--caption-system", choices=CAPTION_SYSTEMS, default="none", help="as pretrain.py's")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, processor = load_model("tiny", device="cpu")
+    processor = captioning(processor, args.caption_system)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)   # as pretrain.py's
     vision = []

@@ -8,12 +8,13 @@ images when SFT and GRPO start.
     python pretrain.py --instruct --probe runs/instruct   # its format compliance and answers
     python pretrain.py --instruct --instruct-describe 0.25 --out runs/instruct-describe   # also describes images
 
-Pretraining is captioning: the prompt is "Describe the image." and the target the image's full
-caption, "CT of the chest. Two nodules: left upper, right lower." (phantom.phantom_caption), on
-images of the phantom's "base" stream, which no VQA split shares. Every step draws new images, so
-the model sees each at most once. No rationale, no question, no <think>/<answer> format: what
-sft.py then teaches on scarce chain-of-thought is the format and the reasoning from what is seen
-to an answer, as the papers' SFT does on a pretrained VLM.
+Pretraining is captioning: the prompt is "Describe the image.", without a system turn
+(--caption-system), and the target the image's full caption, "CT of the chest. Two nodules: left
+upper, right lower." (phantom.phantom_caption), on images of the phantom's "base" stream, which no
+VQA split shares. Every step draws new images, so the model sees each at most once. No rationale,
+no question, no system prompt, no <think>/<answer> format: what sft.py then teaches on scarce
+chain-of-thought is the format and the reasoning from what is seen to an answer, as the papers'
+SFT does on a pretrained VLM.
 
 What it is not: a pretrained VLM's breadth. It knows one synthetic world (4 modalities, 3 regions,
 0-3 lesions of 2 kinds in 4 quadrants), and its language is the phantom's few hundred words.
@@ -27,12 +28,14 @@ none of a VQA split's kinds or images, each answered after one brief generic tho
 the image and answer the question."), never a caption or a phantom rationale. It has never been
 asked about lesions: what stage I then learns. Its probe: format compliance and answers on
 held-out generic questions, and format compliance on the phantom's val questions (greedy, and
-sampled as GRPO samples). As built by default (seed 0): format 100% on both, greedy and sampled;
-generic answers 51.7% right (of 200: modality 53%, region 72%, "no" to every closed question: it
-follows the format far better than it answers); val answers uninformed (closed 47.9%, open 0%).
-With --instruct-describe P, a share P of its examples ask instead to describe the image, answered
-with its caption (DESCRIBE_QUESTIONS): an instruct model that can name findings in an answer. At
-0.25 (seed 0, 83 s): format 100% greedy and sampled, generic answers 60.0%, val closed 47.9%, open 0%.
+sampled as GRPO samples). As built by default (seed 0, 60 s alone on this 2-core CPU): format 100%
+on both, greedy and sampled; generic answers 59.0% right (it follows the format far better than it
+answers); val answers uninformed (closed 45.8%, open 0%). From the earlier base, captioned with the
+system prompt: generic answers 51.7% (of 200: modality 53%, region 72%, "no" to every closed
+question), val closed 47.9%. With --instruct-describe P, a share P of its examples ask instead to
+describe the image, answered with its caption (DESCRIBE_QUESTIONS): an instruct model that can name
+findings in an answer. At 0.25 (seed 0, 83 s, the earlier base): format 100% greedy and sampled,
+generic answers 60.0%, val closed 47.9%, open 0%.
 [reconstructed] Not in the papers: their instruct model is Qwen's own.
 """
 
@@ -59,14 +62,17 @@ DEFAULT_BASE = "runs/base"
 PROBE_START = 10_000_000   # held-out probe images: far past any image pretraining draws
 ATTRIBUTES = ("modality", "region", "count", "kind", "quadrants")
 # [reconstructed] Pretraining's size, none of it from the papers: about the fewest images for a
-# probe of >= 97% whole captions (3600 steps of 8, 28,800 images: 97.5%; 3000 of 8: 96.2%). Small
-# batches learn more per image here: the same 24,000 images in steps of 16 (lr 1e-3) gave 94.5%;
-# steps of 32 (lr 2e-3) needed 48,000 images for 97.8% (EXPERIMENTS.md §1, "The base, built faster").
+# probe of >= 97% whole captions. Captioning without the system turn (--caption-system none): 3600
+# steps of 8, 28,800 images: 97.8%; 3300: 96.0%; 3000: 96.5% (lr 7e-4: 96.2%); 2400: 96.2%; 5000 of
+# 4 (lr 7e-4): 94.5%; 3600 steps of 8 drawn from 7,200 images (4 epochs): 96.8%. With the system
+# turn, 3600 of 8: 97.5%. Small batches learn more per image: the same 24,000 images in steps of 16
+# gave 94.5%; steps of 32 (lr 2e-3) needed 48,000 images for 97.8% (EXPERIMENTS.md §1, "The base,
+# built faster").
 STEPS, BATCH_SIZE, LR = 3600, 8, 1e-3
 # [reconstructed] The system turn while captioning: "none" (the default) captions with the user turn
 # alone, as a pretrained VLM never saw the reasoning system prompt that SFT then teaches; "reasoning"
-# keeps model.SYSTEM_PROMPT, which all later stages use (45 of a row's ~97 tokens: the build before
-# --caption-system, 0.74x its step time without them on this 2-core CPU).
+# keeps model.SYSTEM_PROMPT, which all later stages use. Without it a row is 52 tokens instead of 97
+# and a step takes 0.74x the time (one thread, this 2-core CPU).
 CAPTION_SYSTEMS = ("none", "reasoning")
 
 DEFAULT_INSTRUCT = "runs/instruct"
@@ -362,7 +368,8 @@ def format_probe(perception):
 def ensure_base(path, script):
     """The base model at `path`, built first (pretrain with its defaults) if it is not there yet."""
     if not os.path.isfile(os.path.join(path, "config.json")):
-        print(f"{script}: no base model at {path}: building it once (python pretrain.py: ~1.6x the time of SFT)",
+        print(f"{script}: no base model at {path}: building it once (python pretrain.py: a few minutes, about "
+              "1.2-1.5x the time of SFT)",
               file=sys.stderr)
         pretrain(path, log=lambda text: print(text, file=sys.stderr))
     return path

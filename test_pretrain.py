@@ -80,6 +80,18 @@ def test_a_short_build_writes_a_base_model_with_its_probe(tmp_path):
         pretrain.main(["--out", out])                    # never replaces a folder
 
 
+def test_the_probe_prompts_a_base_as_it_was_pretrained(tmp_path, monkeypatch):
+    systems = []
+    monkeypatch.setattr(pretrain, "probe", lambda model, processor, size, seed: systems.append(processor.system_prompt) or {})
+    for caption_system in pretrain.CAPTION_SYSTEMS:
+        pretrain.pretrain(str(tmp_path / caption_system), steps=1, batch_size=2, caption_system=caption_system)
+        pretrain.main(["--probe", str(tmp_path / caption_system)])
+    os.remove(tmp_path / "reasoning" / "meta.json")    # a base built before --caption-system
+    pretrain.main(["--probe", str(tmp_path / "reasoning")])
+    # each build's own final probe, then the --probe of its folder
+    assert systems == [None, None, SYSTEM_PROMPT, SYSTEM_PROMPT, SYSTEM_PROMPT]
+
+
 def test_a_seed_builds_the_same_base_model(tmp_path):
     for out in ("a", "b"):
         pretrain.pretrain(str(tmp_path / out), steps=3, batch_size=2, probe_size=2, seed=1)
