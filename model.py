@@ -159,7 +159,8 @@ class VLProcessor:
     A prompt is the chat template's text with the single `<|image_pad|>` expanded to one token per
     merged patch: a 112x112 image is an 8x8 grid of 14-px patches, merged 2x2, so 16 tokens.
     Prompts are left-padded (batched generation appends on the right) and never truncated, so
-    image tokens always match the pixel values.
+    image tokens always match the pixel values. system_prompt None: no system turn (pretrain.py's
+    captions; a real Qwen chat template then writes its own default one).
     """
 
     def __init__(self, tokenizer, image_processor, system_prompt=SYSTEM_PROMPT):
