@@ -81,10 +81,20 @@ def check_checkpoint_folder(path):
                 raise damaged_checkpoint("checkpoints.py", os.path.join(path, name), error) from None
 
 
+def checkpoint_meta(path):
+    """The meta.json a script of this project wrote into the folder `path` (its script, step,
+    options, ...), {} for a folder without one."""
+    file = os.path.join(path, "meta.json")
+    if not os.path.isfile(file):
+        return {}
+    with open(file) as f:
+        return json.load(f)
+
+
 def _written_by(path):
     """" (meta.json: sft.py)" for a folder this project wrote, else ""."""
     try:
-        with open(os.path.join(path, "meta.json")) as f:
-            return f" (meta.json: {json.load(f)['script']})"
-    except (OSError, ValueError, KeyError, TypeError):
+        script = checkpoint_meta(path).get("script")
+    except (OSError, ValueError, AttributeError):   # unreadable, cut short, or not an object
         return ""
+    return f" (meta.json: {script})" if script else ""

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from checkpoints import checkpoint_meta
 from records import run_script
 from tables import MISSING, markdown_table, mean_std_cell, paired_difference_cell
 from training import HelpFormatter, at_least
@@ -93,11 +94,10 @@ class Step:
             checkpoint = os.path.join(model, "meta.json")
             scored_after = not os.path.exists(checkpoint) or os.path.getmtime(checkpoint) <= os.path.getmtime(self.output)
             return "done" if scored_after else "todo"   # a checkpoint trained again is scored again
-        meta = os.path.join(self.output, "meta.json")
-        if not os.path.exists(meta):
+        meta = checkpoint_meta(self.output)
+        if not meta:
             return "todo"
-        with open(meta) as f:
-            step = json.load(f).get("step")
+        step = meta.get("step")
         return "done" if self.steps is None or step is None or step >= self.steps else "partial"
 
     def to_run(self):

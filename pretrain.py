@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from checkpoints import checkpoint_meta
 from model import load_model, save_checkpoint
 from phantom import (CAPTION_PROMPT, MODALITIES, MODALITY_WORDS, PHANTOM_SIZES, REGIONS, parse_caption, phantom_captions,
                      phantom_dataset)
@@ -395,11 +396,8 @@ def main(argv=None):
         if args.instruct:
             print(format_instruct_probe(instruct_probe(model, processor, args.probe_size, seed=args.seed)))
         else:
-            meta = {}   # a base built before --caption-system captioned with the system prompt
-            if os.path.isfile(os.path.join(args.probe, "meta.json")):
-                with open(os.path.join(args.probe, "meta.json")) as f:
-                    meta = json.load(f)
-            system = meta.get("caption_system", "reasoning")
+            # a base built before --caption-system captioned with the system prompt
+            system = checkpoint_meta(args.probe).get("caption_system", "reasoning")
             print(format_probe(probe(model, captioning(processor, system), args.probe_size, seed=args.seed)))
         return
     if os.path.exists(args.out) and os.listdir(args.out):
