@@ -13,6 +13,13 @@
 
 `python rewards.py` prints a worked example of reward collapse (ARMed Figures 3 and 4 in numbers);
 `python rewards.py --phantom` whether the semantic reward tells the phantom data's right answers from wrong ones.
+
+Reading order: reading a completion (extract_answer, think_text); each reward of one answer
+(format_reward, textual_reward and its metrics, the length rewards); the semantic reward and ARMed's
+adaptive mapping (SemanticScorer, AdaptiveSemanticReward); the batch-level reward functions and
+their weighted sum (format_rewards ... AdaptiveReward, compute_rewards, reward_list); the options
+(add_reward_args, rewards_from_args); then reward collapse: collapse_diagnostics (logged by grpo.py)
+and the worked examples of `python rewards.py` (wording_check, main).
 """
 import argparse
 import math
