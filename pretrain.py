@@ -68,7 +68,7 @@ ATTRIBUTES = ("modality", "region", "count", "kind", "quadrants")
 # 4 (lr 7e-4): 94.5%; 3600 steps of 8 drawn from 7,200 images (4 epochs): 96.8%. With the system
 # turn, 3600 of 8: 97.5%. Small batches learn more per image: the same 24,000 images in steps of 16
 # gave 94.5%; steps of 32 (lr 2e-3) needed 48,000 images for 97.8% (EXPERIMENTS.md §1, "The base,
-# built faster"). Probed on 2,000 images instead of 400, the default lands within a point of 97%:
+# built faster"). Probed on 2,000 images instead of 400, the default lands at 97.2-98.2%:
 # seeds 0 / 1 / 2: 97.2 / 97.5 / 98.2 (EXPERIMENTS.md §1, "The patch embedding as a product").
 STEPS, BATCH_SIZE, LR = 3600, 8, 1e-3
 # [reconstructed] The system turn while captioning: "none" (the default) captions with the user turn
