@@ -12,11 +12,17 @@ before they load any data. `python model.py complete` writes a whole folder from
 import json
 import os
 
-from lora import is_adapter_dir
 from records import CheckpointError, damaged_checkpoint
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
+              "chat_template.json", "adapter_config.json")   # check_checkpoint_folder parses each one there
+
+
+def is_adapter_dir(path):
+    """Whether `path` is a LoRA run's folder: an adapter in peft's format (lora.py), not full weights."""
+    return os.path.isfile(os.path.join(str(path), "adapter_config.json"))
 
 
 def missing_checkpoint_files(path):
@@ -41,36 +47,65 @@ def missing_checkpoint_files(path):
         missing += [f"weights shard {name}" for name in shards if not has(name)]
     if not (has("tokenizer.json") or has("vocab.json") and has("merges.txt")) or not has("tokenizer_config.json"):
         missing.append("tokenizer (tokenizer.json, tokenizer_config.json)")
-    elif not (has("chat_template.jinja") or has("chat_template.json")
-              or _read_json(path, "tokenizer_config.json").get("chat_template")):
+    if not (has("chat_template.jinja") or has("chat_template.json")
+            or has("tokenizer_config.json") and _template_in(_read_json(path, "tokenizer_config.json"))):
         missing.append("chat template (chat_template.jinja)")
     if not has("preprocessor_config.json"):
         missing.append("preprocessor_config.json")
     return missing
 
 
+def _template_in(tokenizer_config):
+    return isinstance(tokenizer_config, dict) and tokenizer_config.get("chat_template")
+
+
 def _read_json(path, name):
     file = os.path.join(path, name)
     try:
-        with open(file) as f:
+        with open(file, encoding="utf-8") as f:
             return json.load(f)
-    except ValueError as error:
+    except (ValueError, OSError) as error:   # cut short (JSONDecodeError, UnicodeDecodeError) or unreadable
+        raise damaged_checkpoint("checkpoints.py", file, error) from None
+
+
+def _check_template(path):
+    """CheckpointError if chat_template.jinja is there and does not compile as the tokenizer compiles it."""
+    import jinja2
+    file = os.path.join(path, "chat_template.jinja")
+    if not os.path.isfile(file):
+        return
+    try:
+        with open(file, encoding="utf-8") as f:
+            text = f.read()
+        try:   # transformers' own compiler: its extensions ({% generation %}, loop controls)
+            from transformers.utils.chat_template_utils import _compile_jinja_template as compile_template
+        except ImportError:
+            compile_template = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse
+        compile_template(text)
+    except (jinja2.TemplateSyntaxError, ValueError, OSError) as error:
         raise damaged_checkpoint("checkpoints.py", file, error) from None
 
 
 def check_checkpoint_folder(path):
     """Raise CheckpointError, one line, if the folder `path` is incomplete (missing_checkpoint_files)
-    or a weights file of it is damaged (a .safetensors header that does not cover the file: a
-    truncated copy). Reads only headers: this runs before any weights are loaded."""
+    or a file of it is damaged: a JSON file of JSON_FILES that does not parse, a chat_template.jinja
+    that does not compile, a .safetensors header that does not cover the file (a truncated copy).
+    Reads only the small files and the weights' headers: this runs before any weights are loaded."""
     missing = missing_checkpoint_files(path)
     if missing:
         if any(name.startswith(("weights", "adapter weights", "config")) for name in missing):
             fix = ("it is not a whole checkpoint: copy it again, or write it again with the script that wrote it"
                    + _written_by(path))
         else:
-            fix = (f"`python model.py complete {path} OUT --processor-from MODEL` writes a complete folder at OUT "
-                   "(MODEL: the model its weights came from, e.g. tiny, a hub id or a checkpoint folder)")
+            fix = (f"`python model.py complete {path} OUT --processor-from MODEL` writes a complete folder at OUT, "
+                   "a new one (MODEL: the model its weights came from, e.g. tiny, a hub id or a checkpoint folder)"
+                   + ("; to --resume this run instead, copy those files into it from the folder it started from"
+                      if os.path.isfile(os.path.join(path, "trainer_state.pt")) else ""))
         raise CheckpointError(f"checkpoints.py: {path} lacks {', '.join(missing)}; {fix}")
+    for name in JSON_FILES:   # small files; tokenizer.json is the largest (~11 MB for Qwen2.5-VL)
+        if os.path.isfile(os.path.join(path, name)):
+            _read_json(path, name)
+    _check_template(path)
     from safetensors import SafetensorError, safe_open
     for name in sorted(os.listdir(path)):
         if name.endswith(".safetensors"):

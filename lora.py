@@ -63,10 +63,6 @@ def has_lora(model):
     return bool(getattr(model, "peft_config", None))
 
 
-def is_adapter_dir(path):
-    return os.path.isfile(os.path.join(str(path), "adapter_config.json"))
-
-
 def _adapter_config(path, trainable=False):
     from peft import LoraConfig
     config = LoraConfig.from_pretrained(path)

@@ -36,9 +36,9 @@ from transformers import (AutoConfig, AutoTokenizer, PreTrainedTokenizerFast, Qw
                           Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration)
 
 from distributed import add_runtime_args
-from lora import _adapter_config, _add_adapter, add_lora_args, has_lora, is_adapter_dir, lora_config, save_adapter
-from checkpoints import check_checkpoint_folder, missing_checkpoint_files
-from records import run_script
+from lora import _adapter_config, _add_adapter, add_lora_args, has_lora, lora_config, save_adapter
+from checkpoints import check_checkpoint_folder, is_adapter_dir, missing_checkpoint_files
+from records import CheckpointError, run_script
 from training import at_least, is_checkpoint
 
 SYSTEM_PROMPT = ("You are a medical imaging assistant. Look at the image and answer the question. "
@@ -72,6 +72,12 @@ TINY_VISION = dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, 
                    spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                    fullatt_block_indexes=[1])
 TINY_VOCAB_SIZE = 1024
+# [reconstructed] The std of the tiny model's random weights (transformers' initializer_range, whose
+# default is 0.02): the same draws, twice as large. Pretrained from them (pretrain.py --init-std),
+# the base's probe reaches 97% whole captions in 2400 steps of 8 instead of 3600; at 2400 steps,
+# std 0.01 / 0.02 / 0.03 / 0.04 / 0.06 gave 79.5 / 96.15 / 96.5 / 97.35 / 96.65% (seed 0, 2,000
+# held-out images; EXPERIMENTS.md §1, "The initial weights' scale").
+TINY_INIT_STD = 0.04
 
 # The published Qwen2.5-VL configs (config.json of Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct):
 # 3,754,622,976 and 8,292,166,656 parameters. load_model(name) builds them with random weights,
@@ -128,13 +134,14 @@ def build_tiny_tokenizer(corpus=None, vocab_size=TINY_VOCAB_SIZE):
     return tokenizer
 
 
-def tiny_config(tokenizer):
-    """Qwen2.5-VL config of the offline default model, with token ids taken from `tokenizer`."""
+def tiny_config(tokenizer, init_std=TINY_INIT_STD):
+    """Qwen2.5-VL config of the offline default model, with token ids taken from `tokenizer`, its
+    random weights drawn with std `init_std`."""
     ids = tokenizer.convert_tokens_to_ids
-    text = dict(TINY_TEXT, vocab_size=len(tokenizer), eos_token_id=ids("<|im_end|>"),
+    text = dict(TINY_TEXT, vocab_size=len(tokenizer), eos_token_id=ids("<|im_end|>"), initializer_range=init_std,
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=None, tie_word_embeddings=True)
-    vision = dict(TINY_VISION, out_hidden_size=TINY_TEXT["hidden_size"])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
+    vision = dict(TINY_VISION, out_hidden_size=TINY_TEXT["hidden_size"], initializer_range=init_std)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, initializer_range=init_std,
                             image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
                             vision_start_token_id=ids("<|vision_start|>"),
                             vision_end_token_id=ids("<|vision_end|>"))
@@ -260,7 +267,7 @@ class VLProcessor:
 
 def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_checkpointing=False,
                freeze_vision=False, min_pixels=None, max_pixels=None, seed=0, attn_implementation="sdpa", layers=None,
-               lora=None, train_adapter=False, weights=True):
+               lora=None, train_adapter=False, weights=True, init_std=None):
     """Load (model, processor). `tiny` builds the offline default; anything else is from_pretrained.
 
     Weights in `dtype` (fp32 unless asked: how training computes is distributed.py's business),
@@ -274,6 +281,7 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
     apart and trainable. lora: a LoraConfig (lora_config) adds fresh trainable adapters to the
     loaded model and freezes the rest. weights=False builds the model on the meta device without
     reading any weights (the processes other than rank 0 under torchrun: distributed.py fills them).
+    init_std: the std of a tiny model's random weights (None: TINY_INIT_STD).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if os.path.isdir(name_or_path):
@@ -297,7 +305,7 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
                                 "trained with --lora-rank (resume it without)")
     else:
         model, processor = _load_base(name_or_path, dtype, min_pixels, max_pixels, seed, attn_implementation, layers,
-                                      weights)
+                                      weights, init_std)
     if lora is not None:
         lora.base_model_name_or_path = os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
         torch.manual_seed(seed)   # the adapters' initial A: the same for a seed, whatever ran before
@@ -316,7 +324,7 @@ def load_model(name_or_path="tiny", device=None, dtype=torch.float32, gradient_c
     return model, processor
 
 
-def _load_base(name_or_path, dtype, min_pixels, max_pixels, seed, attn_implementation, layers, weights):
+def _load_base(name_or_path, dtype, min_pixels, max_pixels, seed, attn_implementation, layers, weights, init_std=None):
     """(model, processor) of a model without adapters: tiny, a qwen2.5-vl-* shape or a checkpoint."""
     pixels = {k: v for k, v in dict(min_pixels=min_pixels, max_pixels=max_pixels).items() if v}
     if name_or_path == "tiny" or name_or_path in QWEN25_VL_SHAPES:
@@ -326,7 +334,8 @@ def _load_base(name_or_path, dtype, min_pixels, max_pixels, seed, attn_implement
         image_processor = _image_processor(None, **{"min_pixels": 56 * 56, "max_pixels": 112 * 112 if tiny
                                                     else 401408, **pixels})
         torch.manual_seed(seed)
-        config = tiny_config(tokenizer) if tiny else qwen25_vl_config(name_or_path, layers, tokenizer)
+        config = (tiny_config(tokenizer, init_std or TINY_INIT_STD) if tiny
+                  else qwen25_vl_config(name_or_path, layers, tokenizer))
         config._attn_implementation = attn_implementation
         with torch.device("cpu" if weights else "meta"):
             model = Qwen2_5_VLForConditionalGeneration(config)
@@ -337,8 +346,15 @@ def _load_base(name_or_path, dtype, min_pixels, max_pixels, seed, attn_implement
                                 + (" (and HF_HUB_OFFLINE=1: no hub download)" if "/" in name_or_path else ""))
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as error:   # neither a local directory nor a reachable hub id
+    except Exception as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if os.path.isdir(name_or_path):   # a local folder whose files parse (check_checkpoint_folder) yet do not load
+            raise CheckpointError(f"model.py: {name_or_path}: its tokenizer (tokenizer.json, tokenizer_config.json) "
+                                  f"could not be loaded ({type(error).__name__}: {reason}); copy those files again "
+                                  "from the folder it came from") from None
+        if not isinstance(error, (OSError, ValueError)):
+            raise
+        # neither a local directory nor a reachable hub id
         raise FileNotFoundError(f"--model {name_or_path}: not a checkpoint directory, and the hub "
                                 f"could not provide it ({reason})") from None
     _chat_template_from_processor_files(tokenizer, name_or_path)
@@ -517,9 +533,17 @@ def save_checkpoint(model, processor, path, trainer_state=None, meta=None, rt=No
             rt.barrier()
 
 
+def _new_folder(command, out):
+    """Exit with one line if `out` exists and is not empty: merge and complete write a new folder
+    and never replace one (not even their source: a training checkpoint's trainer_state.pt would go)."""
+    if os.path.isdir(out) and os.listdir(out) or os.path.isfile(out):
+        sys.exit(f"model.py {command}: {out} already exists; nothing there is replaced: give a new folder as OUT")
+
+
 def merge_adapter(adapter_dir, out):
     """Write the model of a LoRA run's folder, adapter merged into the base weights, as a full
-    checkpoint at `out` (hub layout, fp32) that plain transformers, vLLM and evaluate.py load."""
+    checkpoint at `out` (a new folder; hub layout, fp32) that plain transformers, vLLM and evaluate.py load."""
+    _new_folder("merge", out)
     if not is_adapter_dir(adapter_dir):
         sys.exit(f"model.py: {adapter_dir}: no adapter_config.json there (not a --lora-rank run's folder)")
     model, processor = load_model(adapter_dir, device="cpu")
@@ -530,7 +554,8 @@ def merge_adapter(adapter_dir, out):
 def complete_checkpoint(weights_dir, out, processor_from):
     """Write the model in weights_dir (config.json and weights: a weights-only copy, a hand-made
     merge) with the tokenizer, chat template and image processor of `processor_from` as a complete
-    checkpoint at `out`; weights_dir itself is left as it is."""
+    checkpoint at `out` (a new folder); weights_dir itself is left as it is."""
+    _new_folder("complete", out)
     missing = [name for name in missing_checkpoint_files(weights_dir) if name.startswith(("weights", "config"))]
     if missing:
         sys.exit(f"model.py complete: {weights_dir} lacks {', '.join(missing)}: nothing to complete")
@@ -551,7 +576,7 @@ def main(argv=None):
     parser.add_argument("command", choices=["merge", "complete"])
     parser.add_argument("source", help="merge: folder a --lora-rank run wrote (adapter_config.json); complete: "
                                        "folder with config.json and weights")
-    parser.add_argument("out", help="folder for the merged or completed checkpoint")
+    parser.add_argument("out", help="a new folder for the merged or completed checkpoint (an existing one is refused)")
     parser.add_argument("--processor-from", default=None,
                         help="complete (required): the model whose tokenizer and image processor go with the "
                              "weights (tiny, a hub id or a checkpoint folder)")

@@ -43,6 +43,7 @@ import os
 
 import numpy as np
 
+from records import DataError, run_script
 from training import HelpFormatter, at_least
 
 HELD_OUT = (("closed accuracy", ("closed", "accuracy")), ("open semantic", ("open", "semantic")),
@@ -55,8 +56,19 @@ def read_log(run):
     path = run.rstrip("/") + ".log.jsonl"
     if not os.path.exists(path):
         raise SystemExit(f"plot.py: {path} not found: pass the run folder grpo.py wrote (its log sits beside it)")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:   # a line cut short: a run killed while writing it
+                raise DataError(f"plot.py: {path} line {number}: not valid JSON "
+                                f"({error.msg}, column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"plot.py: {path} line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     if not rows:
         raise SystemExit(f"plot.py: {path} is empty")
     return rows
@@ -375,4 +387,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -57,7 +57,7 @@ def damaged_checkpoint(reporter, file, error):
     return CheckpointError(f"{reporter}: {file} is damaged (truncated or unreadable: {reason}){where}")
 
 
-TRACEBACK_VARIABLE = "MEDVQA_TRACEBACK"   # =1: bad input ends with Python's traceback, for debugging
+TRACEBACK_VARIABLE = "MEDVQA_TRACEBACK"   # =1 (not 0/false/no/off): bad input ends with Python's traceback
 
 
 def run_script(main):
@@ -67,7 +67,7 @@ def run_script(main):
     try:
         return main()
     except (DataError, CheckpointError) as error:
-        if os.environ.get(TRACEBACK_VARIABLE, "0") not in ("", "0"):
+        if os.environ.get(TRACEBACK_VARIABLE, "").strip().lower() not in ("", "0", "false", "no", "off"):
             raise
         sys.exit(one_line(error))
 

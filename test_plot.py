@@ -5,12 +5,16 @@ runs overlaid on the same axes with a legend naming each.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import plot
+from records import DataError
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
@@ -158,3 +162,22 @@ def test_factors_draw_each_arm_per_seed_and_their_mean(tmp_path):
     assert list(thick[1].get_ydata()) == pytest.approx([1.0, 2.0, 4.0])   # moving mean of 2 steps
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["none (2 seeds)", "ECR (1 seeds)", "CWR (0 seeds)"]
     plt.close(fig)
+
+
+def test_a_log_cut_short_is_one_line_naming_the_file_and_line(tmp_path):
+    run = write_log(tmp_path / "run", 0.0, steps=3)
+    with open(run + ".log.jsonl") as f:
+        lines = f.readlines()
+    with open(run + ".log.jsonl", "w") as f:                     # a run killed while writing its third line
+        f.writelines(lines[:2] + [lines[2][:30]])
+    message = f"plot.py: {run}.log.jsonl line 3: not valid JSON (Unterminated string starting at, column 29)"
+    with pytest.raises(DataError) as error:
+        plot.read_log(run)
+    assert str(error.value) == message
+    done = subprocess.run([sys.executable, "plot.py", run, "--out", str(tmp_path / "figs")], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(os.path.abspath(plot.__file__)))
+    assert done.returncode == 1 and done.stderr.strip() == message   # one line, no traceback
+    with open(run + ".log.jsonl", "w") as f:
+        f.writelines(lines[:2] + ["[3]\n"])
+    with pytest.raises(DataError, match=r"line 3: expected a JSON object, got list$"):
+        plot.read_log(run)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import grpo
 import model as M
-from checkpoints import missing_checkpoint_files
+from checkpoints import check_checkpoint_folder, missing_checkpoint_files
 import sft
 import training
 from records import CheckpointError, DataError, run_script
@@ -86,8 +86,10 @@ def test_resume_alone_continues_the_run_with_its_options_and_logs_the_raised_ste
     assert [r.get("step") for r in rows] == [1, None, 2]
     assert rows[1] == {"resume": {"at_step": 1, "changed": {"--steps": [1, 2]}, "overridden": {}}}
     # resumed again, the options given again still match the run's (its model is the one it started from)
-    grpo.main(GRPO + ["--resume", run_copy, "--steps", "2"])
-    assert [r.get("step") for r in log_rows(run_copy)] == [1, None, 2]
+    grpo.main(GRPO + ["--resume", run_copy, "--steps", "3"])
+    rows = log_rows(run_copy)
+    assert [r.get("step") for r in rows] == [1, None, 2, None, 3]
+    assert rows[3] == {"resume": {"at_step": 2, "changed": {"--steps": [2, 3]}, "overridden": {}}}
 
 
 def test_typed_values_compare_with_what_the_run_used(run_copy):
@@ -108,6 +110,23 @@ def test_the_checkpoint_fixes_its_model_even_with_the_override(run_copy, tmp_pat
     assert str(stop.value.code).startswith(f"grpo.py: --resume {run_copy}: --model tiny -> {other}: ")
     assert "cannot change them" in str(stop.value.code) and "--lr" not in str(stop.value.code)
     assert open(run_copy + ".log.jsonl").read() == before
+
+
+def test_a_checkpoint_of_the_other_script_is_refused_before_it_loads(run_copy):
+    before = open(run_copy + ".log.jsonl").read()
+    with pytest.raises(SystemExit) as stop:
+        sft.main(["--resume", run_copy, "--steps", "4"])
+    assert str(stop.value.code) == (f"sft.py: --resume {run_copy}: that checkpoint was written by grpo.py: continue it "
+                                    f"with `python grpo.py --resume {run_copy}`, or start a new sft.py run from it "
+                                    f"with --model {run_copy}")
+    assert open(run_copy + ".log.jsonl").read() == before and load_trainer_state(run_copy)["step"] == 1
+
+
+def test_a_resume_with_no_step_left_says_so(run_copy):
+    with pytest.raises(SystemExit) as stop:
+        grpo.main(["--resume", run_copy])
+    assert str(stop.value.code) == (f"grpo.py: --resume {run_copy}: the run is at step 1 and --steps is 1: nothing to "
+                                    "train; give a larger --steps to continue it")
 
 
 def test_a_resume_that_fails_while_loading_leaves_the_log_as_it_was(run_copy):
@@ -174,12 +193,19 @@ def test_a_folder_without_tokenizer_files_is_named_before_its_weights_load(run_c
     with pytest.raises(CheckpointError) as error:
         M.load_model(run_copy)
     assert str(error.value) == (
-        f"checkpoints.py: {run_copy} lacks tokenizer (tokenizer.json, tokenizer_config.json); `python model.py complete "
-        f"{run_copy} OUT --processor-from MODEL` writes a complete folder at OUT (MODEL: the model its weights came "
-        "from, e.g. tiny, a hub id or a checkpoint folder)")
+        f"checkpoints.py: {run_copy} lacks tokenizer (tokenizer.json, tokenizer_config.json), chat template "
+        f"(chat_template.jinja); `python model.py complete "
+        f"{run_copy} OUT --processor-from MODEL` writes a complete folder at OUT, a new one (MODEL: the model its weights "
+        "came from, e.g. tiny, a hub id or a checkpoint folder); to --resume this run instead, copy those files into it "
+        "from the folder it started from")
     monkeypatch.undo()
     complete = str(tmp_path / "complete")
     M.main(["complete", run_copy, complete, "--processor-from", "tiny"])   # the command the message gives
+    with pytest.raises(SystemExit) as stop:                      # never into a folder that exists, its own included
+        M.main(["complete", run_copy, run_copy, "--processor-from", "tiny"])
+    assert str(stop.value.code) == (f"model.py complete: {run_copy} already exists; nothing there is replaced: "
+                                    "give a new folder as OUT")
+    assert os.path.isfile(os.path.join(run_copy, "trainer_state.pt"))
     model, processor = M.load_model(complete, device="cpu")
     weights = load_file(os.path.join(run_copy, "model.safetensors"))
     assert torch.equal(model.lm_head.weight, weights["lm_head.weight"] if "lm_head.weight" in weights
@@ -215,3 +241,89 @@ def test_a_missing_image_is_one_line_with_its_hint_and_no_traceback(tmp_path, mo
     monkeypatch.setenv("MEDVQA_TRACEBACK", "1")                 # the traceback back, for debugging
     with pytest.raises(DataError):
         run_script(bad_data)
+
+
+def no_loading(*args, **kwargs):
+    raise AssertionError("something was loaded")
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
+                                  "chat_template.jinja"])
+def test_a_truncated_small_file_is_named_damaged_before_anything_loads(name, grpo_run, run_copy, monkeypatch):
+    file = os.path.join(run_copy, name)
+    with open(file, "r+b") as f:
+        f.truncate(20)                                           # a copy cut short by a full disk
+    if name.endswith(".json"):                                   # the reason: what json itself says of the file
+        with pytest.raises(json.JSONDecodeError) as parsed, open(file) as f:
+            json.load(f)
+        reason = str(parsed.value)
+    else:                                                        # "{% for message in me"
+        reason = "unexpected end of template, expected 'end of statement block'."
+    if name == "config.json":
+        assert reason == "Expecting value: line 2 column 19 (char 20)"
+    monkeypatch.setattr(M.AutoTokenizer, "from_pretrained", no_loading)
+    monkeypatch.setattr(M.Qwen2_5_VLForConditionalGeneration, "from_pretrained", no_loading)
+    message = f"checkpoints.py: {file} is damaged (truncated or unreadable: {reason})"
+    with pytest.raises(CheckpointError) as error:
+        M.load_model(run_copy)
+    assert str(error.value) == message                           # not "the hub could not provide it"
+    shutil.copytree(grpo_run, run_copy + ".old")                 # a save killed after its second rename
+    with pytest.raises(CheckpointError) as error:
+        check_checkpoint_folder(run_copy)
+    assert str(error.value) == f"{message}; {run_copy}.old holds the previous checkpoint"
+
+
+def test_a_truncated_chat_template_is_one_line_as_a_user_sees_it(run_copy, tmp_path):
+    file = os.path.join(run_copy, "chat_template.jinja")
+    with open(file, "r+b") as f:
+        f.truncate(20)
+    done = subprocess.run([sys.executable, "grpo.py", "--model", run_copy, "--out", str(tmp_path / "out")], cwd=HERE,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"checkpoints.py: {file} is damaged (truncated or unreadable: unexpected end of template, expected 'end of "
+        "statement block'.)")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_truncated_adapter_config_or_chat_template_json_is_named_damaged(run_copy, tmp_path):
+    adapter = str(tmp_path / "adapter")                          # a LoRA run's folder, its config cut short
+    os.makedirs(adapter)
+    with open(os.path.join(adapter, "adapter_config.json"), "w") as f:
+        f.write('{"base_model_name_or_path": "ti')
+    shutil.copy(os.path.join(run_copy, "model.safetensors"), os.path.join(adapter, "adapter_model.safetensors"))
+    with pytest.raises(CheckpointError) as error:
+        check_checkpoint_folder(adapter)
+    assert str(error.value) == (f"checkpoints.py: {adapter}/adapter_config.json is damaged (truncated or unreadable: "
+                                "Unterminated string starting at: line 1 column 29 (char 28))")
+    os.remove(os.path.join(run_copy, "chat_template.jinja"))    # an older Qwen2-VL layout: the template in JSON
+    with open(os.path.join(run_copy, "chat_template.json"), "w") as f:
+        f.write('{"chat_template": "{% for')
+    with pytest.raises(CheckpointError) as error:
+        check_checkpoint_folder(run_copy)
+    assert str(error.value) == (f"checkpoints.py: {run_copy}/chat_template.json is damaged (truncated or unreadable: "
+                                "Unterminated string starting at: line 1 column 19 (char 18))")
+
+
+def test_a_missing_chat_template_is_named_beside_a_missing_tokenizer(run_copy):
+    for name in ("tokenizer.json", "chat_template.jinja", "preprocessor_config.json"):
+        os.remove(os.path.join(run_copy, name))
+    tokenizer = "tokenizer (tokenizer.json, tokenizer_config.json)"
+    assert missing_checkpoint_files(run_copy) == [tokenizer, "chat template (chat_template.jinja)",
+                                                  "preprocessor_config.json"]
+    file = os.path.join(run_copy, "tokenizer_config.json")      # a template inside tokenizer_config.json counts
+    with open(file) as f:
+        config = json.load(f)
+    with open(file, "w") as f:
+        json.dump(config | {"chat_template": M.CHAT_TEMPLATE}, f)
+    assert missing_checkpoint_files(run_copy) == [tokenizer, "preprocessor_config.json"]
+
+
+def test_a_local_folder_whose_tokenizer_does_not_load_is_not_sent_to_the_hub(run_copy):
+    with open(os.path.join(run_copy, "tokenizer.json"), "w") as f:
+        json.dump({}, f)                                         # valid JSON, not a tokenizer
+    with pytest.raises(CheckpointError) as error:
+        M.load_model(run_copy)
+    assert str(error.value) == (f"model.py: {run_copy}: its tokenizer (tokenizer.json, tokenizer_config.json) could "
+                                "not be loaded (KeyError: 'added_tokens'); copy those files again from the folder "
+                                "it came from")

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from checkpoints import checkpoint_meta
 from records import damaged_checkpoint
 
 
@@ -282,7 +283,8 @@ def claim_output(args, script):
     anything but a checkpoint is never written. A save interrupted between its two renames left
     the checkpoint as DIR.old: --resume DIR says so. Leftovers of interrupted saves (DIR.tmp-*,
     a stale DIR.old) are removed: only save_checkpoint makes them.
-    On resume args gets the run's options (resume_options) and args.resume_note what this resume
+    A checkpoint another script wrote (meta.json), or a --steps the run has already reached, is
+    refused. On resume args gets the run's options (resume_options) and args.resume_note what this resume
     changed, for open_log. Returns the checkpoint's trainer_state on resume (read once, here: the
     optimizer state of a large model takes long to load), else None.
     """
@@ -296,8 +298,18 @@ def claim_output(args, script):
                          f"interrupted); move it back (`mv {old} {resume}`) and resume again")
             sys.exit(f"{script}: --resume {resume}: no checkpoint written by this project's training "
                      "scripts there (trainer_state.pt missing)")
+        try:
+            wrote = checkpoint_meta(resume).get("script")
+        except (OSError, ValueError, AttributeError):   # meta.json unreadable: trainer_state.pt is read below
+            wrote = None
+        if wrote and wrote != script:
+            sys.exit(f"{script}: --resume {resume}: that checkpoint was written by {wrote}: continue it with "
+                     f"`python {wrote} --resume {resume}`, or start a new {script} run from it with --model {resume}")
         state = load_trainer_state(resume)
         note = resume_options(args, state, script)
+        if args.steps <= state["step"]:
+            sys.exit(f"{script}: --resume {resume}: the run is at step {state['step']} and --steps is {args.steps}: "
+                     f"nothing to train; give a larger --steps to continue it")
         args.out = os.path.normpath(args.out or resume)
     args.out = os.path.normpath(args.out or args.default_out)
     out, log = args.out, args.out + ".log.jsonl"
