@@ -62,10 +62,7 @@ SFT = ["--model", "tiny", "--steps", "3", "--batch-size", "8", "--limit", "64", 
 def test_sft_on_two_processes_ends_with_the_weights_of_one(tmp_path):
     sft.main(SFT + ["--out", str(tmp_path / "one")])
     torchrun("sft.py", *SFT, "--out", str(tmp_path / "two"))
-    # fp32 summation order only: measured 4.8e-6 from weights drawn with std 0.02, 1.07e-5 with the tiny
-    # model's 0.04 (model.TINY_INIT_STD); a rank that skipped the gradients' all-reduce would differ by
-    # about the lr, 2e-3
-    assert max_relative_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < 3e-5
+    assert max_relative_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < 1e-5
     # the same tensor names in the files, the hub layout tools such as vLLM read
     names = [set(load_file(tmp_path / run / "model.safetensors")) for run in ("one", "two")]
     assert names[0] == names[1]

@@ -310,3 +310,18 @@ def test_shared_image_and_prompt_passes_give_the_gradients_of_the_repeated_form(
     for p, expected in zip(params, shared_grads):
         assert (p.grad - expected).abs().max() <= 1e-5 * largest
     assert model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_the_initial_std_scales_the_same_draws():
+    """pretrain.py --init-std: the tiny model's random weights from the same seed, drawn with another
+    std (model.TINY_INIT_STD by default); norms stay 1 and biases 0."""
+    default, _ = M.load_model("tiny", device="cpu", seed=3)
+    wide, _ = M.load_model("tiny", device="cpu", seed=3, init_std=2 * M.TINY_INIT_STD)
+    assert default.config.text_config.initializer_range == M.TINY_INIT_STD == 0.02
+    assert wide.config.vision_config.initializer_range == wide.config.text_config.initializer_range == 0.04
+    a, b = default.state_dict(), wide.state_dict()
+    for name in ("model.visual.patch_embed.proj.weight", "model.visual.blocks.0.attn.qkv.weight",
+                 "model.language_model.embed_tokens.weight", "model.language_model.layers.2.mlp.down_proj.weight"):
+        assert torch.equal(b[name], 2 * a[name]), name
+    assert torch.equal(b["model.visual.blocks.0.norm1.weight"], a["model.visual.blocks.0.norm1.weight"])
+    assert 0.039 < b["model.language_model.layers.0.self_attn.q_proj.weight"].std() < 0.041
