@@ -178,7 +178,9 @@ def _record(name, split, shown, where, row, fields, image_dirs, image_shown, che
     source = _source(shown, where, row, fields)
     for field in ("image", "question", "answer"):
         if row.get(fields[field]) is None:
-            raise DataError(f"data.py: {source}: missing field '{fields[field]}'")
+            raise DataError(f"data.py: {source}: missing field '{fields[field]}'",
+                            hint=f"--field-map {field}=NAME reads it from a field of another name; "
+                                 "--skip-bad skips such records and counts them")
         if _text(row, fields[field]) is None:  # SLAKE train qid 1622: "answer": ""
             raise DataError(f"data.py: {source}: field '{fields[field]}' is empty")
     answer = _text(row, fields["answer"])  # VQA-RAD has int answers (4) and stray spaces: text, stripped
@@ -429,9 +431,12 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, *,
             records.append(record)
         except DataError as error:
             if not skip_bad:
-                error.hint = "--skip-bad skips such records and counts them"
+                error.hint = error.hint or "--skip-bad skips such records and counts them"
                 raise
             bad.append(str(error).removeprefix("data.py: "))
+    if bad and not records:
+        raise DataError(f"data.py: {shown}: all {len(bad)} records are bad, none is left (first: {bad[0]})",
+                        hint="--field-map NAME=FIELD reads fields of other names" if "missing field" in bad[0] else None)
     if bad:
         print(f"data.py: {shown}: skipped {len(bad)} bad records of {len(records) + len(bad)} "
               f"(first: {bad[0]})", file=sys.stderr)

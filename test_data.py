@@ -13,7 +13,7 @@ from PIL import Image
 
 import data
 from data import DataError, load_dataset, load_image
-from records import run_script
+from records import one_line, run_script
 
 
 # loaders on fixture files in the real formats
@@ -314,6 +314,24 @@ def test_skip_bad_counts_and_reports(tmp_path, capsys):
     assert capsys.readouterr().err == ("data.py: mine/train.jsonl: skipped 2 bad records of 5 (first: "
                                        "mine/train.jsonl line 2: image 'gone.png' not found under mine/)\n")
     assert load_dataset("json", "train", str(root), skip_bad=True, limit=1) == records[:1]
+
+
+def test_a_field_of_another_name_points_to_field_map_and_all_bad_is_an_error(tmp_path):
+    root = tmp_path / "mine"
+    png(str(root / "a.png"))
+    write_jsonl(str(root / "train.jsonl"), [{"image_name": "a.png", "question": "Q?", "answer": "no"}] * 2)
+    with pytest.raises(DataError) as error:
+        load_dataset("json", "train", str(root))
+    assert one_line(error.value) == (
+        "data.py: mine/train.jsonl line 1: missing field 'image'; --field-map image=NAME reads it from a field of "
+        "another name; --skip-bad skips such records and counts them")
+    with pytest.raises(DataError) as error:                      # skipped, every one: nothing left to train on
+        load_dataset("json", "train", str(root), skip_bad=True)
+    assert one_line(error.value) == (
+        "data.py: mine/train.jsonl: all 2 records are bad, none is left (first: mine/train.jsonl line 1: missing "
+        "field 'image'); --field-map NAME=FIELD reads fields of other names")
+    assert [r.image for r in load_dataset("json", "train", str(root), field_map={"image": "image_name"})] == [
+        str(root / "a.png")] * 2
 
 
 def test_dataset_level_errors(tmp_path):
