@@ -120,8 +120,10 @@ class Config(RunConfig):
 
     @classmethod
     def from_args(cls, args, state=None):
+        # resumed, the run's own reference, unless --model was repointed with --allow-option-changes
+        repointed = "--model" in ((getattr(args, "resume_note", None) or {}).get("overridden") or {})
         return super().from_args(args, state, train_offset=train_offset(args),
-                                 ref_model=saved_config(state)["ref_model"] if state else args.model)
+                                 ref_model=saved_config(state)["ref_model"] if state and not repointed else args.model)
 
 
 def group_advantages(rewards, group_size, scale="group", eps=1e-4):

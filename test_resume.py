@@ -101,15 +101,29 @@ def test_typed_values_compare_with_what_the_run_used(run_copy):
     assert training._same(0.0029999999999999996, 3e-3) and not training._same(3e-3, 3.1e-3)
 
 
-def test_the_checkpoint_fixes_its_model_even_with_the_override(run_copy, tmp_path):
-    other = str(tmp_path / "other")
-    os.makedirs(other)
-    before = open(run_copy + ".log.jsonl").read()
+def test_a_lora_run_keeps_its_base_even_with_the_override(grpo_run, tmp_path):
+    lora = str(tmp_path / "lora")
+    grpo.main(GRPO + ["--out", lora, "--steps", "1", "--lora-rank", "2"])
+    before = open(lora + ".log.jsonl").read()
     with pytest.raises(SystemExit) as stop:
-        grpo.main(["--resume", run_copy, "--model", other, "--lr", "1e-2", "--allow-option-changes"])
-    assert str(stop.value.code).startswith(f"grpo.py: --resume {run_copy}: --model tiny -> {other}: ")
+        grpo.main(["--resume", lora, "--model", grpo_run, "--lr", "1e-2", "--steps", "2", "--allow-option-changes"])
+    assert str(stop.value.code).startswith(f"grpo.py: --resume {lora}: --model tiny -> {grpo_run}: ")
     assert "cannot change them" in str(stop.value.code) and "--lr" not in str(stop.value.code)
-    assert open(run_copy + ".log.jsonl").read() == before
+    assert open(lora + ".log.jsonl").read() == before
+
+
+def test_a_full_fine_tune_may_repoint_its_reference_with_the_override(grpo_run, run_copy):
+    """Its checkpoint holds every weight; --model is then the KL reference alone, and the folder it
+    named may have moved."""
+    with pytest.raises(SystemExit) as stop:
+        grpo.main(["--resume", run_copy, "--model", grpo_run, "--steps", "2"])
+    assert str(stop.value.code).startswith(f"grpo.py: --resume {run_copy}: --model tiny -> {grpo_run}: the run was "
+                                           "started with the first value")
+    assert "--allow-option-changes to change them anyway" in str(stop.value.code)
+    grpo.main(["--resume", run_copy, "--model", grpo_run, "--steps", "2", "--allow-option-changes"])
+    state = load_trainer_state(run_copy)
+    assert state["step"] == 2 and state["config"]["ref_model"] == grpo_run
+    assert log_rows(run_copy)[1]["resume"]["overridden"] == {"--model": ["tiny", grpo_run]}
 
 
 def test_a_checkpoint_of_the_other_script_is_refused_before_it_loads(run_copy):

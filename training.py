@@ -104,7 +104,10 @@ FIXED_ON_RESUME = frozenset({
     "encoder", "buffer_size", "adaptive_quantile", "adaptive_k", "adaptive_eps", "closed_semantic",
     "target_length", "judge", "judge_model", "judge_reference", "judge_prompt"})
 # Fixed by the checkpoint itself: the weights and adapters it holds. Refused even with
-# --allow-option-changes, since a resumed run loads them from the checkpoint whatever is given.
+# --allow-option-changes, since a resumed run loads them from the checkpoint whatever is given;
+# --model only for a LoRA run (the base its adapters sit on). A full fine-tune's checkpoint holds all
+# its weights, and its --model is then grpo.py's KL reference alone: the override may repoint it (a
+# folder that moved).
 LOCKED_ON_RESUME = frozenset({"model", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_vision"})
 THIS_COMMAND = frozenset({"out", "resume", "overwrite", "allow_option_changes"})
 FREE_ON_RESUME = THIS_COMMAND | {"steps", "eval_every", "save_every", "device", "gather_for_generation",
@@ -162,7 +165,7 @@ def resume_options(args, state, script):
         elif not _same(run[name], getattr(args, name)):
             changed[name] = [run[name], getattr(args, name)]
     fixed = {name: values for name, values in changed.items() if name in FIXED_ON_RESUME}
-    locked = [name for name in fixed if name in LOCKED_ON_RESUME]
+    locked = [name for name in fixed if name in LOCKED_ON_RESUME and (name != "model" or run.get("lora_rank"))]
     if fixed and (locked or not args.allow_option_changes):
         shown = locked if args.allow_option_changes else fixed
         sys.exit(f"{script}: --resume {args.resume}: "
