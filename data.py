@@ -179,7 +179,7 @@ def _record(name, split, shown, where, row, fields, image_dirs, image_shown, che
     for field in ("image", "question", "answer"):
         if row.get(fields[field]) is None:
             raise DataError(f"data.py: {source}: missing field '{fields[field]}'",
-                            hint=f"--field-map {field}=NAME reads it from a field of another name; "
+                            hint=f"--field-map {field}=FIELD reads it from a field of another name; "
                                  "--skip-bad skips such records and counts them")
         if _text(row, fields[field]) is None:  # SLAKE train qid 1622: "answer": ""
             raise DataError(f"data.py: {source}: field '{fields[field]}' is empty")

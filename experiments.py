@@ -107,7 +107,7 @@ class Step:
         if state == "done":
             return None
         if state == "partial":
-            return [self.command[0], "--resume", self.output]
+            return [self.command[0], "--resume", self.output, "--steps", str(self.steps)]
         started = self.steps is not None and os.path.exists(self.output + ".log.jsonl")
         return [*self.command, "--overwrite"] if started else self.command
 

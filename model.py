@@ -334,7 +334,7 @@ def _load_base(name_or_path, dtype, min_pixels, max_pixels, seed, attn_implement
         image_processor = _image_processor(None, **{"min_pixels": 56 * 56, "max_pixels": 112 * 112 if tiny
                                                     else 401408, **pixels})
         torch.manual_seed(seed)
-        config = (tiny_config(tokenizer, init_std or TINY_INIT_STD) if tiny
+        config = (tiny_config(tokenizer, TINY_INIT_STD if init_std is None else init_std) if tiny
                   else qwen25_vl_config(name_or_path, layers, tokenizer))
         config._attn_implementation = attn_implementation
         with torch.device("cpu" if weights else "meta"):
@@ -348,7 +348,7 @@ def _load_base(name_or_path, dtype, min_pixels, max_pixels, seed, attn_implement
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except Exception as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        if os.path.isdir(name_or_path):   # a local folder whose files parse (check_checkpoint_folder) yet do not load
+        if os.path.isdir(name_or_path) and not isinstance(error, ImportError):   # files that parse, yet do not load
             raise CheckpointError(f"model.py: {name_or_path}: its tokenizer (tokenizer.json, tokenizer_config.json) "
                                   f"could not be loaded ({type(error).__name__}: {reason}); copy those files again "
                                   "from the folder it came from") from None

@@ -57,7 +57,7 @@ from phantom import (CAPTION_PROMPT, MODALITIES, MODALITY_WORDS, PHANTOM_SIZES, 
 from policy import sample_completions, to_device
 from records import VQARecord, run_script
 from rewards import extract_answer, format_reward
-from training import HelpFormatter, at_least, learning_rate, target_token_loss
+from training import HelpFormatter, at_least, learning_rate, positive_float, target_token_loss
 
 DEFAULT_BASE = "runs/base"
 PROBE_START = 10_000_000   # held-out probe images: far past any image pretraining draws
@@ -134,7 +134,7 @@ def parse_args(argv=None):
     p.add_argument("--caption-system", choices=CAPTION_SYSTEMS, default="none",
                    help="the system turn while captioning and probing: none, or model.SYSTEM_PROMPT [reconstructed]")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the images")
-    p.add_argument("--init-std", type=float, default=TINY_INIT_STD,
+    p.add_argument("--init-std", type=positive_float, default=TINY_INIT_STD,
                    help="std of the initial weights (model.TINY_INIT_STD, transformers' default); 0.04 with "
                         "--steps 2400 builds a base of the same probe in 2/3 of the time, from which SFT and "
                         "GRPO do worse [reconstructed]")

@@ -323,7 +323,7 @@ def test_a_field_of_another_name_points_to_field_map_and_all_bad_is_an_error(tmp
     with pytest.raises(DataError) as error:
         load_dataset("json", "train", str(root))
     assert one_line(error.value) == (
-        "data.py: mine/train.jsonl line 1: missing field 'image'; --field-map image=NAME reads it from a field of "
+        "data.py: mine/train.jsonl line 1: missing field 'image'; --field-map image=FIELD reads it from a field of "
         "another name; --skip-bad skips such records and counts them")
     with pytest.raises(DataError) as error:                      # skipped, every one: nothing left to train on
         load_dataset("json", "train", str(root), skip_bad=True)

@@ -117,7 +117,7 @@ def test_a_step_with_its_output_is_skipped_and_an_interrupted_run_resumed(tmp_pa
     done = experiments.Step("done", [*fails, "--out", str(done_dir)], str(done_dir), steps=5)
     partial = experiments.Step("partial", ["grpo.py", "--steps", "5", "--out", str(partial_dir)], str(partial_dir), steps=5)
     assert (done.state(), done.to_run()) == ("done", None)
-    assert (partial.state(), partial.to_run()) == ("partial", ["grpo.py", "--resume", str(partial_dir)])
+    assert (partial.state(), partial.to_run()) == ("partial", ["grpo.py", "--resume", str(partial_dir), "--steps", "5"])
     early = experiments.Step("early", ["sft.py", "--out", str(tmp_path / "early")], str(tmp_path / "early"), steps=5)
     assert early.to_run() == ["sft.py", "--out", str(tmp_path / "early")]
     (tmp_path / "early.log.jsonl").write_text('{"step": 1}\n')   # stopped before its first checkpoint
