@@ -126,10 +126,16 @@ def checkpoint_meta(path):
         return json.load(f)
 
 
+def written_by(path):
+    """The script that wrote the folder `path` ("sft.py", from its meta.json), or None: no meta.json,
+    or one unreadable, cut short or not an object."""
+    try:
+        return checkpoint_meta(path).get("script")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _written_by(path):
     """" (meta.json: sft.py)" for a folder this project wrote, else ""."""
-    try:
-        script = checkpoint_meta(path).get("script")
-    except (OSError, ValueError, AttributeError):   # unreadable, cut short, or not an object
-        return ""
+    script = written_by(path)
     return f" (meta.json: {script})" if script else ""

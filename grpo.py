@@ -44,7 +44,7 @@ from records import run_script
 from rewards import (add_reward_args, collapse_diagnostics, exact_match, extract_answer, length_target_unreachable,
                      rewards_from_args, think_text)
 from training import (HelpFormatter, RunConfig, add_optimizer_args, add_run_args, at_least, claim_output, due,
-                      open_log, parse_run_args, positive_float, saved_config, set_learning_rate)
+                      open_log, parse_run_args, positive_float, set_learning_rate)
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "token", "dr_grpo")
@@ -115,15 +115,14 @@ def parse_args(argv=None):
 class Config(RunConfig):
     """What a GRPO run derives from its options, once (RunConfig: the learning rate, its schedule,
     the checkpoint the policy loads), and:"""
-    ref_model: str = None     # the frozen KL reference: the first run's --model, also when resumed
+    ref_model: str = None     # the frozen KL reference: --model (resumed: the run's own, unless repointed)
     train_offset: int = 0     # the first training record of the prompts (data.train_offset)
 
     @classmethod
     def from_args(cls, args, state=None):
-        # resumed, the run's own reference, unless --model was repointed with --allow-option-changes
-        repointed = "--model" in ((getattr(args, "resume_note", None) or {}).get("overridden") or {})
-        return super().from_args(args, state, train_offset=train_offset(args),
-                                 ref_model=saved_config(state)["ref_model"] if state and not repointed else args.model)
+        # resumed, args.model is the run's own --model (training.resume_options), or the folder
+        # --allow-option-changes repointed it to
+        return super().from_args(args, state, train_offset=train_offset(args), ref_model=args.model)
 
 
 def group_advantages(rewards, group_size, scale="group", eps=1e-4):

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from checkpoints import checkpoint_meta
+from checkpoints import written_by
 from records import damaged_checkpoint
 
 
@@ -301,10 +301,7 @@ def claim_output(args, script):
                          f"interrupted); move it back (`mv {old} {resume}`) and resume again")
             sys.exit(f"{script}: --resume {resume}: no checkpoint written by this project's training "
                      "scripts there (trainer_state.pt missing)")
-        try:
-            wrote = checkpoint_meta(resume).get("script")
-        except (OSError, ValueError, AttributeError):   # meta.json unreadable: trainer_state.pt is read below
-            wrote = None
+        wrote = written_by(resume)
         if wrote and wrote != script:
             sys.exit(f"{script}: --resume {resume}: that checkpoint was written by {wrote}: continue it with "
                      f"`python {wrote} --resume {resume}`, or start a new {script} run from it with --model {resume}")
