@@ -1,4 +1,5 @@
-"""Shared test fixtures, and the check that the project's own calls raise no deprecation warning.
+"""Shared test fixtures, the check that the project's own calls raise no deprecation warning, and
+the suite kept on the CPU where there is a GPU.
 
 Every test, and the import of every test module, fails when a FutureWarning, DeprecationWarning or
 PendingDeprecationWarning is issued while one of the project's .py files is on the call stack,
@@ -15,6 +16,14 @@ import warnings
 import pytest
 
 PROJECT = os.path.dirname(os.path.abspath(__file__))
+
+# The tests assert the CPU's numbers (bit-identical resumes, one process against two under gloo,
+# fp32 references); on a GPU machine the scripts would default to CUDA and bf16-mixed, and torchrun
+# to one GPU per process. So the suite runs on the CPU there too: the GPUs are hidden from it and
+# from the processes it starts (CUDA reads this when it first initialises). MEDVQA_TEST_CUDA=1
+# leaves them visible.
+if os.environ.get("MEDVQA_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 

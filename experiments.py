@@ -157,12 +157,21 @@ def stage_chains(args):
     return chains
 
 
+def last_line(path, size=4096):
+    """The last line a step printed (its one-line error, where it stopped on one), progress bars'
+    carriage returns taken as line ends; "no output" when it printed nothing."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - size))
+        lines = [line.strip() for line in f.read().decode(errors="replace").replace("\r", "\n").split("\n")]
+    return next((line for line in reversed(lines) if line and not line.startswith("$ python")), "no output")
+
+
 def run_chains(chains, out, jobs, dry_run=False):
     """Run the first chain, then the others `jobs` at a time, each step's output to OUT/logs/NAME.log,
     every process on one thread (OMP_NUM_THREADS=1: the numbers do not depend on --jobs). A step whose
     output is there is skipped. Each step's seconds go to OUT/times.json (kept over reruns); returns
     that dict. A step that failed stops its chain and every step whose command names its output; the
-    rest run on. Then SystemExit names the log of each step that failed."""
+    rest run on. Then SystemExit names each step that failed, its last line and its log."""
     logs, seconds, failed, broken, lock = os.path.join(out, "logs"), {}, [], [], threading.Lock()
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -190,7 +199,7 @@ def run_chains(chains, out, jobs, dry_run=False):
             with lock:
                 seconds[step.name] = round(time.time() - start, 1)
                 if done.returncode:
-                    failed.append(f"{step.name} (exit {done.returncode}; see {log.name})")
+                    failed.append(f"{step.name} (exit {done.returncode}: {last_line(log.name)}; see {log.name})")
                     broken.append((step.name, step.output))
             if done.returncode:
                 return

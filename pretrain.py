@@ -136,8 +136,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the images")
     p.add_argument("--init-std", type=positive_float, default=TINY_INIT_STD,
                    help="std of the initial weights (model.TINY_INIT_STD, transformers' default); 0.04 with "
-                        "--steps 2400 builds a base of the same probe in 2/3 of the time, from which SFT and "
-                        "GRPO do worse [reconstructed]")
+                        "--steps 2400 builds a base in 2/3 of the time whose probe sits at the 97%% bar (96.85 to "
+                        "97.8 over 3 seeds on 2 machines), from which SFT and GRPO do worse [reconstructed]")
     p.add_argument("--probe-size", type=at_least(1), default=400,
                    help="held-out images the probe captions (--instruct: generic questions it answers)")
     p.add_argument("--probe-every", type=at_least(0), default=0,

@@ -144,10 +144,11 @@ def test_a_step_with_its_output_is_skipped_and_an_interrupted_run_resumed(tmp_pa
     assert (tmp_path / "logs" / "runs.log").read_text().startswith("$ python -c")
     assert "done python -c 'raise SystemExit(3)'" in capsys.readouterr().out
 
-    fails_first = experiments.Step("fails", [*fails, "--out", str(tmp_path / "x")], str(tmp_path / "x"))
+    damaged = ["-c", "import sys; print('working\\r', end=''); sys.exit('sft.py: runs/x: damaged')"]   # its one line
+    fails_first = experiments.Step("fails", [*damaged, "--out", str(tmp_path / "x")], str(tmp_path / "x"))
     needs_it = experiments.Step("needs", ["-c", "raise SystemExit(5)", "--model", str(tmp_path / "x")], str(tmp_path / "n.json"))
     other = experiments.Step("other", ["-c", "pass"], str(tmp_path / "other.json"))
-    with pytest.raises(SystemExit, match=r"failed: fails \(exit 3; see .*fails.log\)$"):
+    with pytest.raises(SystemExit, match=r"failed: fails \(exit 1: sft.py: runs/x: damaged; see .*fails.log\)$"):
         experiments.run_chains([[fails_first], [needs_it], [other]], str(tmp_path), jobs=1)
     assert "needs: not run, it needs fails, which failed" in capsys.readouterr().out
     assert (tmp_path / "logs" / "other.log").exists() and not (tmp_path / "logs" / "needs.log").exists()

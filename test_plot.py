@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -181,3 +182,14 @@ def test_a_log_cut_short_is_one_line_naming_the_file_and_line(tmp_path):
         f.writelines(lines[:2] + ["[3]\n"])
     with pytest.raises(DataError, match=r"line 3: expected a JSON object, got list$"):
         plot.read_log(run)
+
+
+def test_steps_that_sampled_no_open_question_draw_no_histogram_and_no_warning(tmp_path):
+    run = write_log(tmp_path / "closed-only", 0.0, steps=2)   # a short run of closed questions only
+    logs = {"closed-only": [row | {"open_semantic_raw": [], "open_semantic": []} for row in plot.read_log(run)]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # numpy's "Degrees of freedom <= 0" and 0/0 in the density
+        fig = plot.plot_semantic(plt, logs, early=5, late=5)
+    assert not any(ax.patches for ax in fig.axes)
+    assert all(ax.get_title().startswith("no semantic scores logged") for ax in fig.axes)
+    plt.close(fig)
