@@ -184,7 +184,7 @@ def plot_semantic(plt, logs, early, late):
     for ax, (when, key) in zip(axes, [(w, k) for w in ("early", "late") for k in ("open_semantic_raw", "open_semantic")]):
         for i, (name, rows) in enumerate(logged.items()):
             part = rows[:early] if when == "early" else rows[-late:]
-            values = np.concatenate([r[key] for r in part]) if part else np.zeros(0)
+            values = np.array([v for r in part for v in r[key]], dtype=float)
             if len(values):   # steps that sampled no open question log empty lists
                 ax.hist(values, bins=bins, density=True, histtype="step", lw=1.6, color=f"C{i}",
                         label=f"var {values.var():.4f}, {len(values)} answers")
