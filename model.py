@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 
+import numpy as np
 import torch
 from transformers import (AutoConfig, AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
                           Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration)
@@ -160,6 +161,52 @@ def _image_processor(source=None, **pixels):
     return cls.from_pretrained(source, **pixels)
 
 
+_PIXEL_TABLES = {}
+
+
+def _pixel_table(image_processor):
+    """(3, 256) float32: the value the image processor gives each 8-bit value of each RGB channel,
+    computed once per setting by its own rescale and normalize run on the ramp 0..255."""
+    p = image_processor
+    key = (p.do_rescale, p.rescale_factor, p.do_normalize, str(p.image_mean), str(p.image_std))
+    if key not in _PIXEL_TABLES:
+        values = np.tile(np.arange(256, dtype=np.uint8), (3, 1, 1))   # (channels, 1, 256), channels first
+        if p.do_rescale:
+            values = p.rescale(values, p.rescale_factor)
+        if p.do_normalize:
+            values = p.normalize(values, p.image_mean, p.image_std)
+        _PIXEL_TABLES[key] = np.asarray(values, dtype=np.float32)[:, 0]
+    return _PIXEL_TABLES[key]
+
+
+def _same_size_pixels(image_processor, images):
+    """(pixel_values, image_grid_thw) of RGB `images`, equal to the stock PIL image processor's, for
+    a batch whose images share one size that needs no resize (the phantom's 112 x 112): the table
+    of _pixel_table looked up for the whole batch, then one reshape into 14-px patches in the
+    processor's order, instead of its per-image float64 rescale, normalize and patchify (5.3 of a
+    pretraining step's 56 ms for 8 images, this 2-core CPU). None where it does not apply: the
+    torchvision processor, mixed sizes, a size to resize.
+        8 images of 112 x 112 -> pixel_values (8 x 64, 3 x 2 x 14 x 14), image_grid_thw [[1, 8, 8]] x 8
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
+    p = image_processor
+    if type(p) is not Qwen2VLImageProcessorPil or not images or len({im.size for im in images}) > 1:
+        return None
+    width, height = images[0].size
+    patch, merge, temporal = p.patch_size, p.merge_size, p.temporal_patch_size
+    if smart_resize(height, width, factor=patch * merge, min_pixels=p.size["shortest_edge"],
+                    max_pixels=p.size["longest_edge"]) != (height, width):
+        return None
+    count, rows, cols = len(images), height // patch, width // patch
+    channels = np.arange(3) * 256   # the table's row of each channel, flattened
+    pixels = _pixel_table(p).ravel().take(np.stack([np.asarray(im) for im in images]) + channels)   # (B, H, W, 3)
+    pixels = pixels.reshape(count, rows // merge, merge, patch, cols // merge, merge, patch, 3)
+    pixels = pixels.transpose(0, 1, 4, 2, 5, 7, 3, 6)   # (B, rows/2, cols/2, 2, 2, channel, 14, 14)
+    pixels = np.broadcast_to(pixels[:, :, :, :, :, :, None], (*pixels.shape[:6], temporal, patch, patch))
+    pixel_values = torch.from_numpy(np.ascontiguousarray(pixels).reshape(count * rows * cols, -1))
+    return pixel_values, torch.tensor([[1, rows, cols]] * count)
+
+
 class VLProcessor:
     """Tokenizer + image processor: turns (question, image) pairs into model inputs.
 
@@ -195,7 +242,11 @@ class VLProcessor:
         return text
 
     def _images(self, images):
-        out = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        images = [im.convert("RGB") for im in images]
+        same_size = _same_size_pixels(self.image_processor, images)
+        if same_size is not None:
+            return same_size
+        out = self.image_processor(images=images, return_tensors="pt")
         return out["pixel_values"], out["image_grid_thw"]
 
     def _expand(self, text, grid_thw):

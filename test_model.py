@@ -70,6 +70,31 @@ def test_training_batch_labels_only_the_target(tiny):
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
 
 
+def test_a_batch_of_one_size_gets_the_stock_processors_pixels(tiny, tmp_path):
+    """_same_size_pixels (a lookup table and one reshape for the batch) gives the stock PIL image
+    processor's pixel values to the bit, under the tiny model's settings and under others."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    _, processor = tiny
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)) for _ in range(3)]
+    ramp = Image.fromarray(np.arange(112 * 112, dtype=np.uint8).reshape(112, 112)).convert("RGB")  # every value
+    other = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56,
+                                     max_pixels=112 * 112, image_mean=[0.2, 0.4, 0.6], image_std=[0.1, 0.3, 0.9])
+    other.save_pretrained(tmp_path)
+    for image_processor in (processor.image_processor, Qwen2VLImageProcessorPil.from_pretrained(tmp_path)):
+        for batch in (noise + [ramp], [ramp], images(2)[:1] * 2,
+                      [Image.fromarray(rng.integers(0, 256, (84, 56, 3), dtype=np.uint8))] * 2):
+            pixels, grid = M._same_size_pixels(image_processor, batch)
+            stock = image_processor(images=batch, return_tensors="pt")
+            assert pixels.dtype == stock["pixel_values"].dtype == torch.float32
+            assert torch.equal(pixels, stock["pixel_values"]) and torch.equal(grid, stock["image_grid_thw"])
+    assert M._same_size_pixels(processor.image_processor, images(2)) is None           # two sizes
+    assert M._same_size_pixels(processor.image_processor, [Image.new("RGB", (100, 100))]) is None  # resized
+    pixels, grid = processor._images(images(2))                                         # the stock path
+    stock = processor.image_processor(images=images(2), return_tensors="pt")
+    assert torch.equal(pixels, stock["pixel_values"]) and grid.tolist() == [[1, 8, 8], [1, 10, 6]]
+
+
 def test_completion_mask_runs_to_first_eos_inclusive():
     eos, pad = 2, 0
     ids = torch.tensor([[5, 7, eos, pad], [5, eos, 9, eos], [5, 6, 7, 8], [eos, pad, pad, pad]])
