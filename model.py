@@ -74,10 +74,10 @@ TINY_VISION = dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, 
                    fullatt_block_indexes=[1])
 TINY_VOCAB_SIZE = 1024
 # [reconstructed] The std of the tiny model's random weights (transformers' initializer_range).
-# pretrain.py --init-std 0.04 (the same draws, twice as large) reaches the base's probe of 97% whole
-# captions in 2400 steps of 8 instead of 3600, in SFT's time, but SFT from that base is weaker
-# (concept 75.9 against 79.0) and GRPO then no longer beats it (EXPERIMENTS.md §1, "The initial
-# weights' scale"): the default stays 0.02.
+# pretrain.py --init-std 0.04 (the same draws, twice as large) reached the base's probe of 97% whole
+# captions in 2400 steps of 8 instead of 3600, in SFT's time, on an Intel CPU (one seed of three
+# missed it on an AMD one), but SFT from that base was weaker (concept 75.9 against 79.0) and GRPO
+# then no longer beat it (EXPERIMENTS.md §1, "The initial weights' scale"): the default stays 0.02.
 TINY_INIT_STD = 0.02
 
 # The published Qwen2.5-VL configs (config.json of Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct):
@@ -183,9 +183,9 @@ def _same_size_pixels(image_processor, images):
     """(pixel_values, image_grid_thw) of RGB `images`, equal to the stock PIL image processor's, for
     a batch whose images share one size that needs no resize (the phantom's 112 x 112): the table
     of _pixel_table looked up for the whole batch, then one reshape into 14-px patches in the
-    processor's order, instead of its per-image float64 rescale, normalize and patchify (5.3 of a
-    pretraining step's 56 ms for 8 images, this 2-core CPU). None where it does not apply: the
-    torchvision processor, mixed sizes, a size to resize.
+    processor's order, instead of its per-image float64 rescale, normalize and patchify (8 phantom
+    images: 1.3 ms against 5.8, a 2-core AMD EPYC). None where it does not apply: the torchvision
+    processor, mixed sizes, a size to resize.
         8 images of 112 x 112 -> pixel_values (8 x 64, 3 x 2 x 14 x 14), image_grid_thw [[1, 8, 8]] x 8
     """
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize

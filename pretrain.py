@@ -70,8 +70,9 @@ ATTRIBUTES = ("modality", "region", "count", "kind", "quadrants")
 # gave 94.5%; steps of 32 (lr 2e-3) needed 48,000 images for 97.8% (EXPERIMENTS.md §1, "The base,
 # built faster"). Probed on 2,000 images instead of 400, the default lands at 97.2-98.2%:
 # seeds 0 / 1 / 2: 97.2 / 97.5 / 98.2 (EXPERIMENTS.md §1, "The patch embedding as a product").
-# With --init-std 0.04, 2400 steps are enough (97.35 / 97.45 / 97.8; the build in SFT's time), but
-# SFT and GRPO from that base do worse (EXPERIMENTS.md §1, "The initial weights' scale").
+# With --init-std 0.04, 2400 steps were enough on an Intel CPU (97.35 / 97.45 / 97.8; the build in
+# SFT's time), not on an AMD one (97.2 / 97.2 / 96.85; 2600 steps: 96.7 / 98.0), and SFT and GRPO
+# from that base did worse (EXPERIMENTS.md §1, "The initial weights' scale" and after).
 STEPS, BATCH_SIZE, LR = 3600, 8, 1e-3
 # [reconstructed] The system turn while captioning: "none" (the default) captions with the user turn
 # alone, as a pretrained VLM never saw the reasoning system prompt that SFT then teaches; "reasoning"
