@@ -5,7 +5,7 @@
 
 Times each part of pretrain.py's step from random weights, prompted as pretrain.py prompts
 (--caption-system: without a system turn by default, as pretrain.py): drawing the images (phantom.py), the
-image processor and tokenizer (model.VLProcessor.training_batch), the forward pass with the vision
+image processor and tokenizer (processor.VLProcessor.training_batch), the forward pass with the vision
 tower's share of it, the backward pass, the optimizer. Each step then runs forward and backward once
 more with logits at every position (what target_token_loss computes on an uncut batch), so that the
 two are compared under the same load. Give ratios from one run: on a shared machine the seconds move.

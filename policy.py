@@ -1,4 +1,4 @@
-"""The policy's two operations on a prompt batch (model.VLProcessor.prompts): drawing completions
+"""The policy's two operations on a prompt batch (processor.VLProcessor.prompts): drawing completions
 and scoring their per-token log-probs, which must agree (test_model.py checks they do to 1e-5).
 
     completions = sample_completions(model, processor, batch, num_samples=8, temperature=0.7)

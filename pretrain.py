@@ -76,7 +76,7 @@ ATTRIBUTES = ("modality", "region", "count", "kind", "quadrants")
 STEPS, BATCH_SIZE, LR = 3600, 8, 1e-3
 # [reconstructed] The system turn while captioning: "none" (the default) captions with the user turn
 # alone, as a pretrained VLM never saw the reasoning system prompt that SFT then teaches; "reasoning"
-# keeps model.SYSTEM_PROMPT, which all later stages use. Without it a row is 52 tokens instead of 97
+# keeps processor.SYSTEM_PROMPT, which all later stages use. Without it a row is 52 tokens instead of 97
 # and a step takes 0.74x the time (one thread, this 2-core CPU).
 CAPTION_SYSTEMS = ("none", "reasoning")
 
@@ -133,7 +133,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate, warmup then cosine decay ({LR}; --instruct: {INSTRUCT_LR}) [reconstructed]")
     p.add_argument("--caption-system", choices=CAPTION_SYSTEMS, default="none",
-                   help="the system turn while captioning and probing: none, or model.SYSTEM_PROMPT [reconstructed]")
+                   help="the system turn while captioning and probing: none, or processor.SYSTEM_PROMPT [reconstructed]")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the images")
     p.add_argument("--init-std", type=positive_float, default=TINY_INIT_STD,
                    help="std of the initial weights (model.TINY_INIT_STD, transformers' default); 0.04 with "
@@ -177,7 +177,7 @@ def caption_accuracy(predicted, truth):
 
 def captioning(processor, system="none"):
     """The processor as pretraining prompts it (CAPTION_SYSTEMS): without a system turn ("none"),
-    or with model.SYSTEM_PROMPT ("reasoning"). The one it is given is left as it is.
+    or with processor.SYSTEM_PROMPT ("reasoning"). The one it is given is left as it is.
 
         captioning(processor).prompt_text("Describe the image.")
         -> "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n<|im_start|>assistant\n"

@@ -10,6 +10,7 @@ from PIL import Image
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 import model as M
+import processor as P
 import policy
 from model import save_checkpoint
 from training import load_trainer_state
@@ -22,7 +23,7 @@ CORPUS = ["Is there a lesion in the left lung? <think>A bright round spot lies i
 @pytest.fixture(scope="module")
 def tiny():
     tokenizer = M.build_tiny_tokenizer(CORPUS, vocab_size=400)
-    processor = M.VLProcessor(tokenizer, M._image_processor(None, min_pixels=56 * 56, max_pixels=112 * 112))
+    processor = P.VLProcessor(tokenizer, P.stock_image_processor(None, min_pixels=56 * 56, max_pixels=112 * 112))
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(M.tiny_config(tokenizer))
     return model.eval(), processor
@@ -41,7 +42,7 @@ def test_tiny_model_is_small_qwen25vl(tiny):
     assert 2e5 < n < 5e6
     assert model.config.model_type == "qwen2_5_vl"
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    for tag in M.THINK_ANSWER_TOKENS:  # one token each
+    for tag in P.THINK_ANSWER_TOKENS:  # one token each
         assert len(processor.tokenizer(tag, add_special_tokens=False)["input_ids"]) == 1
 
 
@@ -84,12 +85,12 @@ def test_a_batch_of_one_size_gets_the_stock_processors_pixels(tiny, tmp_path):
     for image_processor in (processor.image_processor, Qwen2VLImageProcessorPil.from_pretrained(tmp_path)):
         for batch in (noise + [ramp], [ramp], images(2)[:1] * 2,
                       [Image.fromarray(rng.integers(0, 256, (84, 56, 3), dtype=np.uint8))] * 2):
-            pixels, grid = M._same_size_pixels(image_processor, batch)
+            pixels, grid = P._same_size_pixels(image_processor, batch)
             stock = image_processor(images=batch, return_tensors="pt")
             assert pixels.dtype == stock["pixel_values"].dtype == torch.float32
             assert torch.equal(pixels, stock["pixel_values"]) and torch.equal(grid, stock["image_grid_thw"])
-    assert M._same_size_pixels(processor.image_processor, images(2)) is None           # two sizes
-    assert M._same_size_pixels(processor.image_processor, [Image.new("RGB", (100, 100))]) is None  # resized
+    assert P._same_size_pixels(processor.image_processor, images(2)) is None           # two sizes
+    assert P._same_size_pixels(processor.image_processor, [Image.new("RGB", (100, 100))]) is None  # resized
     pixels, grid = processor._images(images(2))                                         # the stock path
     stock = processor.image_processor(images=images(2), return_tensors="pt")
     assert torch.equal(pixels, stock["pixel_values"]) and grid.tolist() == [[1, 8, 8], [1, 10, 6]]

@@ -16,7 +16,8 @@ import torch
 import grpo
 import pretrain
 import sft
-from model import SYSTEM_PROMPT, load_model
+from model import load_model
+from processor import SYSTEM_PROMPT
 from phantom import (CAPTION_PROMPT, CLOSED_QUESTIONS, MODALITY_WORDS, OPEN_QUESTIONS, parse_caption, phantom_captions,
                      phantom_corpus, phantom_dataset)
 from rewards import format_reward

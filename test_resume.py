@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 import grpo
 import model as M
 from checkpoints import check_checkpoint_folder, missing_checkpoint_files
+from processor import CHAT_TEMPLATE
 import sft
 import training
 from records import CheckpointError, DataError, run_script
@@ -224,7 +225,7 @@ def test_a_folder_without_tokenizer_files_is_named_before_its_weights_load(run_c
     weights = load_file(os.path.join(run_copy, "model.safetensors"))
     assert torch.equal(model.lm_head.weight, weights["lm_head.weight"] if "lm_head.weight" in weights
                        else weights["model.embed_tokens.weight"])
-    assert processor.tokenizer.chat_template == M.CHAT_TEMPLATE
+    assert processor.tokenizer.chat_template == CHAT_TEMPLATE
 
 
 def test_a_missing_chat_template_or_preprocessor_config_is_named(run_copy):
@@ -329,7 +330,7 @@ def test_a_missing_chat_template_is_named_beside_a_missing_tokenizer(run_copy):
     with open(file) as f:
         config = json.load(f)
     with open(file, "w") as f:
-        json.dump(config | {"chat_template": M.CHAT_TEMPLATE}, f)
+        json.dump(config | {"chat_template": CHAT_TEMPLATE}, f)
     assert missing_checkpoint_files(run_copy) == [tokenizer, "preprocessor_config.json"]
 
 
