@@ -6,9 +6,10 @@
 Times each part of pretrain.py's step from random weights, prompted as pretrain.py prompts
 (--caption-system: without a system turn by default, as pretrain.py): drawing the images (phantom.py), the
 image processor and tokenizer (processor.VLProcessor.training_batch), the forward pass with the vision
-tower's share of it, the backward pass, the optimizer. Each step then runs forward and backward once
-more with logits at every position (what target_token_loss computes on an uncut batch), so that the
-two are compared under the same load. Give ratios from one run: on a shared machine the seconds move.
+tower's share of it, the backward pass, the optimizer (--optimizer: Muon and AdamW by default, as
+pretrain.py's). Each step then runs forward and backward once more with logits at every position
+(what target_token_loss computes on an uncut batch), so that the two are compared under the same
+load. Give ratios from one run: on a shared machine the seconds move.
 """
 
 import argparse
@@ -19,7 +20,7 @@ import torch
 
 from model import load_model
 from phantom import CAPTION_PROMPT, phantom_captions
-from pretrain import CAPTION_SYSTEMS, caption_batch, captioning
+from pretrain import CAPTION_SYSTEMS, OPTIMIZER, OPTIMIZERS, caption_batch, captioning, optimizers
 from training import HelpFormatter, at_least, target_token_loss
 
 PARTS = ("render", "processor", "forward", "backward", "optimizer")
@@ -31,13 +32,14 @@ def main(argv=None):
     p.add_argument("--steps", type=at_least(1), default=30, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--caption-system", choices=CAPTION_SYSTEMS, default="none", help="as pretrain.py's")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=OPTIMIZER, help="as pretrain.py's")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, processor = load_model("tiny", device="cpu")
     processor = captioning(processor, args.caption_system)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)   # as pretrain.py's
+    steppers = optimizers(model, args.optimizer, 1e-4)   # as pretrain.py's
     vision = []
     model.model.visual.register_forward_pre_hook(lambda *_: vision.append(-time.perf_counter()))
     model.model.visual.register_forward_hook(lambda *_: vision.append(vision.pop() + time.perf_counter()))
@@ -53,15 +55,16 @@ def main(argv=None):
         (loss / n).backward()
         marks.append(time.perf_counter())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for stepper in steppers:
+            stepper.step()
+        model.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
         whole = processor.training_batch([CAPTION_PROMPT] * len(samples), [im for im, _ in samples],
                                          [caption for _, caption in samples])
         start = time.perf_counter()
         loss, n = target_token_loss(model, whole)
         (loss / n).backward()
-        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         if step >= 2:
             for name, t0, t1 in zip(PARTS, marks, marks[1:]):
                 seconds[name].append(t1 - t0)

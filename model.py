@@ -59,8 +59,8 @@ TINY_VISION = dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, 
                    fullatt_block_indexes=[1])
 TINY_VOCAB_SIZE = 1024
 # [reconstructed] The std of the tiny model's random weights (transformers' initializer_range).
-# pretrain.py --init-std 0.04 (the same draws, twice as large) reached the base's probe of 97% whole
-# captions in 2400 steps of 8 instead of 3600, in SFT's time, on an Intel CPU (one seed of three
+# pretrain.py --optimizer adamw --init-std 0.04 (the same draws, twice as large) reached the base's
+# probe of 97% whole captions in 2400 steps of 8 instead of 3600, on an Intel CPU (one seed of three
 # missed it on an AMD one), but SFT from that base was weaker (concept 75.9 against 79.0) and GRPO
 # then no longer beat it (EXPERIMENTS.md §1, "The initial weights' scale"): the default stays 0.02.
 TINY_INIT_STD = 0.02

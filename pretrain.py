@@ -11,7 +11,9 @@ images when SFT and GRPO start.
 Pretraining is captioning: the prompt is "Describe the image.", without a system turn
 (--caption-system), and the target the image's full caption, "CT of the chest. Two nodules: left
 upper, right lower." (phantom.phantom_caption), on images of the phantom's "base" stream, which no
-VQA split shares. Every step draws new images, so the model sees each at most once. No rationale,
+VQA split shares. Every step draws new images, so the model sees each at most once: 1000 steps of
+16 (16,000 images), Muon on the hidden layers' matrices and AdamW on the rest (--optimizer; AdamW
+alone, the earlier recipe, needs 28,800 images for the same probe). No rationale,
 no question, no system prompt, no <think>/<answer> format: what sft.py then teaches on scarce
 chain-of-thought is the format and the reasoning from what is seen to an answer, as the papers'
 SFT does on a pretrained VLM.
@@ -62,18 +64,33 @@ from training import HelpFormatter, at_least, learning_rate, positive_float, tar
 DEFAULT_BASE = "runs/base"
 PROBE_START = 10_000_000   # held-out probe images: far past any image pretraining draws
 ATTRIBUTES = ("modality", "region", "count", "kind", "quadrants")
-# [reconstructed] Pretraining's size, none of it from the papers: about the fewest images for a
-# probe of >= 97% whole captions. Captioning without the system turn (--caption-system none): 3600
-# steps of 8, 28,800 images: 97.8%; 3300: 96.0%; 3000: 96.5% (lr 7e-4: 96.2%); 2400: 96.2%; 5000 of
-# 4 (lr 7e-4): 94.5%; 3600 steps of 8 drawn from 7,200 images (4 epochs): 96.8%. With the system
-# turn, 3600 of 8: 97.5%. Small batches learn more per image: the same 24,000 images in steps of 16
-# gave 94.5%; steps of 32 (lr 2e-3) needed 48,000 images for 97.8% (EXPERIMENTS.md §1, "The base,
-# built faster"). Probed on 2,000 images instead of 400, the default lands at 97.2-98.2%:
+# [reconstructed] The build's optimizer, none of it from the papers (--optimizer). "muon", the
+# default: torch.optim.Muon (momentum 0.95, Nesterov, 5 Newton-Schulz steps, no weight decay) on
+# the 2-D weights of the hidden layers (the vision blocks, the patch merger, the decoder layers),
+# its update scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw", Moonshot's) so that one
+# learning rate serves both; AdamW on the rest (the token embeddings, tied to the output head; the
+# patch embedding's convolution; norms and biases). "adamw": AdamW on every weight, the recipe
+# before Muon. Muon learns more per image: the probe's 97% in 16,000 images instead of 28,800, so
+# the build takes about SFT's time (EXPERIMENTS.md §1, "Muon: the base in SFT's time").
+OPTIMIZERS = ("muon", "adamw")
+# [reconstructed] Pretraining's size per optimizer: about the fewest images for a probe of >= 97%
+# whole captions on every seed. Muon (2,000-image probes, seed 0 unless stated; AMD EPYC): 1000
+# steps of 16 at lr 2e-3, the default: 97.9, seeds 1 / 2: 97.4 / 98.0; at 1.5e-3: 97.7; 1100 of 16
+# (Muon 2e-3, AdamW 1.5e-3): 98.4, seed 1 98.1; 1800 of 8, lr 1e-3: 97.5; the same with Muon kept off
+# the merger's 384 x 384 matrix: 95.2; with 3 Newton-Schulz steps: 96.8. AdamW, captioning without
+# the system turn (--caption-system none): 3600 steps of 8, 28,800 images: 97.8%; 3300: 96.0%;
+# 3000: 96.5% (lr 7e-4: 96.2%); 2400: 96.2%; 5000 of 4 (lr 7e-4): 94.5%; 3600 steps of 8 drawn from
+# 7,200 images (4 epochs): 96.8%. With the system turn, 3600 of 8: 97.5%. Small batches learn more
+# per image: the same 24,000 images in steps of 16 gave 94.5%; steps of 32 (lr 2e-3) needed 48,000
+# images for 97.8% (EXPERIMENTS.md §1, "The base, built faster"). Probed on 2,000 images instead
+# of 400, AdamW's recipe lands at 97.2-98.2%:
 # seeds 0 / 1 / 2: 97.2 / 97.5 / 98.2 (EXPERIMENTS.md §1, "The patch embedding as a product").
 # With --init-std 0.04, 2400 steps were enough on an Intel CPU (97.35 / 97.45 / 97.8; the build in
 # SFT's time), not on an AMD one (97.2 / 97.2 / 96.85; 2600 steps: 96.7 / 98.0), and SFT and GRPO
 # from that base did worse (EXPERIMENTS.md §1, "The initial weights' scale" and after).
-STEPS, BATCH_SIZE, LR = 3600, 8, 1e-3
+RECIPES = {"muon": dict(steps=1000, batch_size=16, lr=2e-3), "adamw": dict(steps=3600, batch_size=8, lr=1e-3)}
+OPTIMIZER = "muon"
+STEPS, BATCH_SIZE, LR = RECIPES[OPTIMIZER].values()
 # [reconstructed] The system turn while captioning: "none" (the default) captions with the user turn
 # alone, as a pretrained VLM never saw the reasoning system prompt that SFT then teaches; "reasoning"
 # keeps processor.SYSTEM_PROMPT, which all later stages use. Without it a row is 52 tokens instead of 97
@@ -82,8 +99,8 @@ CAPTION_SYSTEMS = ("none", "reasoning")
 
 DEFAULT_INSTRUCT = "runs/instruct"
 # [reconstructed] The instruct tuning's base-stream images start far past pretraining's (0 ..
-# steps x batch: 28,800 by default) and its held-out probe's far past those, both before the
-# caption probe's (PROBE_START): no image is shared.
+# steps x batch: 16,000 by default, 28,800 with --optimizer adamw) and its held-out probe's far past
+# those, both before the caption probe's (PROBE_START): no image is shared.
 INSTRUCT_START, INSTRUCT_PROBE_START = 1_000_000, 2_000_000
 # [reconstructed] Generic questions, one per image, kind and phrasing drawn uniformly; none is a
 # VQA kind (phantom.OPEN_QUESTIONS, CLOSED_QUESTIONS): the modality alone or the region alone, never
@@ -126,19 +143,27 @@ def parse_args(argv=None):
                    help="with --instruct: share of examples that ask to describe the image, answered with its caption "
                         "(DESCRIBE_QUESTIONS) [reconstructed]")
     p.add_argument("--out", default=None, help=f"where the model is written ({DEFAULT_BASE}; --instruct: {DEFAULT_INSTRUCT})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help=f"the build's optimizer ({OPTIMIZER}): Muon on the hidden layers' matrices and AdamW on the rest, or AdamW "
+                        "on all (the recipe before Muon); not with --instruct (AdamW) [reconstructed]")
+    adamw = RECIPES["adamw"]
     p.add_argument("--steps", type=at_least(1), default=None,
-                   help=f"optimizer steps, each on new images ({STEPS}; --instruct: {INSTRUCT_STEPS}) [reconstructed]")
+                   help=f"optimizer steps, each on new images ({STEPS}; --optimizer adamw: {adamw['steps']}; "
+                        f"--instruct: {INSTRUCT_STEPS}) [reconstructed]")
     p.add_argument("--batch-size", type=at_least(1), default=None,
-                   help=f"images per step ({BATCH_SIZE}; --instruct: {INSTRUCT_BATCH_SIZE}) [reconstructed]")
+                   help=f"images per step ({BATCH_SIZE}; --optimizer adamw: {adamw['batch_size']}; "
+                        f"--instruct: {INSTRUCT_BATCH_SIZE}) [reconstructed]")
     p.add_argument("--lr", type=float, default=None,
-                   help=f"peak learning rate, warmup then cosine decay ({LR}; --instruct: {INSTRUCT_LR}) [reconstructed]")
+                   help=f"peak learning rate, warmup then cosine decay ({LR}; --optimizer adamw: {adamw['lr']}; "
+                        f"--instruct: {INSTRUCT_LR}) [reconstructed]")
     p.add_argument("--caption-system", choices=CAPTION_SYSTEMS, default="none",
                    help="the system turn while captioning and probing: none, or processor.SYSTEM_PROMPT [reconstructed]")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the images")
     p.add_argument("--init-std", type=positive_float, default=TINY_INIT_STD,
                    help="std of the initial weights (model.TINY_INIT_STD, transformers' default); 0.04 with "
-                        "--steps 2400 builds a base in 2/3 of the time whose probe sits at the 97%% bar (96.85 to "
-                        "97.8 over 3 seeds on 2 machines), from which SFT and GRPO do worse [reconstructed]")
+                        "--optimizer adamw --steps 2400 builds a base in 2/3 of AdamW's time whose probe sits at the "
+                        "97%% bar (96.85 to 97.8 over 3 seeds on 2 machines), from which SFT and GRPO did worse "
+                        "[reconstructed]")
     p.add_argument("--probe-size", type=at_least(1), default=400,
                    help="held-out images the probe captions (--instruct: generic questions it answers)")
     p.add_argument("--probe-every", type=at_least(0), default=0,
@@ -148,8 +173,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0 <= args.instruct_describe <= 1:
         p.error(f"argument --instruct-describe: a share in [0, 1], got {args.instruct_describe}")
+    if args.instruct and args.optimizer:
+        p.error("argument --optimizer: the instruct tuning uses AdamW; --optimizer is for the base's build")
+    args.optimizer = args.optimizer or OPTIMIZER
     sizes = (DEFAULT_INSTRUCT, INSTRUCT_STEPS, INSTRUCT_BATCH_SIZE, INSTRUCT_LR) if args.instruct else \
-        (DEFAULT_BASE, STEPS, BATCH_SIZE, LR)
+        (DEFAULT_BASE, *RECIPES[args.optimizer].values())
     for name, default in zip(("out", "steps", "batch_size", "lr"), sizes):
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -230,33 +258,55 @@ def cut_to_targets(batch):
     return dict(batch, labels=batch["labels"][:, -keep:], logits_to_keep=keep)
 
 
-def fit(model, batch_at, steps, lr, desc, after_step=None):
-    """AdamW on target_token_loss: step s trains on batch_at(s) at learning_rate(s) (warmup 5%,
-    cosine to 10%). after_step(s) runs after each step. Returns the seconds it took."""
+def optimizers(model, name, lr):
+    """The optimizers of `model` (OPTIMIZERS): ["adamw"] AdamW on every weight, or ["muon"] Muon on
+    the 2-D weights of the hidden layers and AdamW on the rest (the embeddings, the patch
+    embedding's convolution, norms, biases). No weight decay in either."""
+    adamw = dict(lr=lr, weight_decay=0.0, fused=True)   # fused: one kernel for all its weights
+    if name == "adamw":
+        return [torch.optim.AdamW(model.parameters(), **adamw)]
+    if name != "muon":
+        raise ValueError(f"pretrain.py: optimizer {name!r} is not one of {OPTIMIZERS}")
+    embeddings = {id(w) for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
+    hidden = [w for w in model.parameters() if w.ndim == 2 and id(w) not in embeddings]
+    rest = [w for w in model.parameters() if w.ndim != 2 or id(w) in embeddings]
+    return [torch.optim.Muon(hidden, lr=lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw"),
+            torch.optim.AdamW(rest, **adamw)]
+
+
+def fit(model, batch_at, steps, lr, desc, after_step=None, optimizer="adamw"):
+    """`optimizer` (optimizers()) on target_token_loss: step s trains on batch_at(s) at
+    learning_rate(s) (warmup 5%, cosine to 10%). after_step(s) runs after each step. Returns the
+    seconds it took."""
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)  # one kernel for all weights
+    steppers = optimizers(model, optimizer, lr)
     start = time.time()
     bar = tqdm(range(steps), desc=desc, file=sys.stderr)
     for step in bar:
-        for group in optimizer.param_groups:
+        for group in (group for stepper in steppers for group in stepper.param_groups):
             group["lr"] = learning_rate(step, steps, lr, 0.05, 0.1)
         loss_sum, n = target_token_loss(model, batch_at(step))
         (loss_sum / n).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for stepper in steppers:
+            stepper.step()
+        model.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}")
         if after_step:
             after_step(step)
     return time.time() - start
 
 
-def pretrain(out=DEFAULT_BASE, steps=STEPS, batch_size=BATCH_SIZE, lr=LR, seed=0, probe_size=400, probe_every=0,
-             caption_system="none", init_std=TINY_INIT_STD, log=print):
+def pretrain(out=DEFAULT_BASE, steps=None, batch_size=None, lr=None, seed=0, probe_size=400, probe_every=0,
+             caption_system="none", init_std=TINY_INIT_STD, optimizer=OPTIMIZER, log=print):
     """Train the tiny model from random weights to caption base-stream images, prompted as
-    captioning(processor, caption_system); write it to `out` (atomically, with its probe in
-    meta.json) and return the probe. probe_every: log the probe every N steps too (its time counts
-    in the build's seconds)."""
+    captioning(processor, caption_system), with `optimizer` (OPTIMIZERS); write it to `out`
+    (atomically, with its probe in meta.json) and return the probe. steps, batch_size, lr: None
+    for the optimizer's recipe (RECIPES). probe_every: log the probe every N steps too (its time
+    counts in the build's seconds)."""
+    recipe = RECIPES[optimizer]
+    steps, batch_size, lr = (recipe[name] if value is None else value
+                             for name, value in (("steps", steps), ("batch_size", batch_size), ("lr", lr)))
     model, processor = load_model("tiny", device="cpu", seed=seed, init_std=init_std)
     captioner = captioning(processor, caption_system)
 
@@ -267,12 +317,12 @@ def pretrain(out=DEFAULT_BASE, steps=STEPS, batch_size=BATCH_SIZE, lr=LR, seed=0
             model.train()
     seconds = fit(model, lambda step: caption_batch(captioner, phantom_captions(batch_size, seed=seed,
                                                                                 start=step * batch_size)),
-                  steps, lr, "pretrain", probe_now)
+                  steps, lr, "pretrain", probe_now, optimizer)
     perception = probe(model, captioner, probe_size, seed=seed)
-    save_checkpoint(model, processor, out, meta=dict(script="pretrain.py", steps=steps, batch_size=batch_size,
-                                                     lr=lr, seed=seed, caption_system=caption_system, init_std=init_std,
-                                                     seconds=round(seconds),
-                                                     probe=perception, probe_size=probe_size))
+    save_checkpoint(model, processor, out, meta=dict(script="pretrain.py", optimizer=optimizer, steps=steps,
+                                                     batch_size=batch_size, lr=lr, seed=seed,
+                                                     caption_system=caption_system, init_std=init_std,
+                                                     seconds=round(seconds), probe=perception, probe_size=probe_size))
     log(f"pretrain.py: wrote {out} in {seconds:.0f} s; " + format_probe(perception))
     return perception
 
@@ -378,8 +428,7 @@ def ensure_base(path, script):
     """The base model at `path`, built first (pretrain with its defaults) if it is not there yet."""
     if not os.path.isfile(os.path.join(path, "config.json")):
         print(f"{script}: no base model at {path}: building it once (python pretrain.py: a few minutes, about "
-              "1.2-1.5x the time of SFT)",
-              file=sys.stderr)
+              "0.9x the time of SFT)", file=sys.stderr)
         pretrain(path, log=lambda text: print(text, file=sys.stderr))
     return path
 
@@ -417,7 +466,7 @@ def main(argv=None):
                           describe=args.instruct_describe)
     else:
         result = pretrain(args.out, args.steps, args.batch_size, args.lr, args.seed, args.probe_size, args.probe_every,
-                          args.caption_system, args.init_std)
+                          args.caption_system, args.init_std, args.optimizer)
     print(json.dumps(result))
 
 

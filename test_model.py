@@ -73,24 +73,29 @@ def test_training_batch_labels_only_the_target(tiny):
 
 def test_a_batch_of_one_size_gets_the_stock_processors_pixels(tiny, tmp_path):
     """_same_size_pixels (a lookup table and one reshape for the batch) gives the stock PIL image
-    processor's pixel values to the bit, under the tiny model's settings and under others."""
+    processor's pixel values to the bit, under the tiny model's settings and under others; it
+    leaves the torchvision processor (where torchvision is installed) to its stock path."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     _, processor = tiny
     rng = np.random.default_rng(0)
     noise = [Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)) for _ in range(3)]
     ramp = Image.fromarray(np.arange(112 * 112, dtype=np.uint8).reshape(112, 112)).convert("RGB")  # every value
+    processor.image_processor.save_pretrained(tmp_path / "tiny")
+    tiny_pil = Qwen2VLImageProcessorPil.from_pretrained(tmp_path / "tiny")   # the tiny model's settings, PIL
     other = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56,
                                      max_pixels=112 * 112, image_mean=[0.2, 0.4, 0.6], image_std=[0.1, 0.3, 0.9])
-    other.save_pretrained(tmp_path)
-    for image_processor in (processor.image_processor, Qwen2VLImageProcessorPil.from_pretrained(tmp_path)):
+    other.save_pretrained(tmp_path / "other")
+    if type(processor.image_processor) is not Qwen2VLImageProcessorPil:                 # torchvision's
+        assert P._same_size_pixels(processor.image_processor, [ramp]) is None
+    for image_processor in (tiny_pil, Qwen2VLImageProcessorPil.from_pretrained(tmp_path / "other")):
         for batch in (noise + [ramp], [ramp], images(2)[:1] * 2,
                       [Image.fromarray(rng.integers(0, 256, (84, 56, 3), dtype=np.uint8))] * 2):
             pixels, grid = P._same_size_pixels(image_processor, batch)
             stock = image_processor(images=batch, return_tensors="pt")
             assert pixels.dtype == stock["pixel_values"].dtype == torch.float32
             assert torch.equal(pixels, stock["pixel_values"]) and torch.equal(grid, stock["image_grid_thw"])
-    assert P._same_size_pixels(processor.image_processor, images(2)) is None           # two sizes
-    assert P._same_size_pixels(processor.image_processor, [Image.new("RGB", (100, 100))]) is None  # resized
+    assert P._same_size_pixels(tiny_pil, images(2)) is None                           # two sizes
+    assert P._same_size_pixels(tiny_pil, [Image.new("RGB", (100, 100))]) is None      # resized
     pixels, grid = processor._images(images(2))                                         # the stock path
     stock = processor.image_processor(images=images(2), return_tensors="pt")
     assert torch.equal(pixels, stock["pixel_values"]) and grid.tolist() == [[1, 8, 8], [1, 10, 6]]

@@ -1,8 +1,9 @@
 """Tests of pretrain.py, the phantom base model: the probe's arithmetic, the batch cut to the caption
-positions, a short build, the same base from the same seed, sft.py building the base on first use,
-and bench_pretrain.py; the instruct start: its data (no VQA kind, no VQA image), its probe's
-arithmetic, a short build, sft.py and grpo.py building it on first use; with --instruct-describe, examples
-that ask to describe the image, answered with its caption.
+positions, a short build, Muon's and AdamW's share of the weights and their recipes, the same base
+from the same seed, sft.py building the base on first use, and bench_pretrain.py; the instruct
+start: its data (no VQA kind, no VQA image), its probe's arithmetic, a short build, sft.py and
+grpo.py building it on first use; with --instruct-describe, examples that ask to describe the
+image, answered with its caption.
 Run: python -m pytest test_pretrain.py -q"""
 
 import hashlib
@@ -72,13 +73,51 @@ def test_a_short_build_writes_a_base_model_with_its_probe(tmp_path):
     assert logged[1].startswith(f"pretrain.py: wrote {out} in ")   # the last step: only the final probe
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["script"] == "pretrain.py" and meta["probe"] == perception and meta["steps"] == 2
-    assert meta["caption_system"] == "none"
+    assert meta["caption_system"] == "none" and (meta["optimizer"], meta["lr"]) == ("muon", pretrain.LR)
     assert set(perception) == {*pretrain.ATTRIBUTES, "caption"}
     assert all(0.0 <= value <= 1.0 for value in perception.values())
     model, processor = load_model(out, device="cpu")     # a plain checkpoint that reloads
     assert processor.tokenizer.convert_tokens_to_ids("<think>") != processor.tokenizer.unk_token_id
     with pytest.raises(SystemExit, match="exists"):
         pretrain.main(["--out", out])                    # never replaces a folder
+
+
+def test_muon_takes_the_hidden_layers_matrices_and_adamw_the_rest():
+    model, _ = load_model("tiny", device="cpu")
+    names = {id(w): name for name, w in model.named_parameters()}
+    muon, adamw = pretrain.optimizers(model, "muon", 1e-3)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    hidden = [names[id(w)] for group in muon.param_groups for w in group["params"]]
+    rest = [names[id(w)] for group in adamw.param_groups for w in group["params"]]
+    assert sorted(hidden + rest) == sorted(names.values())               # every weight, once
+    assert len(hidden) == 33 and all(model.get_parameter(n).ndim == 2 for n in hidden)
+    assert {"model.visual.merger.mlp.0.weight", "model.visual.blocks.0.attn.qkv.weight",
+            "model.language_model.layers.2.mlp.down_proj.weight"} <= set(hidden)
+    assert {"model.language_model.embed_tokens.weight", "model.visual.patch_embed.proj.weight",
+            "model.visual.blocks.0.attn.qkv.bias", "model.language_model.norm.weight"} <= set(rest)
+    assert muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw" and muon.param_groups[0]["weight_decay"] == 0
+    (alone,) = pretrain.optimizers(model, "adamw", 1e-3)
+    assert isinstance(alone, torch.optim.AdamW) and len(alone.param_groups[0]["params"]) == len(names)
+    with pytest.raises(ValueError, match="'sgd' is not one of"):
+        pretrain.optimizers(model, "sgd", 1e-3)
+
+
+def test_each_optimizer_has_its_recipe(tmp_path):
+    """--optimizer adamw rebuilds the base of before Muon (its steps, batch and lr); the instruct
+    tuning keeps AdamW."""
+    args = pretrain.parse_args([])
+    assert (args.optimizer, args.steps, args.batch_size, args.lr) == ("muon", pretrain.STEPS,
+                                                                      pretrain.BATCH_SIZE, pretrain.LR)
+    args = pretrain.parse_args(["--optimizer", "adamw"])
+    assert (args.steps, args.batch_size, args.lr) == (3600, 8, 1e-3)
+    assert pretrain.parse_args(["--optimizer", "adamw", "--steps", "5"]).steps == 5
+    for name in pretrain.OPTIMIZERS:
+        with pytest.raises(SystemExit):
+            pretrain.parse_args(["--instruct", "--optimizer", name])
+    out = str(tmp_path / "adamw")
+    pretrain.pretrain(out, steps=2, batch_size=2, probe_size=2, optimizer="adamw", log=lambda _: None)
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert (meta["optimizer"], meta["steps"], meta["batch_size"], meta["lr"]) == ("adamw", 2, 2, 1e-3)
 
 
 def test_the_probe_prompts_a_base_as_it_was_pretrained(tmp_path, monkeypatch):
