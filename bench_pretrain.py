@@ -32,7 +32,8 @@ def main(argv=None):
     p.add_argument("--steps", type=at_least(1), default=30, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--caption-system", choices=CAPTION_SYSTEMS, default="none", help="as pretrain.py's")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=OPTIMIZER, help="as pretrain.py's")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=OPTIMIZER,
+                   help="as pretrain.py's (the steps keep --batch-size images, not the optimizer's recipe)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,11 +30,11 @@ none of a VQA split's kinds or images, each answered after one brief generic tho
 the image and answer the question."), never a caption or a phantom rationale. It has never been
 asked about lesions: what stage I then learns. Its probe: format compliance and answers on
 held-out generic questions, and format compliance on the phantom's val questions (greedy, and
-sampled as GRPO samples). As built by default (seed 0, 60 s alone on this 2-core CPU): format 100%
-on both, greedy and sampled; generic answers 59.0% right (it follows the format far better than it
-answers); val answers uninformed (closed 45.8%, open 0%). From the earlier base, captioned with the
-system prompt: generic answers 51.7% (of 200: modality 53%, region 72%, "no" to every closed
-question), val closed 47.9%. With --instruct-describe P, a share P of its examples ask instead to
+sampled as GRPO samples). As built by default from the AdamW base (--optimizer adamw; seed 0, 60 s
+alone on this 2-core CPU): format 100% on both, greedy and sampled; generic answers 59.0% right (it
+follows the format far better than it answers); val answers uninformed (closed 45.8%, open 0%).
+From the earlier base, captioned with the system prompt: generic answers 51.7% (of 200: modality
+53%, region 72%, "no" to every closed question), val closed 47.9%. With --instruct-describe P, a share P of its examples ask instead to
 describe the image, answered with its caption (DESCRIBE_QUESTIONS): an instruct model that can name
 findings in an answer. At 0.25 (seed 0, 83 s, the earlier base): format 100% greedy and sampled,
 generic answers 60.0%, val closed 47.9%, open 0%.
@@ -73,7 +73,7 @@ ATTRIBUTES = ("modality", "region", "count", "kind", "quadrants")
 # before Muon. Muon learns more per image: the probe's 97% in 16,000 images instead of 28,800, so
 # the build takes about SFT's time (EXPERIMENTS.md §1, "Muon: the base in SFT's time").
 OPTIMIZERS = ("muon", "adamw")
-# [reconstructed] Pretraining's size per optimizer: about the fewest images for a probe of >= 97%
+# [reconstructed] Pretraining's size per optimizer: about the shortest build whose probe is >= 97%
 # whole captions on every seed. Muon (2,000-image probes, seed 0 unless stated; AMD EPYC): 1000
 # steps of 16 at lr 2e-3, the default: 97.9, seeds 1 / 2: 97.4 / 98.0; at 1.5e-3: 97.7; 1100 of 16
 # (Muon 2e-3, AdamW 1.5e-3): 98.4, seed 1 98.1; 1800 of 8, lr 1e-3: 97.5; the same with Muon kept off
@@ -83,7 +83,7 @@ OPTIMIZERS = ("muon", "adamw")
 # 7,200 images (4 epochs): 96.8%. With the system turn, 3600 of 8: 97.5%. Small batches learn more
 # per image: the same 24,000 images in steps of 16 gave 94.5%; steps of 32 (lr 2e-3) needed 48,000
 # images for 97.8% (EXPERIMENTS.md §1, "The base, built faster"). Probed on 2,000 images instead
-# of 400, AdamW's recipe lands at 97.2-98.2%:
+# of 400, AdamW's recipe lands at 97.2-98.2% on an Intel CPU (97.1-97.85 on an AMD one):
 # seeds 0 / 1 / 2: 97.2 / 97.5 / 98.2 (EXPERIMENTS.md §1, "The patch embedding as a product").
 # With --init-std 0.04, 2400 steps were enough on an Intel CPU (97.35 / 97.45 / 97.8; the build in
 # SFT's time), not on an AMD one (97.2 / 97.2 / 96.85; 2600 steps: 96.7 / 98.0), and SFT and GRPO
@@ -121,8 +121,8 @@ DESCRIBE_QUESTIONS = (CAPTION_PROMPT, "What do you see in the image?", "Describe
 # [reconstructed] Brief generic thoughts, one drawn per example: the format, not a rationale.
 GENERIC_THOUGHTS = ("I look at the image and answer the question.", "I look at the image, then answer.",
                     "First I look at the image. Then I answer the question.")
-# [reconstructed] The instruct tuning's size, from runs/base (seed 0; one thread of a 2-core CPU
-# shared with other jobs). Format compliance on held-out generic questions and on the phantom's
+# [reconstructed] The instruct tuning's size, from runs/base (the AdamW base; seed 0; one thread of a
+# 2-core CPU shared with other jobs). Format compliance on held-out generic questions and on the phantom's
 # val questions, greedy and sampled at 0.7, and generic answers right:
 #   300 steps of 16, lr 1e-3: 100%, 100%, 100%; answers 51.7% (modality 53%, region 72%; 114 s
 #                             with the other core busy, 327 s on a loaded machine)   <- the default
@@ -175,7 +175,8 @@ def parse_args(argv=None):
         p.error(f"argument --instruct-describe: a share in [0, 1], got {args.instruct_describe}")
     if args.instruct and args.optimizer:
         p.error("argument --optimizer: the instruct tuning uses AdamW; --optimizer is for the base's build")
-    args.optimizer = args.optimizer or OPTIMIZER
+    if not args.instruct:
+        args.optimizer = args.optimizer or OPTIMIZER
     sizes = (DEFAULT_INSTRUCT, INSTRUCT_STEPS, INSTRUCT_BATCH_SIZE, INSTRUCT_LR) if args.instruct else \
         (DEFAULT_BASE, *RECIPES[args.optimizer].values())
     for name, default in zip(("out", "steps", "batch_size", "lr"), sizes):
@@ -270,7 +271,8 @@ def optimizers(model, name, lr):
     embeddings = {id(w) for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
     hidden = [w for w in model.parameters() if w.ndim == 2 and id(w) not in embeddings]
     rest = [w for w in model.parameters() if w.ndim != 2 or id(w) in embeddings]
-    return [torch.optim.Muon(hidden, lr=lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw"),
+    return [torch.optim.Muon(hidden, lr=lr, weight_decay=0.0, momentum=0.95, nesterov=True, ns_steps=5,
+                             adjust_lr_fn="match_rms_adamw"),
             torch.optim.AdamW(rest, **adamw)]
 
 
@@ -449,7 +451,10 @@ def ensure_instruct(path, script):
 def main(argv=None):
     args = parse_args(argv)
     if args.probe:
-        model, processor = load_model(args.probe, device="cpu")
+        try:
+            model, processor = load_model(args.probe, device="cpu")
+        except FileNotFoundError as error:
+            sys.exit(f"pretrain.py: {error}")
         if args.instruct:
             print(format_instruct_probe(instruct_probe(model, processor, args.probe_size, seed=args.seed)))
         else:

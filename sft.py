@@ -15,7 +15,7 @@ rationales, or, with --cot-augment, added to them (the data-augmentation arm of 
     python sft.py --model runs/grpo-I --cot-from runs/grpo-I --cot-select 300 --out runs/armed-A
 
 By default SFT starts from runs/base, the tiny model pretrained to describe phantom images
-(pretrain.py builds it the first time, about 1.6x the time of SFT): the papers' regime, where SFT on scarce
+(pretrain.py builds it the first time, about 0.9x the time of SFT): the papers' regime, where SFT on scarce
 chain-of-thought starts from a VLM that already sees. `--model tiny` starts from random weights.
 
 The loss is next-token cross-entropy on the assistant's tokens only (the prompt and the image

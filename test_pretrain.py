@@ -22,7 +22,7 @@ from processor import SYSTEM_PROMPT
 from phantom import (CAPTION_PROMPT, CLOSED_QUESTIONS, MODALITY_WORDS, OPEN_QUESTIONS, parse_caption, phantom_captions,
                      phantom_corpus, phantom_dataset)
 from rewards import format_reward
-from training import target_token_loss
+from training import learning_rate, target_token_loss
 
 
 def test_caption_accuracy_counts_each_attribute_where_it_applies():
@@ -80,6 +80,8 @@ def test_a_short_build_writes_a_base_model_with_its_probe(tmp_path):
     assert processor.tokenizer.convert_tokens_to_ids("<think>") != processor.tokenizer.unk_token_id
     with pytest.raises(SystemExit, match="exists"):
         pretrain.main(["--out", out])                    # never replaces a folder
+    with pytest.raises(SystemExit, match="no such checkpoint directory"):
+        pretrain.main(["--probe", str(tmp_path / "none")])   # one line, no traceback
 
 
 def test_muon_takes_the_hidden_layers_matrices_and_adamw_the_rest():
@@ -102,12 +104,26 @@ def test_muon_takes_the_hidden_layers_matrices_and_adamw_the_rest():
         pretrain.optimizers(model, "sgd", 1e-3)
 
 
+def test_fit_steps_every_weight_on_the_schedule(monkeypatch):
+    """fit sets the scheduled learning rate on both of Muon's optimizers, and both move their weights."""
+    model, processor = load_model("tiny", device="cpu")
+    made, real = [], pretrain.optimizers
+    monkeypatch.setattr(pretrain, "optimizers", lambda *args: made.extend(real(*args)) or made)
+    captioner = pretrain.captioning(processor)
+    before = {name: w.detach().clone() for name, w in model.named_parameters()}
+    pretrain.fit(model, lambda step: pretrain.caption_batch(captioner, phantom_captions(2, start=2 * step)), 3, 1e-3,
+                 "test", optimizer="muon")
+    assert [type(stepper) for stepper in made] == [torch.optim.Muon, torch.optim.AdamW]
+    last = learning_rate(2, 3, 1e-3, 0.05, 0.1)
+    assert all(group["lr"] == last for stepper in made for group in stepper.param_groups)
+    assert [name for name, w in model.named_parameters() if torch.equal(before[name], w)] == []   # every weight moved
+
+
 def test_each_optimizer_has_its_recipe(tmp_path):
     """--optimizer adamw rebuilds the base of before Muon (its steps, batch and lr); the instruct
     tuning keeps AdamW."""
     args = pretrain.parse_args([])
-    assert (args.optimizer, args.steps, args.batch_size, args.lr) == ("muon", pretrain.STEPS,
-                                                                      pretrain.BATCH_SIZE, pretrain.LR)
+    assert (args.optimizer, args.steps, args.batch_size, args.lr) == ("muon", 1000, 16, 2e-3)
     args = pretrain.parse_args(["--optimizer", "adamw"])
     assert (args.steps, args.batch_size, args.lr) == (3600, 8, 1e-3)
     assert pretrain.parse_args(["--optimizer", "adamw", "--steps", "5"]).steps == 5
@@ -175,7 +191,8 @@ def test_instruct_examples_ask_no_vqa_kind_about_no_vqa_image():
     assert all(r.cot in pretrain.GENERIC_THOUGHTS and parse_caption(r.cot) is None for r in records)
     # each image is base-stream image INSTRUCT_START + i, drawn again here; pretraining draws
     # images 0 .. STEPS x BATCH_SIZE, the caption probe from PROBE_START
-    assert pretrain.STEPS * pretrain.BATCH_SIZE < pretrain.INSTRUCT_START < pretrain.INSTRUCT_PROBE_START
+    most = max(recipe["steps"] * recipe["batch_size"] for recipe in pretrain.RECIPES.values())
+    assert most < pretrain.INSTRUCT_START < pretrain.INSTRUCT_PROBE_START
     assert pretrain.INSTRUCT_PROBE_START + 10_000 < pretrain.PROBE_START
     base = phantom_captions(200, start=pretrain.INSTRUCT_START)
     assert all(np.array_equal(np.asarray(r.image), np.asarray(image)) for r, (image, _) in zip(records, base))
