@@ -34,9 +34,9 @@ sampled as GRPO samples). As built by default from the AdamW base (--optimizer a
 alone on this 2-core CPU): format 100% on both, greedy and sampled; generic answers 59.0% right (it
 follows the format far better than it answers); val answers uninformed (closed 45.8%, open 0%).
 From the earlier base, captioned with the system prompt: generic answers 51.7% (of 200: modality
-53%, region 72%, "no" to every closed question), val closed 47.9%. With --instruct-describe P, a share P of its examples ask instead to
-describe the image, answered with its caption (DESCRIBE_QUESTIONS): an instruct model that can name
-findings in an answer. At 0.25 (seed 0, 83 s, the earlier base): format 100% greedy and sampled,
+53%, region 72%, "no" to every closed question), val closed 47.9%. With --instruct-describe P, a
+share P of its examples ask instead to describe the image, answered with its caption
+(DESCRIBE_QUESTIONS): an instruct model that can name findings in an answer. At 0.25 (seed 0, 83 s, the earlier base): format 100% greedy and sampled,
 generic answers 60.0%, val closed 47.9%, open 0%.
 [reconstructed] Not in the papers: their instruct model is Qwen's own.
 """
@@ -144,8 +144,8 @@ def parse_args(argv=None):
                         "(DESCRIBE_QUESTIONS) [reconstructed]")
     p.add_argument("--out", default=None, help=f"where the model is written ({DEFAULT_BASE}; --instruct: {DEFAULT_INSTRUCT})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                   help=f"the build's optimizer ({OPTIMIZER}): Muon on the hidden layers' matrices and AdamW on the rest, or AdamW "
-                        "on all (the recipe before Muon); not with --instruct (AdamW) [reconstructed]")
+                   help=f"the build's optimizer ({OPTIMIZER}): Muon on the hidden layers' matrices and AdamW on "
+                        "the rest, or AdamW on all (the recipe before Muon); not with --instruct (AdamW) [reconstructed]")
     adamw = RECIPES["adamw"]
     p.add_argument("--steps", type=at_least(1), default=None,
                    help=f"optimizer steps, each on new images ({STEPS}; --optimizer adamw: {adamw['steps']}; "
@@ -285,8 +285,9 @@ def fit(model, batch_at, steps, lr, desc, after_step=None, optimizer="adamw"):
     start = time.time()
     bar = tqdm(range(steps), desc=desc, file=sys.stderr)
     for step in bar:
-        for group in (group for stepper in steppers for group in stepper.param_groups):
-            group["lr"] = learning_rate(step, steps, lr, 0.05, 0.1)
+        for stepper in steppers:
+            for group in stepper.param_groups:
+                group["lr"] = learning_rate(step, steps, lr, 0.05, 0.1)
         loss_sum, n = target_token_loss(model, batch_at(step))
         (loss_sum / n).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -112,7 +112,7 @@ class VLProcessor:
         messages = system + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if text.count(self.image_token) != 1:
-            raise ValueError("model.py: the tokenizer's chat template did not place exactly one "
+            raise ValueError("processor.py: the tokenizer's chat template did not place exactly one "
                              f"{self.image_token} for the image; is this a Qwen2-VL tokenizer?")
         return text
 
